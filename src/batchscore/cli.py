@@ -1,0 +1,570 @@
+"""The ``batchscore`` command: parse arguments, call one library function, print the result.
+
+One error boundary (``main``) turns a BatchScoreError into one "Error: …" line and its exit
+code; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from batchscore.config import Settings, load_settings
+from batchscore.errors import BatchScoreError, ConfigError
+
+app = typer.Typer(
+    help="Batch inference for classification models: feature store in, latest approved "
+    "model, one atomic commit to a SQL table out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+features_app = typer.Typer(help="Create, fill and inspect feature groups.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="List registered model versions and set their approval status.", no_args_is_help=True
+)
+config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+app.add_typer(models_app, name="models")
+app.add_typer(config_app, name="config")
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+log = logging.getLogger("batchscore")
+
+
+@dataclass
+class State:
+    config: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    debug: bool = False
+    _settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.config, self.overrides)
+            unused = self._settings.unused_keys()
+            if unused:
+                log.info("unused by the %s backend: %s", self._settings.backend, ", ".join(unused))
+        return self._settings
+
+
+state = State()
+
+
+@app.callback()
+def _global_options(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML config (default: configs/pipeline_config.yaml "
+            "when present, or $BATCHSCORE_CONFIG).",
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a setting: key=value (repeatable)."),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+) -> None:
+    state.config = config
+    state.overrides = list(set_ or [])
+    state.debug = debug
+    state._settings = None
+    _setup_logging(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+
+
+def _setup_logging(level: int) -> None:
+    for handler in list(log.handlers):
+        if isinstance(handler, RichHandler):
+            log.removeHandler(handler)
+    handler = RichHandler(
+        console=err_console,
+        show_path=False,
+        markup=False,
+        rich_tracebacks=False,
+        log_time_format="%H:%M:%S",
+    )
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+
+
+def _parse_date(value: str | None, option: str) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"{option} {value!r} is not a date: use YYYY-MM-DD.") from None
+
+
+def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left", box=None, padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, "" if value is None else str(value))
+    return table
+
+
+def _print_arrow(result: Any, fmt: str) -> None:
+    if fmt == "csv":
+        import pyarrow.csv as pacsv
+
+        sink = sys.stdout.buffer
+        pacsv.write_csv(result, sink)
+        sink.flush()
+        return
+    rows = result.to_pylist()
+    if fmt == "json":
+        console.print_json(json.dumps(rows, default=str))
+        return
+    table = Table(*result.column_names)
+    for row in rows:
+        table.add_row(*("NULL" if v is None else str(v) for v in row.values()))
+    console.print(table)
+    console.print(f"{result.num_rows} row(s)", style="dim")
+
+
+# Pipeline -------------------------------------------------------------------------------------
+
+
+def _print_run(record: Any) -> None:
+    steps = Table(
+        "step",
+        "status",
+        "seconds",
+        "rows",
+        "rows/s",
+        title=f"run {record.run_id}",
+        title_justify="left",
+    )
+    for step in record.steps.values():
+        steps.add_row(
+            step.name, step.status, _fmt(step.seconds), _fmt(step.rows), _fmt(step.rows_per_second)
+        )
+    console.print(steps)
+    data = record.steps["DataSource"].outputs
+    scored = record.steps["BatchInference"].outputs
+    published = record.steps["Publish"].outputs
+    rows = [
+        ("status", record.status),
+        ("logical date", record.logical_date),
+        ("features as of", record.as_of),
+        ("ids", f"{record.id_start}–{record.id_end} of {record.feature_group}"),
+        ("model", f"{record.model_name} v{record.model_version}" if record.model_name else None),
+        ("rows scored", scored.get("rows")),
+        (
+            "skipped",
+            f"{data.get('duplicate_versions_skipped', 0)} older versions, "
+            f"{data.get('deleted_records_skipped', 0)} deleted records"
+            if data
+            else None,
+        ),
+        (
+            "table",
+            f"{record.output_table} ({record.write_mode}, snapshot {published.get('snapshot_id')})"
+            if published
+            else record.output_table,
+        ),
+        ("run folder", record.run_dir),
+    ]
+    evaluation = scored.get("evaluation")
+    if evaluation:
+        auc = evaluation["roc_auc"]
+        rows.append(
+            (
+                "evaluation",
+                f"accuracy {evaluation['accuracy']:.3f}  precision "
+                f"{evaluation['precision']:.3f}  recall {evaluation['recall']:.3f}  F1 "
+                f"{evaluation['f1']:.3f}  ROC AUC {auc:.3f}"
+                if auc is not None
+                else "",
+            )
+        )
+    console.print(_kv_table("summary", rows))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.2f}" if value < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+@app.command()
+def run(
+    date: Annotated[
+        str | None,
+        typer.Option(
+            help="Logical date YYYY-MM-DD: score features "
+            "as of the end of that day (default: today, now)."
+        ),
+    ] = None,
+) -> None:
+    """Run DataSource → BatchInference → Publish once."""
+    from batchscore.pipeline import Pipeline
+
+    record = Pipeline(state.settings).run(date=_parse_date(date, "--date"))
+    _print_run(record)
+
+
+@app.command()
+def resume(run_id: Annotated[str, typer.Argument(help="The failed run's id.")]) -> None:
+    """Continue a failed run at its failed step, with the model version it first used."""
+    from batchscore.pipeline import Pipeline
+
+    record = Pipeline(state.settings).resume(run_id)
+    _print_run(record)
+
+
+@app.command()
+def quickstart(
+    customers: Annotated[int, typer.Option(help="Synthetic customers to generate.")] = 5000,
+) -> None:
+    """Set up the demo from nothing (feature group, approved model) and run the pipeline."""
+    from batchscore.demo import quickstart as run_quickstart
+
+    settings = state.settings
+    summary = run_quickstart(settings, n_customers=customers)
+    _print_run(summary.run)
+    rows = [
+        ("workspace", summary.workspace),
+        (
+            "feature group",
+            f"feature_store.{summary.feature_group} ({summary.feature_rows} rows, "
+            f"{'created now' if summary.created_feature_group else 'existing'})",
+        ),
+        (
+            "model",
+            f"{summary.model_name} v{summary.model_version} Approved "
+            f"({'trained now' if summary.trained_model else 'existing'})",
+        ),
+        ("MLflow registry", settings.tracking_uri),
+        ("Iceberg catalog", summary.catalog.get("uri", summary.catalog)),
+        (
+            "predictions",
+            f"{summary.table}: {summary.table_rows} rows ({summary.run_rows} from this run)",
+        ),
+    ]
+    console.print(_kv_table("quickstart", rows))
+    console.print(
+        "\nQuery the predictions:\n"
+        f'  .venv/bin/batchscore query "SELECT prediction, count(*) AS customers, '
+        f"round(avg(prediction_probability), 3) AS mean_probability FROM {summary.table} "
+        'GROUP BY prediction ORDER BY prediction"\n'
+        "Look at models:   .venv/bin/batchscore models list\n"
+        f"Run again:        .venv/bin/batchscore run   (replaces this run's rows for today)"
+    )
+
+
+@app.command()
+def train(
+    id_from: Annotated[int, typer.Option("--from", help="First customer id to train on.")] = 1,
+    id_to: Annotated[int, typer.Option("--to", help="Last customer id to train on.")] = 4000,
+    target: Annotated[
+        str | None, typer.Option(help="Target column (default: target_column).")
+    ] = None,
+    approve: Annotated[bool, typer.Option(help="Approve the new version right away.")] = False,
+) -> None:
+    """Train the reference model on an id range and register it (PendingManualApproval)."""
+    from batchscore.feature_store import open_feature_store
+    from batchscore.registry import open_registry
+    from batchscore.training import train_model
+
+    settings = state.settings
+    if id_from > id_to:
+        raise ConfigError(f"--from ({id_from}) is greater than --to ({id_to}).")
+    registry = open_registry(settings)
+    result = train_model(
+        settings,
+        open_feature_store(settings),
+        registry,
+        id_start=id_from,
+        id_end=id_to,
+        target_column=target,
+    )
+    version = result.version
+    if approve:
+        version = registry.set_status(version.group, version.version, "Approved")
+    m = result.metrics
+    console.print(
+        _kv_table(
+            "trained",
+            [
+                ("model", f"{version.group} v{version.version}"),
+                ("status", version.status),
+                ("rows", result.rows),
+                ("features", ", ".join(result.features)),
+                (
+                    "validation",
+                    f"accuracy {m['accuracy']:.3f}  F1 {m['f1']:.3f}  ROC AUC {m['roc_auc']:.3f}"
+                    if m["roc_auc"] is not None
+                    else "",
+                ),
+            ],
+        )
+    )
+    if not approve:
+        console.print(f"Approve it with: batchscore models approve {version.version}")
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="One SELECT over namespace.table names.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+) -> None:
+    """Run a read-only SQL query over the catalog's tables (DuckDB)."""
+    from batchscore.tables import open_catalog, run_query
+
+    if fmt not in ("table", "csv", "json"):
+        raise ConfigError(f"--format {fmt!r} must be table, csv or json.")
+    _print_arrow(run_query(open_catalog(state.settings), sql), fmt)
+
+
+# Features -------------------------------------------------------------------------------------
+
+
+def _store() -> Any:
+    from batchscore.feature_store import open_feature_store
+
+    return open_feature_store(state.settings)
+
+
+@features_app.command("create")
+def features_create(
+    schema: Annotated[
+        Path | None,
+        typer.Option(help="YAML/JSON mapping feature -> Integral | Fractional | String."),
+    ] = None,
+    sample: Annotated[
+        Path | None, typer.Option(help="CSV or Parquet file to infer types from.")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Feature group (default: feature_group_name).")
+    ] = None,
+) -> None:
+    """Create a feature group from a schema or a sample file."""
+    import yaml
+
+    settings = state.settings
+    if (schema is None) == (sample is None):
+        raise ConfigError("give exactly one of --schema FILE or --sample FILE.")
+    if schema is not None:
+        try:
+            definition: Any = yaml.safe_load(schema.read_text())
+        except OSError as exc:
+            raise ConfigError(f"--schema {str(schema)!r} cannot be read: {exc.strerror}.") from exc
+        if not isinstance(definition, dict):
+            raise ConfigError(f"--schema {str(schema)!r} must map feature names to types.")
+    else:
+        assert sample is not None
+        definition = _sample_schema(sample)
+    group = _store().create_feature_group(
+        name or settings.feature_group_name,
+        definition,
+        record_identifier=settings.record_identifier,
+        event_time_feature=settings.event_time_feature,
+    )
+    console.print(f"created feature group {group.name} ({len(group.features)} features)")
+
+
+def _sample_schema(path: Path) -> Any:
+    import pyarrow.parquet as pq
+    from pyarrow import csv
+
+    if not path.exists():
+        raise ConfigError(f"--sample {str(path)!r} does not exist.")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return pq.read_schema(path)
+    return csv.read_csv(path).schema
+
+
+@features_app.command("ingest")
+def features_ingest(
+    file: Annotated[Path, typer.Argument(help="CSV or Parquet file of records.")],
+    name: Annotated[str | None, typer.Option(help="Feature group.")] = None,
+) -> None:
+    """Append records; write_time and api_invocation_time are stamped now."""
+    group = name or state.settings.feature_group_name
+    rows = _store().ingest(group, file)
+    console.print(f"ingested {rows} record(s) into {group}")
+
+
+@features_app.command("delete")
+def features_delete(
+    record_ids: Annotated[list[str], typer.Argument(help="Record identifiers to delete.")],
+    name: Annotated[str | None, typer.Option(help="Feature group.")] = None,
+    event_time: Annotated[
+        str | None, typer.Option(help="Event time of the deletion (ISO 8601, default now).")
+    ] = None,
+) -> None:
+    """Delete records the SageMaker way: append a delete marker for each id."""
+    when = None
+    if event_time is not None:
+        try:
+            when = dt.datetime.fromisoformat(event_time)
+        except ValueError:
+            raise ConfigError(f"--event-time {event_time!r} is not ISO 8601.") from None
+    group = name or state.settings.feature_group_name
+    n = _store().delete_records(group, record_ids, event_time=when)
+    console.print(f"wrote {n} delete marker(s) to {group}")
+
+
+@features_app.command("describe")
+def features_describe(
+    name: Annotated[str | None, typer.Argument(help="Feature group.")] = None,
+) -> None:
+    """Show a feature group's definition and offline store."""
+    group = _store().describe(name or state.settings.feature_group_name)
+    info = group.describe()
+    features = info.pop("features")
+    console.print(_kv_table(f"feature group {group.name}", list(info.items())))
+    table = Table("feature", "type")
+    for feature, kind in features.items():
+        table.add_row(feature, kind)
+    console.print(table)
+
+
+@features_app.command("list")
+def features_list() -> None:
+    """List feature groups."""
+    for name in _store().list_feature_groups():
+        console.print(name)
+
+
+# Models ---------------------------------------------------------------------------------------
+
+
+def _registry() -> Any:
+    from batchscore.registry import open_registry
+
+    return open_registry(state.settings)
+
+
+@models_app.command("list")
+def models_list(
+    group: Annotated[str | None, typer.Option(help="Model package group.")] = None,
+) -> None:
+    """List versions, newest first, with their approval status."""
+    name = group or state.settings.model_package_group
+    versions = _registry().list_versions(name)
+    table = Table(
+        "version",
+        "status",
+        "created",
+        "description",
+        title=f"model package group {name}",
+        title_justify="left",
+    )
+    for v in versions:
+        table.add_row(str(v.version), v.status, f"{v.created:%Y-%m-%d %H:%M:%S}", v.description)
+    console.print(table)
+    if not versions:
+        console.print("no versions yet: batchscore train", style="dim")
+
+
+def _set_status(version: int, status: str, group: str | None) -> None:
+    name = group or state.settings.model_package_group
+    mv = _registry().set_status(name, version, status)
+    console.print(f"{mv.group} v{mv.version}: {mv.status}")
+
+
+@models_app.command("approve")
+def models_approve(
+    version: Annotated[int, typer.Argument(help="Version number.")],
+    group: Annotated[str | None, typer.Option(help="Model package group.")] = None,
+) -> None:
+    """Set a version's status to Approved (the pipeline scores with the newest Approved)."""
+    _set_status(version, "Approved", group)
+
+
+@models_app.command("reject")
+def models_reject(
+    version: Annotated[int, typer.Argument(help="Version number.")],
+    group: Annotated[str | None, typer.Option(help="Model package group.")] = None,
+) -> None:
+    """Set a version's status to Rejected."""
+    _set_status(version, "Rejected", group)
+
+
+# Config ---------------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the effective settings (values read from ${VAR} are hidden)."""
+    import yaml
+
+    settings = state.settings
+    console.print(
+        yaml.safe_dump(settings.redacted_dict(), sort_keys=False).rstrip(),
+        markup=False,
+        highlight=False,
+    )
+    unused = settings.unused_keys()
+    if unused:
+        console.print(
+            f"# unused by the {settings.backend} backend: {', '.join(unused)}", style="dim"
+        )
+
+
+# Entry point ----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return (and, as a console script, exit with) the exit code."""
+    try:
+        app(args=argv, prog_name="batchscore", standalone_mode=False)
+        code = 0
+    except BatchScoreError as exc:
+        if state.debug:
+            err_console.print_exception()
+        err_console.print(f"Error: {exc}", markup=False, highlight=False)
+        code = exc.exit_code
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        err_console.print("Aborted.")
+        code = 130
+    except KeyboardInterrupt:
+        err_console.print("Interrupted.")
+        code = 130
+    except Exception as exc:
+        if state.debug:
+            raise
+        err_console.print(
+            f"Error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            markup=False,
+            highlight=False,
+        )
+        code = 1
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    main()

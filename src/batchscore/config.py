@@ -1,0 +1,389 @@
+"""Settings: one pydantic model, merged YAML < environment (BATCHSCORE_*) < ``--set`` overrides.
+
+The keys are the proof of concept's own (``pipeline_config.yaml``), so its file loads unchanged;
+the AWS-only ones are accepted and reported as unused by the embedded backend.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from batchscore.errors import ConfigError, InvalidIdentifierError, did_you_mean
+
+APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
+WRITE_MODES = ("replace", "append", "overwrite")
+
+# Names that reach SQL, a catalog or a path. SQL identifiers: letters, digits, underscore.
+SQL_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Feature group and model group names follow SageMaker's rules: letters, digits, '-' and '_'.
+RESOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+# The seed's AWS-only keys: accepted so its config loads unchanged, unused by the local backend.
+AWS_ONLY_KEYS = (
+    "region",
+    "bucket",
+    "prefix",
+    "role_arn",
+    "processing_instance_type",
+    "athena_query_results",
+    "sns_topic_arn",
+    "notification_email",
+)
+
+ENV_PREFIX = "BATCHSCORE_"
+DEFAULT_CONFIG_PATH = Path("configs/pipeline_config.yaml")
+
+
+def validate_identifier(value: str, what: str, pattern: re.Pattern[str] = SQL_IDENTIFIER) -> str:
+    """Return ``value`` if it is a safe name, else raise InvalidIdentifierError naming ``what``."""
+    if not isinstance(value, str) or not pattern.match(value):
+        allowed = (
+            "letters, digits and '_', not starting with a digit"
+            if pattern is SQL_IDENTIFIER
+            else "letters, digits, '-' and '_', at most 63 characters"
+        )
+        raise InvalidIdentifierError(
+            f"{what} {value!r} is not a valid name: use {allowed} (for example 'ml_metrics')."
+        )
+    return value
+
+
+class RegistrySettings(BaseModel):
+    """Where registered models live. A plain string in YAML is taken as the tracking URI."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["mlflow"] = "mlflow"
+    tracking_uri: str | None = None
+    artifact_location: str | None = None
+    # Extra types to trust when loading skops artifacts, beyond batchscore's own list.
+    trusted_types: list[str] = Field(default_factory=list)
+
+
+class Settings(BaseModel):
+    """Every setting of a batchscore pipeline. Defaults reproduce the proof of concept."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # The seed's keys.
+    project_name: str = "classification-model-batch-inference"
+    pipeline_name: str = "classification-model-batch-inference-pipeline"
+    feature_group_name: str = "mlops_poc_churn_classification_feature"
+    customer_id_start: Annotated[int, Field(strict=True, ge=0)] = 4000
+    customer_id_end: Annotated[int, Field(strict=True, ge=0)] = 5000
+    model_package_group: str = "classification-model-group"
+    model_approval_status: Literal["PendingManualApproval", "Approved", "Rejected"] = "Approved"
+    athena_database: str = "ml_metrics"
+    athena_output_table: str = "mlops_poc_daily_inference"
+
+    # The seed's AWS-only keys.
+    region: str | None = None
+    bucket: str | None = None
+    prefix: str | None = None
+    role_arn: str | None = None
+    processing_instance_type: str | None = None
+    athena_query_results: str | None = None
+    sns_topic_arn: str | None = None
+    notification_email: str | None = None
+
+    # batchscore's own.
+    backend: Literal["local"] = "local"
+    workspace: str = ".batchscore"
+    catalog: dict[str, str] = Field(default_factory=dict)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    record_identifier: str = "customer_id"
+    event_time_feature: str = "event_time"
+    target_column: str | None = "churn"
+    write_mode: Literal["replace", "append", "overwrite"] = "replace"
+    batch_size: Annotated[int, Field(strict=True, gt=0, le=10_000_000)] = 100_000
+
+    _secrets: set[str] = PrivateAttr(default_factory=set)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registry_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("registry"), str):
+            data = {**data, "registry": {"tracking_uri": data["registry"]}}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        validate_identifier(self.athena_database, "athena_database")
+        validate_identifier(self.athena_output_table, "athena_output_table")
+        validate_identifier(self.record_identifier, "record_identifier")
+        validate_identifier(self.event_time_feature, "event_time_feature")
+        if self.target_column is not None:
+            validate_identifier(self.target_column, "target_column")
+        validate_identifier(self.feature_group_name, "feature_group_name", RESOURCE_NAME)
+        validate_identifier(self.model_package_group, "model_package_group", RESOURCE_NAME)
+        if self.customer_id_start > self.customer_id_end:
+            raise ValueError(
+                f"customer_id_start ({self.customer_id_start}) is greater than customer_id_end "
+                f"({self.customer_id_end}): the range is inclusive, so set start <= end."
+            )
+        return self
+
+    # Derived locations -------------------------------------------------------------------
+
+    @property
+    def workspace_path(self) -> Path:
+        return Path(self.workspace).expanduser().resolve()
+
+    @property
+    def runs_path(self) -> Path:
+        return self.workspace_path / "runs"
+
+    @property
+    def catalog_properties(self) -> dict[str, str]:
+        """pyiceberg catalog properties: the configured ones, else SQLite in the workspace."""
+        if self.catalog:
+            return dict(self.catalog)
+        ws = self.workspace_path
+        return {
+            "type": "sql",
+            "uri": f"sqlite:///{ws / 'catalog.db'}",
+            "warehouse": (ws / "warehouse").as_uri(),
+        }
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.registry.tracking_uri or f"sqlite:///{self.workspace_path / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str:
+        return self.registry.artifact_location or (self.workspace_path / "mlartifacts").as_uri()
+
+    @property
+    def output_table(self) -> str:
+        return f"{self.athena_database}.{self.athena_output_table}"
+
+    def unused_keys(self) -> list[str]:
+        """Keys that are set but mean nothing to the chosen backend (the seed's AWS keys)."""
+        if self.backend != "local":
+            return []
+        return [key for key in AWS_ONLY_KEYS if getattr(self, key) is not None]
+
+    def redact(self, text: str) -> str:
+        """Replace every value that came from a ``${VAR}`` with '***'."""
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+    def redacted_dict(self) -> dict[str, Any]:
+        """All settings as plain data, with values read from the environment hidden."""
+        data = self.model_dump(mode="json")
+        data["catalog"] = self.catalog_properties
+        data["registry"]["tracking_uri"] = self.tracking_uri
+        data["registry"]["artifact_location"] = self.artifact_location
+        return _map_strings(data, self.redact)
+
+
+def _map_strings(value: Any, fn: Any) -> Any:
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    return value
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(value: Any, env: Mapping[str, str], key: str, secrets: set[str]) -> Any:
+    """Replace ``${VAR}`` in strings with the environment's value; remember those values."""
+    if isinstance(value, dict):
+        return {
+            k: _expand_env(v, env, f"{key}.{k}" if key else k, secrets) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_expand_env(v, env, f"{key}[{i}]", secrets) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in env:
+            raise ConfigError(
+                f"{key}: environment variable ${{{name}}} is not set. "
+                f"Export it (export {name}=...) or remove it from the config."
+            )
+        if env[name]:
+            secrets.add(env[name])
+        return env[name]
+
+    return _VAR.sub(substitute, value)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {str(path)!r} does not exist. Pass an existing file with --config, "
+            f"or copy configs/pipeline_config.yaml."
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}.") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            f"config file {str(path)!r} is not valid YAML{where}: {problem}. "
+            "Fix the syntax there (indentation, a missing ':' or quote)."
+        ) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {str(path)!r} must hold a mapping of keys to values, "
+            f"not a {type(data).__name__}."
+        )
+    return data
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse an override or environment value the way YAML would ('4000' -> 4000)."""
+    try:
+        return yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """BATCHSCORE_CUSTOMER_ID_START -> customer_id_start; BATCHSCORE_CATALOG__URI -> catalog.uri."""
+    data: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == "BATCHSCORE_CONFIG":
+            continue
+        dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        _set_dotted(data, dotted, _parse_scalar(raw))
+    return data
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key != "catalog":
+            out[key] = _merge(out[key], value)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def _check_unknown_keys(data: Mapping[str, Any], source: str) -> None:
+    known = set(Settings.model_fields)
+    for key in data:
+        if key not in known:
+            raise ConfigError(
+                f"unknown config key {key!r} in {source}.{did_you_mean(key, known)} "
+                f"Valid keys: {', '.join(sorted(known))}."
+            )
+    registry = data.get("registry")
+    if isinstance(registry, Mapping):
+        known_registry = set(RegistrySettings.model_fields)
+        for key in registry:
+            if key not in known_registry:
+                raise ConfigError(
+                    f"unknown config key 'registry.{key}' in {source}."
+                    f"{did_you_mean(key, known_registry)}"
+                )
+
+
+def _format_validation_error(exc: ValidationError, data: Mapping[str, Any]) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = ".".join(str(part) for part in error["loc"])
+        msg = error["msg"].removeprefix("Value error, ")
+        if loc:
+            value = data
+            for part in error["loc"]:
+                value = value.get(part) if isinstance(value, Mapping) else None
+            shown = f" (got {value!r})" if value is not None and error["type"] != "missing" else ""
+            lines.append(f"{loc}: {msg}{shown}")
+        else:
+            lines.append(msg)
+    return "invalid configuration: " + "; ".join(lines)
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """Turn ``["customer_id_start=10", "catalog.uri=sqlite:///x"]`` into nested data."""
+    data: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r} must look like key=value (e.g. write_mode=append).")
+        key, value = pair.split("=", 1)
+        _set_dotted(data, key.strip(), _parse_scalar(value))
+    return data
+
+
+def load_settings(
+    path: str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build Settings from a YAML file, the environment and explicit overrides, in that order.
+
+    Args:
+        path: YAML config file. None reads ``$BATCHSCORE_CONFIG`` or, when present,
+            ``configs/pipeline_config.yaml``; otherwise the defaults alone.
+        overrides: ``key=value`` strings (dotted keys for nested settings) or a mapping.
+        env: the environment to read; ``os.environ`` by default.
+
+    Raises:
+        ConfigError: unreadable or invalid YAML, an unknown key, a bad value, an unset ``${VAR}``.
+    """
+    env = os.environ if env is None else env
+    if path is None and env.get("BATCHSCORE_CONFIG"):
+        path = env["BATCHSCORE_CONFIG"]
+    if path is None and DEFAULT_CONFIG_PATH.exists():
+        path = DEFAULT_CONFIG_PATH
+    secrets: set[str] = set()
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        file_data = _read_yaml(Path(path))
+        _check_unknown_keys(file_data, f"config file {str(path)!r}")
+        data = _expand_env(file_data, env, "", secrets)
+
+    from_env = _env_overrides(env)
+    _check_unknown_keys(from_env, "the environment (BATCHSCORE_* variables)")
+    data = _merge(data, from_env)
+
+    extra = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    _check_unknown_keys(extra, "--set overrides")
+    data = _merge(data, _expand_env(extra, env, "", secrets))
+
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, data)) from None
+    except InvalidIdentifierError:
+        raise
+    settings._secrets = secrets
+    return settings

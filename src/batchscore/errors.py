@@ -1,0 +1,87 @@
+"""Every error batchscore raises on purpose, each saying what went wrong and how to fix it.
+
+The tree::
+
+    BatchScoreError                  root; `str(err)` is the whole message for a person
+    ├── ConfigError                  a setting is missing, unknown, mistyped or inconsistent
+    ├── InvalidIdentifierError       a name that would reach SQL, a catalog or a path is unsafe
+    ├── FeatureGroupError            a feature group is missing or exists, or data does not fit it
+    ├── NothingToScoreError          the id range holds no live record (distinct exit status)
+    ├── ModelError
+    │   ├── NoApprovedModelError     the model group has no version with the wanted status
+    │   └── ModelLoadError           an artifact is missing, corrupt, untrusted or not a classifier
+    ├── SchemaMismatchError          the model needs a column the features do not have
+    ├── QueryError                   `batchscore query` was given SQL it will not run
+    └── PublishError                 the predictions could not be committed
+
+Errors marked ``transient = True`` may succeed when retried (a commit conflict, a locked file);
+the runner retries those and nothing else.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class BatchScoreError(Exception):
+    """Root of batchscore's errors. The message names the offending thing and the fix."""
+
+    transient: bool = False
+    exit_code: int = 1
+
+
+class ConfigError(BatchScoreError):
+    """A configuration file or value is invalid."""
+
+    exit_code = 2
+
+
+class InvalidIdentifierError(ConfigError):
+    """A database, table or feature group name is not a plain identifier."""
+
+
+class FeatureGroupError(BatchScoreError):
+    """A feature group is missing, exists already, or data does not match its definition."""
+
+
+class NothingToScoreError(BatchScoreError):
+    """The requested id range holds no live record: nothing is scored and nothing committed."""
+
+    exit_code = 3
+
+
+class ModelError(BatchScoreError):
+    """A problem with the model registry or a registered model."""
+
+
+class NoApprovedModelError(ModelError):
+    """The model group has no version with the requested approval status."""
+
+
+class ModelLoadError(ModelError):
+    """A model version's artifact cannot be loaded safely, or cannot score probabilities."""
+
+
+class SchemaMismatchError(BatchScoreError):
+    """The features handed to a model do not have the columns it needs."""
+
+
+class QueryError(BatchScoreError):
+    """A SQL query was refused or failed."""
+
+
+class PublishError(BatchScoreError):
+    """Predictions could not be committed to the output table."""
+
+
+class CommitConflictError(PublishError):
+    """Another writer committed to the table first; retrying the publish can succeed."""
+
+    transient = True
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return ' Did you mean 'x'?' for the closest choice, or '' when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""

@@ -1,0 +1,20 @@
+"""Feature stores: the interface in ``base``, implementations beside it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from batchscore.feature_store.base import FeatureGroup, FeatureStore, LatestRecords, ReadStats
+
+if TYPE_CHECKING:
+    from batchscore.config import Settings
+
+__all__ = ["FeatureGroup", "FeatureStore", "LatestRecords", "ReadStats", "open_feature_store"]
+
+
+def open_feature_store(settings: Settings) -> FeatureStore:
+    """The feature store the settings choose (the embedded Iceberg catalog by default)."""
+    from batchscore.feature_store.iceberg import IcebergFeatureStore
+    from batchscore.tables import open_catalog
+
+    return IcebergFeatureStore(open_catalog(settings))

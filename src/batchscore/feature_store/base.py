@@ -1,0 +1,161 @@
+"""The feature store interface: SageMaker Feature Store's model of a feature group.
+
+A feature group is append-only. Each row is one version of a record: the record identifier,
+the event time, the features, and the store's own columns ``write_time``,
+``api_invocation_time`` and ``is_deleted``. Reading the latest records follows the SageMaker
+SDK's DatasetBuilder: per id, the newest version by (event_time, api_invocation_time,
+write_time) wins, and if it is a delete marker the id is gone.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+STORE_COLUMNS = ("write_time", "api_invocation_time", "is_deleted")
+
+# SageMaker's feature types and the Arrow types that hold them.
+FEATURE_TYPES: dict[str, pa.DataType] = {
+    "Integral": pa.int64(),
+    "Fractional": pa.float64(),
+    "String": pa.string(),
+}
+
+
+def feature_type_of(arrow_type: pa.DataType) -> str:
+    """The SageMaker feature type for an Arrow type (booleans count as Integral)."""
+    if pa.types.is_integer(arrow_type) or pa.types.is_boolean(arrow_type):
+        return "Integral"
+    if pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
+        return "Fractional"
+    return "String"
+
+
+@dataclass(frozen=True)
+class FeatureGroup:
+    """A feature group's definition and where it lives."""
+
+    name: str
+    record_identifier: str
+    event_time_feature: str
+    features: dict[
+        str, str
+    ]  # feature name -> Integral | Fractional | String, ids and time excluded
+    table_identifier: str
+    location: str
+    snapshot_id: int | None = None
+    total_rows: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "feature_group_name": self.name,
+            "record_identifier": self.record_identifier,
+            "event_time_feature": self.event_time_feature,
+            "features": dict(self.features),
+            "offline_store_table": self.table_identifier,
+            "location": self.location,
+            "snapshot_id": self.snapshot_id,
+            "total_rows": self.total_rows,
+        }
+
+
+@dataclass
+class ReadStats:
+    """What a latest-record read skipped, filled in as its batches are consumed."""
+
+    records: int = 0
+    duplicate_versions_skipped: int = 0
+    deleted_records_skipped: int = 0
+
+
+@dataclass
+class LatestRecords:
+    """A stream of the latest live record per id, and the snapshot it was read from.
+
+    ``batches`` yields Arrow record batches of at most the requested size; ``stats`` is complete
+    once they are consumed.
+    """
+
+    schema: pa.Schema
+    batches: Iterator[pa.RecordBatch]
+    snapshot_id: int | None
+    as_of: dt.datetime | None
+    stats: ReadStats = field(default_factory=ReadStats)
+
+    def to_table(self) -> pa.Table:
+        return pa.Table.from_batches(list(self.batches), schema=self.schema)
+
+
+class FeatureStore(abc.ABC):
+    """Where features come from. Implementations: ``iceberg.IcebergFeatureStore``."""
+
+    @abc.abstractmethod
+    def create_feature_group(
+        self,
+        name: str,
+        features: Mapping[str, str] | pa.Schema,
+        *,
+        record_identifier: str,
+        event_time_feature: str,
+        exist_ok: bool = False,
+    ) -> FeatureGroup:
+        """Create a feature group.
+
+        Raises:
+            FeatureGroupError: it exists (unless ``exist_ok``), or a type is unknown.
+        """
+
+    @abc.abstractmethod
+    def list_feature_groups(self) -> list[str]:
+        """Names of the feature groups in this store, sorted."""
+
+    @abc.abstractmethod
+    def describe(self, name: str) -> FeatureGroup:
+        """The feature group's definition and current snapshot.
+
+        Raises:
+            FeatureGroupError: no such feature group.
+        """
+
+    @abc.abstractmethod
+    def ingest(self, name: str, data: pa.Table | Any | str | Path) -> int:
+        """Append records (a table, DataFrame, CSV or Parquet path); return rows written.
+
+        Raises:
+            FeatureGroupError: a required column is missing, a column is unknown, or a value
+                does not fit its feature type.
+        """
+
+    @abc.abstractmethod
+    def delete_records(
+        self, name: str, record_ids: list[str], event_time: dt.datetime | None = None
+    ) -> int:
+        """Append one delete marker per id (SageMaker's DeleteRecord); return markers written."""
+
+    @abc.abstractmethod
+    def latest_records(
+        self,
+        name: str,
+        id_start: int,
+        id_end: int,
+        *,
+        as_of: dt.datetime | None = None,
+        snapshot_id: int | None = None,
+        batch_size: int = 100_000,
+        temp_dir: Path | None = None,
+    ) -> LatestRecords:
+        """The newest live version of each record whose numeric id is in [id_start, id_end].
+
+        Args:
+            as_of: only versions with event time <= as_of count (None: all).
+            snapshot_id: read this snapshot of the offline store (None: the current one).
+
+        Raises:
+            FeatureGroupError: no such feature group or snapshot.
+        """

@@ -1,0 +1,436 @@
+"""The runner: DataSource → BatchInference → Publish, in order, with run records and hooks.
+
+Each run has a folder ``<workspace>/runs/<run_id>/`` holding its inputs, predictions,
+evaluation, log and ``run.json`` — the record of every step's status, timings, row counts and
+outputs. A failed run resumes at its failed step from those files, with the model version it
+first resolved. Run history, notifications and the like attach through ``PipelineHooks``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batchscore.config import Settings
+from batchscore.errors import BatchScoreError, NothingToScoreError
+from batchscore.feature_store import FeatureStore, open_feature_store
+from batchscore.registry import LoadedModel, ModelRegistry, open_registry
+from batchscore.steps import batch_inference, data_source, publish
+from batchscore.steps.batch_inference import Lineage
+from batchscore.tables import LogicalRun, open_catalog
+
+log = logging.getLogger("batchscore")
+
+STEPS = ("DataSource", "BatchInference", "Publish")
+MAX_ATTEMPTS = 3  # for transient errors (commit conflicts, locked files)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    now = now or utcnow()
+    return f"{now:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+
+
+def end_of_day(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time.max)
+
+
+@dataclass
+class StepRecord:
+    name: str
+    status: str = "pending"  # pending | running | succeeded | failed | skipped | nothing_to_score
+    started: str | None = None
+    ended: str | None = None
+    seconds: float | None = None
+    rows: int | None = None
+    rows_per_second: float | None = None
+    attempts: int = 0
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, str] | None = None
+
+
+@dataclass
+class RunRecord:
+    """Everything known about one run; saved as ``run.json`` after every change."""
+
+    run_id: str
+    pipeline_name: str
+    logical_date: str
+    as_of: str
+    id_start: int
+    id_end: int
+    feature_group: str
+    output_table: str
+    write_mode: str
+    config_fingerprint: str
+    run_dir: str
+    log_path: str
+    status: str = "running"  # running | succeeded | failed | nothing_to_score
+    started: str = ""
+    ended: str | None = None
+    model_name: str | None = None
+    model_version: int | None = None
+    failed_step: str | None = None
+    error: dict[str, str] | None = None
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.run_dir) / "run.json"
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2, default=str))
+        os.replace(tmp, self.path)  # atomic: a reader never sees half a record
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunRecord:
+        data = json.loads((run_dir / "run.json").read_text())
+        data["steps"] = {name: StepRecord(**step) for name, step in data["steps"].items()}
+        return cls(**data)
+
+    def outputs(self, step: str) -> dict[str, Any]:
+        return self.steps[step].outputs
+
+
+class PipelineHooks:
+    """Lifecycle hooks; override what you need. Exceptions in hooks are logged, not raised."""
+
+    def before_pipeline_run(self, record: RunRecord) -> None: ...
+
+    def before_step(self, record: RunRecord, step: str) -> None: ...
+
+    def after_step(self, record: RunRecord, step: str) -> None: ...
+
+    def on_pipeline_error(self, record: RunRecord, step: str, error: BaseException) -> None: ...
+
+    def after_pipeline_run(self, record: RunRecord) -> None: ...
+
+
+def config_fingerprint(settings: Settings) -> str:
+    data = settings.redacted_dict()
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class Pipeline:
+    """Runs and resumes the batch inference pipeline for one set of settings.
+
+    Backends default to what the settings choose; pass them to share or substitute them.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        feature_store: FeatureStore | None = None,
+        registry: ModelRegistry | None = None,
+        hooks: Sequence[PipelineHooks] = (),
+    ) -> None:
+        self.settings = settings
+        self._feature_store = feature_store
+        self._registry = registry
+        self._catalog: Any = None
+        self.hooks = list(hooks)
+
+    @property
+    def feature_store(self) -> FeatureStore:
+        if self._feature_store is None:
+            self._feature_store = open_feature_store(self.settings)
+        return self._feature_store
+
+    @property
+    def registry(self) -> ModelRegistry:
+        if self._registry is None:
+            self._registry = open_registry(self.settings)
+        return self._registry
+
+    @property
+    def catalog(self) -> Any:
+        if self._catalog is None:
+            self._catalog = open_catalog(self.settings)
+        return self._catalog
+
+    # Entry points -----------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        date: dt.date | None = None,
+        as_of: dt.datetime | None = None,
+        run_id: str | None = None,
+    ) -> RunRecord:
+        """Start a new run. ``date`` is the logical date (default: today, UTC); features count
+        as of ``as_of`` (default: the end of ``date`` when given, else now).
+
+        Raises:
+            BatchScoreError: a step failed; the run record says which and why.
+        """
+        s = self.settings
+        now = utcnow()
+        logical_date = date or now.date()
+        as_of = as_of or (end_of_day(date) if date else now)
+        run_id = run_id or new_run_id(now)
+        run_dir = s.runs_path / run_id
+        run_dir.mkdir(parents=True, exist_ok=False)
+        record = RunRecord(
+            run_id=run_id,
+            pipeline_name=s.pipeline_name,
+            logical_date=logical_date.isoformat(),
+            as_of=as_of.isoformat(),
+            id_start=s.customer_id_start,
+            id_end=s.customer_id_end,
+            feature_group=s.feature_group_name,
+            output_table=s.output_table,
+            write_mode=s.write_mode,
+            config_fingerprint=config_fingerprint(s),
+            run_dir=str(run_dir),
+            log_path=str(run_dir / "run.log"),
+            started=now.isoformat(),
+            steps={name: StepRecord(name) for name in STEPS},
+        )
+        record.save()
+        return self._execute(record)
+
+    def resume(self, run_id: str) -> RunRecord:
+        """Continue a failed run at its failed step, reusing what earlier steps wrote.
+
+        Raises:
+            BatchScoreError: no such run, it already succeeded, or a step failed again.
+        """
+        run_dir = self.settings.runs_path / run_id
+        if not (run_dir / "run.json").exists():
+            raise BatchScoreError(
+                f"no run {run_id!r} in {self.settings.runs_path}. List runs with "
+                "'batchscore runs list'."
+            )
+        record = RunRecord.load(run_dir)
+        if record.status == "succeeded":
+            raise BatchScoreError(f"run {run_id} already succeeded; there is nothing to resume.")
+        record.status = "running"
+        record.error = None
+        record.failed_step = None
+        record.ended = None
+        record.save()
+        return self._execute(record)
+
+    # The runner -------------------------------------------------------------------------
+
+    def _call_hooks(self, name: str, *args: Any) -> None:
+        for hook in self.hooks:
+            try:
+                getattr(hook, name)(*args)
+            except Exception:
+                log.exception("hook %s.%s failed (the run goes on)", type(hook).__name__, name)
+
+    def _execute(self, record: RunRecord) -> RunRecord:
+        handler = logging.FileHandler(record.log_path)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S")
+        )
+        log.addHandler(handler)
+        previous_level = log.level
+        if log.getEffectiveLevel() > logging.INFO:
+            log.setLevel(logging.INFO)
+        try:
+            return self._execute_steps(record)
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+            log.setLevel(previous_level)
+
+    def _execute_steps(self, record: RunRecord) -> RunRecord:
+        self._call_hooks("before_pipeline_run", record)
+        log.info(
+            "run %s: %s, ids %d–%d of %s as of %s",
+            record.run_id,
+            record.pipeline_name,
+            record.id_start,
+            record.id_end,
+            record.feature_group,
+            record.as_of,
+        )
+        model: LoadedModel | None = None
+        # The model is resolved before DataSource, so a missing model or column fails at once;
+        # its errors belong to BatchInference, the step that needs it.
+        step = "BatchInference"
+        try:
+            if record.steps[step].status != "succeeded":
+                model = self._resolve_model(record)
+            for step in STEPS:
+                if record.steps[step].status == "succeeded":
+                    log.info("%s: done earlier, reusing its outputs", step)
+                    continue
+                self._run_step(record, step, model)
+        except BaseException as exc:
+            self._fail(record, step, exc)
+            raise
+        record.status = "succeeded"
+        record.ended = utcnow().isoformat()
+        record.save()
+        self._call_hooks("after_pipeline_run", record)
+        return record
+
+    def _resolve_model(self, record: RunRecord) -> LoadedModel:
+        """The run's model: the version it first resolved, else the newest approved one."""
+        s = self.settings
+        if record.model_version is not None:
+            version = self.registry.get_version(s.model_package_group, record.model_version)
+        else:
+            version = self.registry.resolve(s.model_package_group, s.model_approval_status)
+            record.model_name = version.group
+            record.model_version = version.version
+            record.save()
+        model = self.registry.load(version)
+        group = self.feature_store.describe(s.feature_group_name)
+        columns = [group.record_identifier, group.event_time_feature, *group.features]
+        model.check_columns(columns, f"feature group {group.name!r}")
+        log.info("model: %s v%d (%s)", version.group, version.version, version.status)
+        return model
+
+    def _run_step(self, record: RunRecord, step: str, model: LoadedModel | None) -> None:
+        step_record = record.steps[step]
+        step_record.status = "running"
+        step_record.error = None
+        started = time.perf_counter()
+        step_record.started = utcnow().isoformat()
+        record.save()
+        self._call_hooks("before_step", record, step)
+        log.info("%s: started", step)
+        action: Callable[[RunRecord, LoadedModel | None], dict[str, Any]] = {
+            "DataSource": self._data_source,
+            "BatchInference": self._batch_inference,
+            "Publish": self._publish,
+        }[step]
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            step_record.attempts += 1
+            try:
+                outputs = action(record, model)
+                break
+            except BatchScoreError as exc:
+                if not exc.transient or attempt == MAX_ATTEMPTS:
+                    raise
+                delay = 0.2 * 2**attempt
+                log.warning("%s: %s; retrying in %.1fs (attempt %d)", step, exc, delay, attempt)
+                time.sleep(delay)
+        seconds = time.perf_counter() - started
+        step_record.status = "succeeded"
+        step_record.ended = utcnow().isoformat()
+        step_record.seconds = round(seconds, 3)
+        step_record.rows = outputs.get("rows")
+        if step_record.rows is not None and seconds > 0:
+            step_record.rows_per_second = round(step_record.rows / seconds, 1)
+        step_record.outputs = outputs
+        record.save()
+        log.info("%s: done in %.2fs (%s rows)", step, seconds, step_record.rows)
+        self._call_hooks("after_step", record, step)
+
+    def _fail(self, record: RunRecord, step: str, exc: BaseException) -> None:
+        step_record = record.steps[step]
+        nothing = isinstance(exc, NothingToScoreError)
+        step_record.status = "nothing_to_score" if nothing else "failed"
+        step_record.ended = utcnow().isoformat()
+        step_record.error = {"type": type(exc).__name__, "message": self.settings.redact(str(exc))}
+        for later in STEPS[STEPS.index(step) + 1 :]:
+            if record.steps[later].status == "pending":
+                record.steps[later].status = "skipped"
+        record.status = "nothing_to_score" if nothing else "failed"
+        record.failed_step = step
+        record.error = step_record.error
+        record.ended = utcnow().isoformat()
+        record.save()
+        if nothing:
+            log.warning("%s: %s", step, step_record.error["message"])
+        else:
+            log.error("%s failed: %s: %s", step, *step_record.error.values())
+        self._call_hooks("on_pipeline_error", record, step, exc)
+
+    # Steps ------------------------------------------------------------------------------
+
+    def _data_source(self, record: RunRecord, model: LoadedModel | None) -> dict[str, Any]:
+        earlier = record.steps["DataSource"].outputs
+        result = data_source(
+            self.feature_store,
+            record.feature_group,
+            record.id_start,
+            record.id_end,
+            Path(record.run_dir) / "input",
+            as_of=dt.datetime.fromisoformat(record.as_of),
+            # A rerun of this step reads the snapshot the run first read, if it got that far.
+            snapshot_id=earlier.get("snapshot_id"),
+            batch_size=self.settings.batch_size,
+        )
+        record.steps["DataSource"].outputs = {"snapshot_id": result.snapshot_id}
+        log.info(
+            "DataSource: %d records (skipped %d older versions, %d deleted)",
+            result.rows,
+            result.duplicate_versions_skipped,
+            result.deleted_records_skipped,
+        )
+        return result.to_dict()
+
+    def _batch_inference(self, record: RunRecord, model: LoadedModel | None) -> dict[str, Any]:
+        assert model is not None
+        lineage = Lineage(
+            run_id=record.run_id,
+            pipeline_name=record.pipeline_name,
+            id_range=f"{record.id_start}-{record.id_end}",
+            inference_date=dt.date.fromisoformat(record.logical_date),
+            timestamp=dt.datetime.fromisoformat(record.started),
+        )
+        result = batch_inference(
+            record.outputs("DataSource")["files"],
+            model,
+            Path(record.run_dir) / "predictions",
+            record_identifier=self.settings.record_identifier,
+            lineage=lineage,
+            target_column=self.settings.target_column,
+            source_label=f"feature group {record.feature_group!r}",
+            batch_size=self.settings.batch_size,
+        )
+        if result.evaluation:
+            e = result.evaluation
+            log.info(
+                "evaluation on %d labelled rows: accuracy %.3f, F1 %.3f, ROC AUC %s",
+                e["rows"],
+                e["accuracy"],
+                e["f1"],
+                f"{e['roc_auc']:.3f}" if e["roc_auc"] is not None else "n/a",
+            )
+        return result.to_dict()
+
+    def _publish(self, record: RunRecord, model: LoadedModel | None) -> dict[str, Any]:
+        s = self.settings
+        scored = record.outputs("BatchInference")
+        result = publish(
+            self.catalog,
+            s.athena_database,
+            s.athena_output_table,
+            scored["files"],
+            scored["rows"],
+            run_id=record.run_id,
+            logical_run=LogicalRun(
+                pipeline_name=record.pipeline_name,
+                inference_date=dt.date.fromisoformat(record.logical_date),
+                id_range=f"{record.id_start}-{record.id_end}",
+            ),
+            write_mode=record.write_mode,
+        )
+        if result.already_published:
+            log.info(
+                "Publish: run %s was committed earlier (snapshot %d)",
+                record.run_id,
+                result.snapshot_id,
+            )
+        return result.to_dict()

@@ -1,0 +1,196 @@
+"""The model registry interface, in SageMaker Model Registry's words.
+
+A model package group holds numbered versions; each has an approval status, one of
+``PendingManualApproval``, ``Approved``, ``Rejected``. "Latest approved" is the newest
+version whose status is ``Approved``.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from batchscore.errors import ModelLoadError, SchemaMismatchError
+
+APPROVAL_TAG = "approval_status"
+DEFAULT_STATUS = "PendingManualApproval"
+
+# Types a scikit-learn pipeline of standard parts needs beyond skops' own safe list.
+# Anything else must be trusted explicitly in the config (registry.trusted_types).
+TRUSTED_SKOPS_TYPES = (
+    "numpy.dtype",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.tree._tree.Tree",
+)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered version of a model package group."""
+
+    group: str
+    version: int
+    status: str
+    created: dt.datetime
+    source: str
+    run_id: str | None = None
+    description: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.group!r} v{self.version}"
+
+
+@dataclass
+class LoadedModel:
+    """A classifier ready to score: the estimator, the columns it takes and their types.
+
+    ``input_types`` maps each input column to ``"double"``, ``"long"``, ``"string"`` … as the
+    model's signature declares (or ``"any"`` when it declares nothing).
+    """
+
+    version: ModelVersion
+    estimator: Any
+    input_types: dict[str, str]
+    profile: dict[str, Any] | None = None
+    classes: list[Any] = field(default_factory=list)
+
+    @property
+    def input_columns(self) -> list[str]:
+        return list(self.input_types)
+
+    def check_columns(self, available: list[str], source: str) -> None:
+        """Raise SchemaMismatchError naming the first column the model needs that is missing."""
+        missing = [c for c in self.input_columns if c not in available]
+        if missing:
+            more = (
+                f" (and {len(missing) - 1} more: {', '.join(missing[1:])})" if missing[1:] else ""
+            )
+            raise SchemaMismatchError(
+                f"model {self.version.label} needs column {missing[0]!r}, which {source} does "
+                f"not have{more}. Add the feature, or approve a model trained on these columns."
+            )
+
+    def frame(self, batch: pa.RecordBatch | pa.Table) -> pd.DataFrame:
+        """The model's input columns of a batch, cast to the types it was trained on."""
+        data: dict[str, Any] = {}
+        for column, kind in self.input_types.items():
+            values = batch.column(column)
+            if kind in ("double", "float", "long", "integer", "int"):
+                arr = values.to_numpy(zero_copy_only=False)
+                data[column] = _as_float(arr, column)
+            else:
+                data[column] = values.to_pandas()
+        return pd.DataFrame(data, columns=self.input_columns)
+
+    def predict(self, batch: pa.RecordBatch | pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted class (as int) and the probability used to rank (positive class)."""
+        proba = np.asarray(self.estimator.predict_proba(self.frame(batch)), dtype=np.float64)
+        best = proba.argmax(axis=1)
+        classes = self.classes
+        if classes and all(_is_int_like(c) for c in classes):
+            prediction = np.asarray([int(c) for c in classes])[best]
+        else:
+            prediction = best
+        # Binary: the positive (last) class; multi-class: the predicted class' probability.
+        probability = proba[:, -1] if proba.shape[1] == 2 else proba.max(axis=1)
+        return prediction.astype(np.int32), probability
+
+
+def _is_int_like(value: Any) -> bool:
+    try:
+        return float(value) == int(value)
+    except (TypeError, ValueError):
+        return False
+
+
+def _as_float(arr: np.ndarray, column: str) -> np.ndarray:
+    try:
+        return arr.astype(np.float64)
+    except (TypeError, ValueError) as exc:
+        raise SchemaMismatchError(
+            f"column {column!r} must be numeric for the model, but holds values like "
+            f"{next((v for v in arr if v is not None), None)!r}: {exc}."
+        ) from exc
+
+
+def check_classifier(estimator: Any, version: ModelVersion) -> list[Any]:
+    """The estimator's classes; ModelLoadError when it cannot give probabilities."""
+    if not hasattr(estimator, "predict_proba"):
+        raise ModelLoadError(
+            f"model {version.label} ({type(estimator).__name__}) has no predict_proba: "
+            "batchscore scores classifiers that give class probabilities."
+        )
+    classes = getattr(estimator, "classes_", None)
+    return list(classes) if classes is not None else []
+
+
+class ModelRegistry(abc.ABC):
+    """Where models come from. Implementations: ``mlflow.MlflowRegistry``."""
+
+    @abc.abstractmethod
+    def list_versions(self, group: str) -> list[ModelVersion]:
+        """All versions of the group, newest first (empty when the group does not exist)."""
+
+    @abc.abstractmethod
+    def set_status(self, group: str, version: int, status: str) -> ModelVersion:
+        """Set a version's approval status.
+
+        Raises:
+            ModelError: no such version, or an unknown status.
+        """
+
+    def resolve(self, group: str, status: str = "Approved") -> ModelVersion:
+        """The newest version with ``status``.
+
+        Raises:
+            NoApprovedModelError: no version has it; the message lists what there is.
+        """
+        from batchscore.errors import NoApprovedModelError
+
+        versions = self.list_versions(group)
+        for version in versions:
+            if version.status == status:
+                return version
+        if not versions:
+            raise NoApprovedModelError(
+                f"model package group {group!r} has no versions. Train one with "
+                f"'batchscore train', then approve it with 'batchscore models approve'."
+            )
+        seen = ", ".join(f"v{v.version} {v.status}" for v in versions[:5])
+        raise NoApprovedModelError(
+            f"model package group {group!r} has no version with status {status!r} "
+            f"(versions: {seen}). Approve one: batchscore models approve "
+            f"{versions[0].version}."
+        )
+
+    @abc.abstractmethod
+    def get_version(self, group: str, version: int) -> ModelVersion:
+        """One version. Raises ModelError when it does not exist."""
+
+    @abc.abstractmethod
+    def load(self, version: ModelVersion) -> LoadedModel:
+        """Load a version's classifier safely.
+
+        Raises:
+            ModelLoadError: the artifact is missing, corrupt, untrusted, or not a classifier.
+        """
+
+    @abc.abstractmethod
+    def register_sklearn(
+        self,
+        group: str,
+        estimator: Any,
+        sample: pd.DataFrame,
+        *,
+        profile: dict[str, Any],
+        metrics: dict[str, float] | None = None,
+        description: str = "",
+    ) -> ModelVersion:
+        """Log a fitted scikit-learn classifier and register it as ``PendingManualApproval``."""

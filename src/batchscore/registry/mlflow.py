@@ -1,0 +1,282 @@
+"""The model registry on MLflow: approval status is the version tag ``approval_status``.
+
+Models load only through skops, with batchscore's explicit list of trusted types (plus those
+the config adds) — never with the list a model file carries, and never through pickle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from batchscore.config import APPROVAL_STATUSES, RESOURCE_NAME, validate_identifier
+from batchscore.errors import ModelError, ModelLoadError
+from batchscore.registry.base import (
+    APPROVAL_TAG,
+    DEFAULT_STATUS,
+    TRUSTED_SKOPS_TYPES,
+    LoadedModel,
+    ModelRegistry,
+    ModelVersion,
+    check_classifier,
+)
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+PROFILE_FILE = "training_profile.json"
+# Pinned instead of inferred: inference costs 3–6 s per log_model (STACK.md).
+PIP_REQUIREMENTS = ["scikit-learn", "skops", "pandas", "numpy"]
+
+
+def _quiet_mlflow() -> None:
+    for name in ("mlflow", "alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class MlflowRegistry(ModelRegistry):
+    """Model package groups as MLflow registered models."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        artifact_location: str,
+        cache_dir: Path,
+        trusted_types: list[str] | tuple[str, ...] = (),
+    ) -> None:
+        _quiet_mlflow()
+        from mlflow.tracking import MlflowClient
+
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri = tracking_uri
+        self.artifact_location = artifact_location.rstrip("/")
+        self.cache_dir = cache_dir
+        self.trusted_types = [*TRUSTED_SKOPS_TYPES, *trusted_types]
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # Listing and status -----------------------------------------------------------------
+
+    def _to_version(self, mv: Any) -> ModelVersion:
+        return ModelVersion(
+            group=mv.name,
+            version=int(mv.version),
+            status=(mv.tags or {}).get(APPROVAL_TAG, DEFAULT_STATUS),
+            created=dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, dt.UTC),
+            source=mv.source,
+            run_id=mv.run_id,
+            description=mv.description or "",
+        )
+
+    def list_versions(self, group: str) -> list[ModelVersion]:
+        validate_identifier(group, "model_package_group", RESOURCE_NAME)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.search_model_versions(f"name = '{group}'")
+        except MlflowException as exc:
+            raise ModelError(f"cannot list versions of {group!r}: {exc.message}") from exc
+        versions = [self._to_version(mv) for mv in found]
+        return sorted(versions, key=lambda v: v.version, reverse=True)
+
+    def get_version(self, group: str, version: int) -> ModelVersion:
+        validate_identifier(group, "model_package_group", RESOURCE_NAME)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._to_version(self.client.get_model_version(group, str(version)))
+        except MlflowException:
+            known = ", ".join(f"v{v.version}" for v in self.list_versions(group)) or "none"
+            raise ModelError(
+                f"model package group {group!r} has no version {version} (versions: {known})."
+            ) from None
+
+    def set_status(self, group: str, version: int, status: str) -> ModelVersion:
+        if status not in APPROVAL_STATUSES:
+            raise ModelError(
+                f"approval status {status!r} is not one of {', '.join(APPROVAL_STATUSES)}."
+            )
+        self.get_version(group, version)
+        self.client.set_model_version_tag(group, str(version), APPROVAL_TAG, status)
+        return self.get_version(group, version)
+
+    # Loading ----------------------------------------------------------------------------
+
+    def _download(self, version: ModelVersion) -> Path:
+        """The version's MLflow model folder, cached in the workspace once downloaded."""
+        import mlflow.artifacts
+
+        target = self.cache_dir / version.group / str(version.version)
+        if (target / "MLmodel").exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+        try:
+            uri = self.client.get_model_version_download_uri(version.group, str(version.version))
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=str(staging), tracking_uri=self.tracking_uri
+            )
+            if not (Path(local) / "MLmodel").exists():
+                raise ModelLoadError(
+                    f"model {version.label} has no MLmodel file at {uri}: the artifact is not "
+                    "an MLflow model. Register an MLflow model folder."
+                )
+            # Rename into place so a half-finished download is never taken for a model.
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(local, target)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot download model {version.label} from {version.source}: "
+                f"{type(exc).__name__}: {exc}. Check that its artifacts still exist."
+            ) from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def load(self, version: ModelVersion) -> LoadedModel:
+        from mlflow.models import Model
+
+        folder = self._download(version)
+        try:
+            meta = Model.load(str(folder / "MLmodel"))
+        except Exception as exc:
+            raise ModelLoadError(
+                f"model {version.label}: its MLmodel file is unreadable: {exc}"
+            ) from exc
+        flavor = meta.flavors.get("sklearn")
+        if flavor is None:
+            raise ModelLoadError(
+                f"model {version.label} is not a scikit-learn model (flavours: "
+                f"{', '.join(meta.flavors)}). batchscore scores MLflow sklearn-flavour classifiers."
+            )
+        fmt = flavor.get("serialization_format", "pickle")
+        if fmt != "skops":
+            raise ModelLoadError(
+                f"model {version.label} was saved with {fmt!r}, which can run arbitrary code when "
+                "loaded. Re-log it with mlflow.sklearn.log_model(serialization_format='skops')."
+            )
+        estimator = self._load_skops(folder / flavor.get("pickled_model", "model.skops"), version)
+        classes = check_classifier(estimator, version)
+        return LoadedModel(
+            version=version,
+            estimator=estimator,
+            input_types=_input_types(meta, estimator, version),
+            profile=_read_profile(folder),
+            classes=classes,
+        )
+
+    def _load_skops(self, path: Path, version: ModelVersion) -> Any:
+        import skops.io
+
+        try:
+            untrusted = [
+                t for t in skops.io.get_untrusted_types(file=path) if t not in self.trusted_types
+            ]
+        except Exception as exc:
+            raise ModelLoadError(
+                f"model {version.label}: artifact {path.name} is missing or corrupt "
+                f"({type(exc).__name__}: {exc}). Register the model again."
+            ) from exc
+        if untrusted:
+            raise ModelLoadError(
+                f"model {version.label} contains types batchscore does not trust: "
+                f"{', '.join(untrusted)}. If you know them to be safe, add them to "
+                "registry.trusted_types in the config."
+            )
+        try:
+            return skops.io.load(path, trusted=self.trusted_types)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"model {version.label}: loading {path.name} failed ({type(exc).__name__}: {exc})."
+            ) from exc
+
+    # Registering ------------------------------------------------------------------------
+
+    def register_sklearn(
+        self,
+        group: str,
+        estimator: Any,
+        sample: pd.DataFrame,
+        *,
+        profile: dict[str, Any],
+        metrics: dict[str, float] | None = None,
+        description: str = "",
+    ) -> ModelVersion:
+        validate_identifier(group, "model_package_group", RESOURCE_NAME)
+        import mlflow
+        import mlflow.sklearn
+        from mlflow.exceptions import MlflowException
+        from mlflow.models import infer_signature
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        experiment_name = f"batchscore/{group}"
+        experiment = self.client.get_experiment_by_name(experiment_name)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment
+            else self.client.create_experiment(
+                experiment_name, artifact_location=f"{self.artifact_location}/{group}"
+            )
+        )
+        signature = infer_signature(sample, estimator.predict_proba(sample))
+        with tempfile.TemporaryDirectory() as tmp:
+            profile_path = Path(tmp) / PROFILE_FILE
+            profile_path.write_text(json.dumps(profile, indent=2, default=str))
+            with mlflow.start_run(experiment_id=experiment_id) as run:
+                if metrics:
+                    mlflow.log_metrics(metrics)
+                info = mlflow.sklearn.log_model(
+                    estimator,
+                    name="model",
+                    signature=signature,
+                    pip_requirements=PIP_REQUIREMENTS,
+                    extra_files=[str(profile_path)],
+                    skops_trusted_types=self.trusted_types,
+                    pyfunc_predict_fn="predict_proba",
+                )
+        with contextlib.suppress(MlflowException):  # it exists already
+            self.client.create_registered_model(group)
+        mv = self.client.create_model_version(
+            group,
+            info.model_uri,
+            run_id=run.info.run_id,
+            tags={APPROVAL_TAG: DEFAULT_STATUS},
+            description=description,
+        )
+        return self._to_version(mv)
+
+
+def _input_types(meta: Any, estimator: Any, version: ModelVersion) -> dict[str, str]:
+    """Input columns and types from the signature, else from the fitted estimator."""
+    schema = meta.get_input_schema()
+    if schema is not None and schema.has_input_names():
+        types: dict[str, str] = {}
+        for spec in schema.inputs:
+            kind = getattr(spec, "type", None)
+            types[spec.name] = getattr(kind, "name", str(kind)) if kind is not None else "any"
+        return types
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is None:
+        raise ModelLoadError(
+            f"model {version.label} declares no input columns (no signature and no "
+            "feature_names_in_): log it with a signature so columns can be matched by name."
+        )
+    return {str(n): "any" for n in names}
+
+
+def _read_profile(folder: Path) -> dict[str, Any] | None:
+    for candidate in (folder / "extra_files" / PROFILE_FILE, folder / PROFILE_FILE):
+        if candidate.exists():
+            return json.loads(candidate.read_text())
+    return None
