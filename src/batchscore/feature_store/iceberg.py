@@ -401,9 +401,10 @@ def _read_chunks(data: Any, group: FeatureGroup) -> Iterator[pa.Table]:
     elif suffix in (".csv", ".txt", ".gz"):
         from pyarrow import csv
 
-        # Ids stay strings; event times are parsed by _to_timestamp, not guessed here.
-        types = {group.record_identifier: pa.string(), group.event_time_feature: pa.string()}
-        types.update({f: FEATURE_TYPES[t] for f, t in group.features.items()})
+        # Everything is read as text and cast per column by _conform, so a bad value is
+        # reported with its column's name.
+        names = [group.record_identifier, group.event_time_feature, *group.features]
+        types = dict.fromkeys(names, pa.string())
         try:
             reader = csv.open_csv(
                 path,
@@ -442,27 +443,25 @@ def _cast_column(column: pa.ChunkedArray, target: pa.DataType, name: str) -> pa.
 
 def _to_timestamp(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
     """Event times as naive UTC microseconds, from timestamps, ISO strings or epoch seconds."""
+    import pandas as pd
+
     kind = column.type
     try:
-        if pa.types.is_timestamp(kind):
-            if kind.tz is not None:
-                column = pc.cast(column, pa.timestamp("us", tz="UTC"))
-            return (
-                pc.cast(column, pa.timestamp("us"), safe=False)
-                if kind.tz
-                else pc.cast(column, pa.timestamp("us"))
-            )
+        if pa.types.is_timestamp(kind) and kind.tz is None:
+            return pc.cast(column, pa.timestamp("us"))
         if pa.types.is_integer(kind) or pa.types.is_floating(kind):
             micros = pc.cast(pc.multiply(pc.cast(column, pa.float64()), 1_000_000), pa.int64())
             return pc.cast(micros, pa.timestamp("us"))
         if pa.types.is_date(kind):
             return pc.cast(column, pa.timestamp("us"))
-        text = pc.cast(column, pa.string())
-        try:
-            return pc.cast(pc.cast(text, pa.timestamp("us", tz="UTC")), pa.timestamp("us"))
-        except pa.ArrowInvalid:
-            return pc.cast(text, pa.timestamp("us"))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        # Zoned timestamps and ISO 8601 strings, with or without offsets, mixed: pandas parses
+        # them all; offsets are converted to UTC.
+        values = column.to_pandas()
+        if not pa.types.is_timestamp(kind):
+            values = pd.to_datetime(values, utc=True, format="ISO8601")
+        naive = values.dt.tz_convert("UTC").dt.tz_localize(None)
+        return pa.chunked_array([pa.array(naive, pa.timestamp("us"))])
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, TypeError) as exc:
         raise FeatureGroupError(
             f"event time column {name!r} holds values that are not times: {exc}. Use ISO 8601 "
             "(2026-01-31T12:00:00Z), a timestamp, or epoch seconds."

@@ -1,0 +1,90 @@
+"""Shared fixtures: real SQLite catalogs and MLflow stores under tmp paths, nothing mocked.
+
+Training and logging a model costs seconds, so one session-wide "shared" catalog and registry
+holds the demo feature group and an approved model; each test gets its own workspace (runs
+folder) and its own output table inside them, so tests never see each other's results.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from batchscore import demo
+from batchscore.config import Settings, load_settings
+from batchscore.feature_store import open_feature_store
+from batchscore.registry import open_registry
+from batchscore.training import train_model
+
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
+
+@pytest.fixture(autouse=True)
+def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Keep the user's config and BATCHSCORE_* variables out of every test."""
+    for name in list(os.environ):
+        if name.startswith("BATCHSCORE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def make_settings(shared: Path, workspace: Path, **overrides: object) -> Settings:
+    """Settings that use the shared catalog and registry, with a private workspace."""
+    values: dict[str, object] = {
+        "workspace": str(workspace),
+        "catalog": {
+            "type": "sql",
+            "uri": f"sqlite:///{shared / 'catalog.db'}",
+            "warehouse": (shared / "warehouse").as_uri(),
+        },
+        "registry": {
+            "tracking_uri": f"sqlite:///{shared / 'mlflow.db'}",
+            "artifact_location": (shared / "mlartifacts").as_uri(),
+        },
+        "athena_output_table": f"predictions_{uuid.uuid4().hex[:10]}",
+    }
+    values.update(overrides)
+    return load_settings(path=None, overrides=values, env={})
+
+
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A catalog with the demo feature group and a registry with one approved model."""
+    shared = tmp_path_factory.mktemp("shared")
+    settings = make_settings(shared, shared / "ws")
+    store = open_feature_store(settings)
+    data = demo.generate_churn_data(5000, seed=42)
+    store.create_feature_group(settings.feature_group_name, demo.FEATURES)
+    store.ingest(settings.feature_group_name, data.records)
+    store.delete_records(settings.feature_group_name, data.deleted_ids, event_time=demo.DELETE_TIME)
+    store.delete_records(
+        settings.feature_group_name, data.stale_delete_ids, event_time=demo.STALE_DELETE_TIME
+    )
+    registry = open_registry(settings)
+    result = train_model(settings, store, registry, id_start=1, id_end=4000)
+    registry.set_status(settings.model_package_group, result.version.version, "Approved")
+    return shared
+
+
+@pytest.fixture
+def settings(shared_dir: Path, tmp_path: Path) -> Settings:
+    return make_settings(shared_dir, tmp_path / "ws")
+
+
+@pytest.fixture
+def make(shared_dir: Path, tmp_path: Path):
+    """Build settings on the shared stores with overrides: make(customer_id_end=4100)."""
+
+    def build(**overrides: object) -> Settings:
+        return make_settings(shared_dir, tmp_path / "ws", **overrides)
+
+    return build
+
+
+@pytest.fixture
+def empty_settings(tmp_path: Path) -> Settings:
+    """Settings on a brand-new, empty workspace (its own catalog and registry)."""
+    return load_settings(path=None, overrides={"workspace": str(tmp_path / "ws")}, env={})

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batchscore.config import AWS_ONLY_KEYS, load_settings
+from batchscore.errors import ConfigError, InvalidIdentifierError
+
+# The proof of concept's own configs/pipeline_config.yaml, verbatim.
+SEED_CONFIG = """\
+# Project settings
+project_name: classification-model-batch-inference
+region: us-west-2
+bucket: mlbucket-sagemaker
+prefix: mlops/batch_inference
+pipeline_name: classification-model-batch-inference-pipeline
+model_package_group: classification-model-group  # Source of the trained model
+
+# IAM Role - should have SageMaker, S3, Feature Store, Athena, Glue permissions
+role_arn: arn:aws:iam::ACCOUNT_ID:role/ML-Role-Pipelines
+
+# Instance types (processing only for batch inference)
+processing_instance_type: ml.m5.xlarge
+
+# Feature Store settings (replaces Athena input table)
+feature_group_name: mlops_poc_churn_classification_feature
+customer_id_start: 4000  # Inference data: customer_id 4000-5000
+customer_id_end: 5000
+athena_query_results: s3://mlbucket-sagemaker/athena-query-results/
+
+# Athena settings (for output table only)
+athena_database: ml_metrics
+athena_output_table: mlops_poc_daily_inference
+
+# Failure notification settings
+sns_topic_arn: arn:aws:sns:us-west-2:ACCOUNT_ID:ml-model-pipeline-failures
+notification_email: your-email@example.com
+
+# Deployment settings (model source)
+model_approval_status: Approved  # Latest approved model will be used for inference
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_seeds() -> None:
+    s = load_settings(env={})
+    assert (s.customer_id_start, s.customer_id_end) == (4000, 5000)
+    assert s.output_table == "ml_metrics.mlops_poc_daily_inference"
+    assert s.model_approval_status == "Approved"
+    assert s.write_mode == "replace"
+    assert s.catalog_properties["type"] == "sql"
+    assert s.catalog_properties["uri"].endswith(".batchscore/catalog.db")
+    assert s.tracking_uri.endswith(".batchscore/mlflow.db")
+
+
+def test_seed_config_loads_unchanged_and_aws_keys_are_reported_unused(tmp_path: Path) -> None:
+    s = load_settings(write(tmp_path, SEED_CONFIG), env={})
+    assert s.feature_group_name == "mlops_poc_churn_classification_feature"
+    assert s.region == "us-west-2"
+    assert s.unused_keys() == list(AWS_ONLY_KEYS)
+
+
+def test_the_shipped_config_loads() -> None:
+    shipped = Path(__file__).parents[1] / "configs" / "pipeline_config.yaml"
+    s = load_settings(shipped, env={})
+    assert s.unused_keys() == []
+    assert s.target_column == "churn"
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, "customer_id_strat: 10\n"), env={})
+    message = str(err.value)
+    assert "unknown config key 'customer_id_strat'" in message
+    assert "Did you mean 'customer_id_start'?" in message
+
+
+def test_start_after_end_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "customer_id_start: 5000\ncustomer_id_end: 4000\n")
+    with pytest.raises(ConfigError, match=r"customer_id_start \(5000\) is greater than"):
+        load_settings(path, env={})
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "4000.5", "true", "[1, 2]"])
+def test_ids_must_be_non_negative_integers(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="customer_id_start") as err:
+        load_settings(write(tmp_path, f"customer_id_start: {value}\n"), env={})
+    assert "got" in str(err.value)
+
+
+def test_wrong_type_names_key_and_value(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"write_mode: .*'replace'.*\(got 'upsert'\)"):
+        load_settings(write(tmp_path, "write_mode: upsert\n"), env={})
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "project_name: x\ncustomer_id_start: [4000\ncustomer_id_end: 5\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line \d+"):
+        load_settings(path, env={})
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.yaml", env={})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("athena_database", "ml_metrics; DROP TABLE x"),
+        ("athena_output_table", "../../etc"),
+        ("feature_group_name", "../../etc/passwd"),
+        ("model_package_group", "group' OR '1'='1"),
+        ("athena_database", "1abc"),
+    ],
+)
+def test_unsafe_identifiers_are_refused(key: str, value: str) -> None:
+    with pytest.raises(InvalidIdentifierError, match=key):
+        load_settings(overrides={key: value}, env={})
+
+
+def test_env_var_expansion_and_redaction(tmp_path: Path) -> None:
+    path = write(tmp_path, "registry: sqlite:///${DB_DIR}/mlflow.db\nnotification_email: ${MAIL}\n")
+    s = load_settings(path, env={"DB_DIR": "/tmp/x", "MAIL": "s3cret@example.com"})
+    assert s.tracking_uri == "sqlite:////tmp/x/mlflow.db"
+    shown = str(s.redacted_dict())
+    assert "s3cret@example.com" not in shown
+    assert "***" in shown
+
+
+def test_unset_env_var_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "notification_email: ${NOT_SET_ANYWHERE}\n")
+    with pytest.raises(ConfigError, match=r"notification_email: environment variable "):
+        load_settings(path, env={})
+
+
+def test_precedence_yaml_then_env_then_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, "customer_id_start: 1\ncustomer_id_end: 100\nbatch_size: 10\n")
+    env = {"BATCHSCORE_CUSTOMER_ID_START": "2", "BATCHSCORE_BATCH_SIZE": "20"}
+    s = load_settings(path, ["batch_size=30", "catalog.uri=sqlite:///x.db"], env=env)
+    assert (s.customer_id_start, s.batch_size) == (2, 30)
+    assert s.catalog == {"uri": "sqlite:///x.db"}
+
+
+def test_unknown_env_key_is_refused() -> None:
+    with pytest.raises(ConfigError, match="Did you mean 'batch_size'"):
+        load_settings(env={"BATCHSCORE_BATCH_SIZ": "5"})
+
+
+def test_override_without_equals_sign() -> None:
+    with pytest.raises(ConfigError, match="key=value"):
+        load_settings(overrides=["write_mode"], env={})
