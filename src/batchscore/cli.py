@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.console import Console
+from typer.exceptions import TyperException
 from rich.logging import RichHandler
 from rich.table import Table
 
@@ -541,14 +542,15 @@ def main(argv: list[str] | None = None) -> int:
             err_console.print_exception()
         err_console.print(f"Error: {exc}", markup=False, highlight=False)
         code = exc.exit_code
-    except click.exceptions.Exit as exc:
+    except (typer.Exit, click.exceptions.Exit) as exc:
         code = exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
-    except click.exceptions.Abort:
+    except (typer.Abort, click.exceptions.Abort):
         err_console.print("Aborted.")
         code = 130
+    except (TyperException, click.ClickException) as exc:
+        # Usage errors (typer vendors its own click, so both kinds are caught).
+        exc.show()  # type: ignore[union-attr]
+        code = getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         err_console.print("Interrupted.")
         code = 130

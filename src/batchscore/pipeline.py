@@ -262,12 +262,16 @@ class Pipeline:
             record.as_of,
         )
         model: LoadedModel | None = None
-        # The model is resolved before DataSource, so a missing model or column fails at once;
-        # its errors belong to BatchInference, the step that needs it.
-        step = "BatchInference"
+        # Model and feature group are checked before DataSource, so a missing model or column
+        # fails at once; each error is put on the step that needs the thing.
+        step = "DataSource"
         try:
-            if record.steps[step].status != "succeeded":
+            if record.steps["BatchInference"].status != "succeeded":
+                group = self.feature_store.describe(record.feature_group)
+                step = "BatchInference"
                 model = self._resolve_model(record)
+                columns = [group.record_identifier, group.event_time_feature, *group.features]
+                model.check_columns(columns, f"feature group {group.name!r}")
             for step in STEPS:
                 if record.steps[step].status == "succeeded":
                     log.info("%s: done earlier, reusing its outputs", step)
@@ -293,9 +297,6 @@ class Pipeline:
             record.model_version = version.version
             record.save()
         model = self.registry.load(version)
-        group = self.feature_store.describe(s.feature_group_name)
-        columns = [group.record_identifier, group.event_time_feature, *group.features]
-        model.check_columns(columns, f"feature group {group.name!r}")
         log.info("model: %s v%d (%s)", version.group, version.version, version.status)
         return model
 

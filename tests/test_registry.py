@@ -1,0 +1,173 @@
+"""The MLflow registry: statuses, resolution, safe loading, models registered by others."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from batchscore.errors import ModelError, ModelLoadError, NoApprovedModelError
+from batchscore.pipeline import Pipeline
+from batchscore.registry import open_registry
+from batchscore.registry.base import APPROVAL_TAG
+
+
+def log_external(settings, group: str, estimator, frame: pd.DataFrame, status: str, **kw):
+    """Register a model the way a user would without batchscore: plain MLflow calls."""
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    experiment = mlflow.set_experiment(f"external-{group}")
+    with mlflow.start_run(experiment_id=experiment.experiment_id):
+        mlflow.sklearn.log_model(
+            estimator,
+            name="model",
+            signature=infer_signature(frame, estimator.predict_proba(frame)),
+            registered_model_name=group,
+            pip_requirements=["scikit-learn"],
+            **kw,
+        )
+    client = mlflow.MlflowClient(settings.tracking_uri)
+    version = max(int(v.version) for v in client.search_model_versions(f"name = '{group}'"))
+    client.set_model_version_tag(group, str(version), APPROVAL_TAG, status)
+    return version
+
+
+def numeric_training_frame(settings) -> tuple[pd.DataFrame, np.ndarray]:
+    from batchscore.feature_store import open_feature_store
+
+    table = open_feature_store(settings).latest_records(
+        settings.feature_group_name, 1, 1000).to_table().to_pandas()
+    columns = ["tenure_months", "num_support_calls", "age", "num_products"]
+    return table[columns].astype("float64"), table["churn"].to_numpy()
+
+
+def test_train_registers_pending_and_approval_picks_newest(make) -> None:
+    from batchscore.feature_store import open_feature_store
+    from batchscore.training import train_model
+
+    settings = make(model_package_group="status-test")
+    registry = open_registry(settings)
+    store = open_feature_store(settings)
+    v1 = train_model(settings, store, registry, id_start=1, id_end=600).version
+    v2 = train_model(settings, store, registry, id_start=1, id_end=600).version
+    assert (v1.status, v2.status) == ("PendingManualApproval", "PendingManualApproval")
+    with pytest.raises(NoApprovedModelError, match="no version with status 'Approved'"):
+        registry.resolve("status-test")
+    registry.set_status("status-test", v1.version, "Approved")
+    assert registry.resolve("status-test").version == v1.version
+    registry.set_status("status-test", v2.version, "Approved")
+    assert registry.resolve("status-test").version == v2.version
+    registry.set_status("status-test", v2.version, "Rejected")
+    assert registry.resolve("status-test").version == v1.version
+    assert [v.version for v in registry.list_versions("status-test")] == [v2.version, v1.version]
+    profile = registry.load(registry.get_version("status-test", v1.version)).profile
+    assert profile["category_vocabularies"]["contract_type"] == [
+        "month-to-month", "one_year", "two_year"]
+    assert set(profile["statistics"]["tenure_months"]) >= {"mean", "std", "missing_fraction"}
+
+
+def test_only_rejected_versions(make) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    settings = make(model_package_group="rejected-only")
+    frame, y = numeric_training_frame(settings)
+    log_external(settings, "rejected-only", LogisticRegression().fit(frame, y), frame, "Rejected")
+    with pytest.raises(NoApprovedModelError, match=r"versions: v1 Rejected"):
+        Pipeline(settings).run()
+
+
+def test_unknown_version_and_status(make) -> None:
+    registry = open_registry(make())
+    with pytest.raises(ModelError, match="has no version 99"):
+        registry.set_status("classification-model-group", 99, "Approved")
+    with pytest.raises(ModelError, match="not one of PendingManualApproval, Approved, Rejected"):
+        registry.set_status("classification-model-group", 1, "Approve")
+
+
+def test_a_model_registered_by_other_means_scores(make) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    settings = make(model_package_group="external-logreg")
+    frame, y = numeric_training_frame(settings)
+    estimator = LogisticRegression(max_iter=500).fit(frame, y)
+    log_external(settings, "external-logreg", estimator, frame, "Approved")
+    record = Pipeline(settings).run()
+    assert record.status == "succeeded"
+    assert record.model_name == "external-logreg"
+    # It takes four numeric columns; the others are ignored, not an error.
+    ignored = record.steps["BatchInference"].outputs["ignored_columns"]
+    assert "contract_type" in ignored
+
+
+def test_pickle_models_are_refused(make) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    settings = make(model_package_group="pickled")
+    frame, y = numeric_training_frame(settings)
+    log_external(settings, "pickled", LogisticRegression().fit(frame, y), frame, "Approved",
+                 serialization_format="cloudpickle")
+    with pytest.raises(ModelLoadError, match="saved with 'cloudpickle'.*skops"):
+        Pipeline(settings).run()
+
+
+def test_a_model_without_predict_proba_is_refused(make) -> None:
+    from sklearn.svm import LinearSVC
+
+    import mlflow
+    import mlflow.sklearn
+
+    settings = make(model_package_group="no-proba")
+    frame, y = numeric_training_frame(settings)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    with mlflow.start_run():
+        mlflow.sklearn.log_model(LinearSVC().fit(frame, y), name="m",
+                                 registered_model_name="no-proba",
+                                 pip_requirements=["scikit-learn"])
+    registry = open_registry(settings)
+    registry.set_status("no-proba", 1, "Approved")
+    with pytest.raises(ModelLoadError, match="has no predict_proba"):
+        Pipeline(settings).run()
+
+
+def test_corrupt_artifact(make, tmp_path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    settings = make(model_package_group="corrupt")
+    frame, y = numeric_training_frame(settings)
+    log_external(settings, "corrupt", LogisticRegression().fit(frame, y), frame, "Approved")
+    registry = open_registry(settings)
+    version = registry.resolve("corrupt")
+    folder = registry._download(version)
+    (folder / "model.skops").write_bytes(b"not a zip file")
+    with pytest.raises(ModelLoadError, match="missing or corrupt"):
+        registry.load(version)
+
+
+def test_untrusted_types_are_named(make) -> None:
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.preprocessing import FunctionTransformer
+    from sklearn.pipeline import make_pipeline
+
+    settings = make(model_package_group="untrusted")
+    frame, y = numeric_training_frame(settings)
+    clip = functools.partial(np.clip, a_min=0, a_max=None)
+    estimator = make_pipeline(FunctionTransformer(clip),
+                              RandomForestClassifier(n_estimators=5)).fit(frame, y)
+    # The model file lists these as trusted; batchscore does not take a model's word for it.
+    log_external(settings, "untrusted", estimator, frame, "Approved",
+                 skops_trusted_types=["functools.partial", "numpy.clip", "sklearn.tree._tree.Tree"])
+    with pytest.raises(ModelLoadError,
+                       match=r"does not trust: functools\.partial, numpy\.clip.*trusted_types"):
+        Pipeline(settings).run()
+    trusted = make(model_package_group="untrusted",
+                   registry={"tracking_uri": settings.tracking_uri,
+                             "artifact_location": settings.artifact_location,
+                             "trusted_types": ["functools.partial", "numpy.clip"]})
+    assert Pipeline(trusted).run().status == "succeeded"
