@@ -17,19 +17,24 @@ from batchscore.tables import load_table, open_catalog
 BIN = Path(sys.executable).parent / "batchscore"
 
 
-def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None
+) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCORE_")}
     full_env.update(env or {})
-    return subprocess.run([str(BIN), *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [str(BIN), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
+    )
 
 
 def config_for(settings, path: Path, **extra) -> Path:
     data = {
         "workspace": settings.workspace,
         "catalog": settings.catalog,
-        "registry": {"tracking_uri": settings.tracking_uri,
-                     "artifact_location": settings.artifact_location},
+        "registry": {
+            "tracking_uri": settings.tracking_uri,
+            "artifact_location": settings.artifact_location,
+        },
         "athena_output_table": settings.athena_output_table,
         **extra,
     }
@@ -39,8 +44,11 @@ def config_for(settings, path: Path, **extra) -> Path:
 
 def table_snapshot(settings):
     table = load_table(open_catalog(settings), settings.output_table)
-    return None if table is None or table.current_snapshot() is None else (
-        table.current_snapshot().snapshot_id)
+    return (
+        None
+        if table is None or table.current_snapshot() is None
+        else (table.current_snapshot().snapshot_id)
+    )
 
 
 def test_quickstart_twice_from_nothing_and_another_reader_agrees(tmp_path: Path) -> None:
@@ -49,25 +57,46 @@ def test_quickstart_twice_from_nothing_and_another_reader_agrees(tmp_path: Path)
     assert "ml_metrics.mlops_poc_daily_inference" in first.stdout
     assert "created now" in first.stdout and "trained now" in first.stdout
     assert "batchscore query" in first.stdout
-    count = cli("query", "SELECT count(*) AS n FROM ml_metrics.mlops_poc_daily_inference",
-                "--format", "json", cwd=tmp_path)
+    count = cli(
+        "query",
+        "SELECT count(*) AS n FROM ml_metrics.mlops_poc_daily_inference",
+        "--format",
+        "json",
+        cwd=tmp_path,
+    )
     n = json.loads(count.stdout)[0]["n"]
     assert 950 < n <= 1001
 
     second = cli("quickstart", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert "existing" in second.stdout
-    again = cli("query", "SELECT count(*) AS n, count(DISTINCT customer_id) AS ids "
-                "FROM ml_metrics.mlops_poc_daily_inference", "--format", "json", cwd=tmp_path)
+    again = cli(
+        "query",
+        "SELECT count(*) AS n, count(DISTINCT customer_id) AS ids "
+        "FROM ml_metrics.mlops_poc_daily_inference",
+        "--format",
+        "json",
+        cwd=tmp_path,
+    )
     assert json.loads(again.stdout)[0] == {"n": n, "ids": n}
 
     # Another Iceberg reader, in its own process, straight from the catalog: the same rows.
-    reader = subprocess.run([sys.executable, "-c", (
-        "from pyiceberg.catalog.sql import SqlCatalog\n"
-        "c = SqlCatalog('batchscore', uri='sqlite:///.batchscore/catalog.db')\n"
-        "t = c.load_table('ml_metrics.mlops_poc_daily_inference').scan().to_arrow()\n"
-        "print(t.num_rows, len(set(t.column('customer_id').to_pylist())))\n")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    reader = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "from pyiceberg.catalog.sql import SqlCatalog\n"
+                "c = SqlCatalog('batchscore', uri='sqlite:///.batchscore/catalog.db')\n"
+                "t = c.load_table('ml_metrics.mlops_poc_daily_inference').scan().to_arrow()\n"
+                "print(t.num_rows, len(set(t.column('customer_id').to_pylist())))\n"
+            ),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert reader.stdout.split() == [str(n), str(n)], reader.stderr
 
 
@@ -83,20 +112,27 @@ def test_start_after_end_via_cli(settings, tmp_path: Path, capsys) -> None:
     config = config_for(settings, tmp_path / "c.yaml")
     code = main(["-c", str(config), "--set", "customer_id_start=6000", "run"])
     assert code == 2
-    assert "customer_id_start (6000) is greater than customer_id_end (5000)" in capsys.readouterr().err
+    assert (
+        "customer_id_start (6000) is greater than customer_id_end (5000)" in capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize(
     ("overrides", "message", "code"),
     [
         (["feature_group_name=churn_features"], "feature group 'churn_features' does not exist", 1),
-        (["model_package_group=empty-group"], "model package group 'empty-group' has no versions", 1),
+        (
+            ["model_package_group=empty-group"],
+            "model package group 'empty-group' has no versions",
+            1,
+        ),
         (["customer_id_start=800000", "customer_id_end=800001"], "nothing to score", 3),
         (["athena_database=ml_metrics; DROP TABLE x"], "athena_database", 2),
     ],
 )
-def test_bad_input_exits_non_zero_and_leaves_the_table(settings, tmp_path: Path, capsys,
-                                                       overrides, message, code) -> None:
+def test_bad_input_exits_non_zero_and_leaves_the_table(
+    settings, tmp_path: Path, capsys, overrides, message, code
+) -> None:
     config = config_for(settings, tmp_path / "c.yaml")
     assert main(["-q", "-c", str(config), "run"]) == 0
     before = table_snapshot(settings)
@@ -114,8 +150,15 @@ def test_run_prints_a_summary(settings, tmp_path: Path, capsys) -> None:
     config = config_for(settings, tmp_path / "c.yaml")
     assert main(["-c", str(config), "run"]) == 0
     out = capsys.readouterr().out
-    for text in ("DataSource", "BatchInference", "Publish", "rows scored", "classification-model-group v1",
-                 "ROC AUC", settings.output_table):
+    for text in (
+        "DataSource",
+        "BatchInference",
+        "Publish",
+        "rows scored",
+        "classification-model-group v1",
+        "ROC AUC",
+        settings.output_table,
+    ):
         assert text in out
 
 
@@ -144,8 +187,10 @@ def test_features_commands(empty_settings, tmp_path: Path, capsys) -> None:
     schema = tmp_path / "schema.yaml"
     schema.write_text("customer_id: String\nevent_time: String\nspend: Fractional\nplan: String\n")
     records = tmp_path / "records.csv"
-    records.write_text("customer_id,event_time,spend,plan\nCUST_000001,2026-01-01,10.5,gold\n"
-                       "CUST_000002,2026-01-01,3,silver\n")
+    records.write_text(
+        "customer_id,event_time,spend,plan\nCUST_000001,2026-01-01,10.5,gold\n"
+        "CUST_000002,2026-01-01,3,silver\n"
+    )
     ws = ["--set", f"workspace={empty_settings.workspace}", "--set", "feature_group_name=shop"]
     assert main([*ws, "features", "create", "--schema", str(schema)]) == 0
     assert main([*ws, "features", "ingest", str(records)]) == 0

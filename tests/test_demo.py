@@ -42,11 +42,15 @@ def test_labels_are_learnable_but_noisy() -> None:
     t = demo.generate_churn_data(5000, seed=42).records
     numbers = np.array([int(i[5:]) for i in t.column("customer_id").to_pylist()])
     numeric = [c for c, k in demo.FEATURES.items() if k != "String" and c != "churn"]
-    categorical = [c for c, k in demo.FEATURES.items()
-                   if k == "String" and c not in ("customer_id", "event_time")]
+    categorical = [
+        c
+        for c, k in demo.FEATURES.items()
+        if k == "String" and c not in ("customer_id", "event_time")
+    ]
     train, test = t.filter(numbers <= 4000), t.filter(numbers > 4000)
     model = build_pipeline(numeric, categorical).fit(
-        training_frame(train, numeric, categorical), train.column("churn").to_numpy())
+        training_frame(train, numeric, categorical), train.column("churn").to_numpy()
+    )
     score = model.predict_proba(training_frame(test, numeric, categorical))[:, 1]
     auc = roc_auc_score(test.column("churn").to_numpy(), score)
     assert 0.75 < auc < 0.9

@@ -247,3 +247,33 @@ def test_missing_column_is_named(make, shared_dir) -> None:
     assert "needs column 'loyalty_points'" in str(err.value)
     assert "mlops_poc_churn_classification_feature" in str(err.value)
     assert snapshot(scoring) is None
+
+
+def test_resume_continues_at_the_failed_step(make) -> None:
+    from batchscore.errors import PublishError
+    from batchscore.tables import ensure_predictions_table
+
+    settings = make()
+    table = ensure_predictions_table(
+        open_catalog(settings), settings.athena_database, settings.athena_output_table
+    )
+    today = dt.datetime.now(dt.UTC).date().isoformat()
+    # A file where the partition's data folder must go: Publish cannot place its files.
+    blocker = Path(table.location().removeprefix("file://")) / "data" / f"inference_date={today}"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("in the way")
+    with pytest.raises(PublishError):
+        Pipeline(settings).run()
+    record = RunRecord.load(next(settings.runs_path.iterdir()))
+    assert record.status == "failed" and record.failed_step == "Publish"
+    assert record.steps["BatchInference"].status == "succeeded"
+    assert snapshot(settings) is None
+    scored_at = record.steps["BatchInference"].ended
+
+    blocker.unlink()
+    resumed = Pipeline(settings).resume(record.run_id)
+    assert resumed.status == "succeeded"
+    assert resumed.steps["BatchInference"].ended == scored_at  # not scored again
+    assert len(table_rows(settings)) == resumed.steps["BatchInference"].rows
+    with pytest.raises(Exception, match="already succeeded"):
+        Pipeline(settings).resume(record.run_id)

@@ -41,8 +41,12 @@ def log_external(settings, group: str, estimator, frame: pd.DataFrame, status: s
 def numeric_training_frame(settings) -> tuple[pd.DataFrame, np.ndarray]:
     from batchscore.feature_store import open_feature_store
 
-    table = open_feature_store(settings).latest_records(
-        settings.feature_group_name, 1, 1000).to_table().to_pandas()
+    table = (
+        open_feature_store(settings)
+        .latest_records(settings.feature_group_name, 1, 1000)
+        .to_table()
+        .to_pandas()
+    )
     columns = ["tenure_months", "num_support_calls", "age", "num_products"]
     return table[columns].astype("float64"), table["churn"].to_numpy()
 
@@ -68,7 +72,10 @@ def test_train_registers_pending_and_approval_picks_newest(make) -> None:
     assert [v.version for v in registry.list_versions("status-test")] == [v2.version, v1.version]
     profile = registry.load(registry.get_version("status-test", v1.version)).profile
     assert profile["category_vocabularies"]["contract_type"] == [
-        "month-to-month", "one_year", "two_year"]
+        "month-to-month",
+        "one_year",
+        "two_year",
+    ]
     assert set(profile["statistics"]["tenure_months"]) >= {"mean", "std", "missing_fraction"}
 
 
@@ -110,26 +117,34 @@ def test_pickle_models_are_refused(make) -> None:
 
     settings = make(model_package_group="pickled")
     frame, y = numeric_training_frame(settings)
-    log_external(settings, "pickled", LogisticRegression().fit(frame, y), frame, "Approved",
-                 serialization_format="cloudpickle")
-    with pytest.raises(ModelLoadError, match="saved with 'cloudpickle'.*skops"):
+    log_external(
+        settings,
+        "pickled",
+        LogisticRegression().fit(frame, y),
+        frame,
+        "Approved",
+        serialization_format="cloudpickle",
+    )
+    with pytest.raises(ModelLoadError, match=r"saved with 'cloudpickle'.*skops"):
         Pipeline(settings).run()
 
 
 def test_a_model_without_predict_proba_is_refused(make) -> None:
-    from sklearn.svm import LinearSVC
-
     import mlflow
     import mlflow.sklearn
+    from sklearn.svm import LinearSVC
 
     settings = make(model_package_group="no-proba")
     frame, y = numeric_training_frame(settings)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     with mlflow.start_run():
-        mlflow.sklearn.log_model(LinearSVC().fit(frame, y), name="m",
-                                 registered_model_name="no-proba",
-                                 pip_requirements=["scikit-learn"])
+        mlflow.sklearn.log_model(
+            LinearSVC().fit(frame, y),
+            name="m",
+            registered_model_name="no-proba",
+            pip_requirements=["scikit-learn"],
+        )
     registry = open_registry(settings)
     registry.set_status("no-proba", 1, "Approved")
     with pytest.raises(ModelLoadError, match="has no predict_proba"):
@@ -152,22 +167,34 @@ def test_corrupt_artifact(make, tmp_path) -> None:
 
 def test_untrusted_types_are_named(make) -> None:
     from sklearn.ensemble import RandomForestClassifier
-    from sklearn.preprocessing import FunctionTransformer
     from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
 
     settings = make(model_package_group="untrusted")
     frame, y = numeric_training_frame(settings)
     clip = functools.partial(np.clip, a_min=0, a_max=None)
-    estimator = make_pipeline(FunctionTransformer(clip),
-                              RandomForestClassifier(n_estimators=5)).fit(frame, y)
+    estimator = make_pipeline(
+        FunctionTransformer(clip), RandomForestClassifier(n_estimators=5)
+    ).fit(frame, y)
     # The model file lists these as trusted; batchscore does not take a model's word for it.
-    log_external(settings, "untrusted", estimator, frame, "Approved",
-                 skops_trusted_types=["functools.partial", "numpy.clip", "sklearn.tree._tree.Tree"])
-    with pytest.raises(ModelLoadError,
-                       match=r"does not trust: functools\.partial, numpy\.clip.*trusted_types"):
+    log_external(
+        settings,
+        "untrusted",
+        estimator,
+        frame,
+        "Approved",
+        skops_trusted_types=["functools.partial", "numpy.clip", "sklearn.tree._tree.Tree"],
+    )
+    with pytest.raises(
+        ModelLoadError, match=r"does not trust: functools\.partial, numpy\.clip.*trusted_types"
+    ):
         Pipeline(settings).run()
-    trusted = make(model_package_group="untrusted",
-                   registry={"tracking_uri": settings.tracking_uri,
-                             "artifact_location": settings.artifact_location,
-                             "trusted_types": ["functools.partial", "numpy.clip"]})
+    trusted = make(
+        model_package_group="untrusted",
+        registry={
+            "tracking_uri": settings.tracking_uri,
+            "artifact_location": settings.artifact_location,
+            "trusted_types": ["functools.partial", "numpy.clip"],
+        },
+    )
     assert Pipeline(trusted).run().status == "succeeded"

@@ -17,9 +17,9 @@ from typing import Annotated, Any
 import click
 import typer
 from rich.console import Console
-from typer.exceptions import TyperException
 from rich.logging import RichHandler
 from rich.table import Table
+from typer.exceptions import TyperException
 
 from batchscore.config import Settings, load_settings
 from batchscore.errors import BatchScoreError, ConfigError

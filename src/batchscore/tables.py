@@ -189,11 +189,14 @@ def publish_predictions(
         f"{table.location().rstrip('/')}/data/"
         f"{PARTITION_COLUMN}={logical_run.inference_date.isoformat()}"
     )
-    uris = [
-        _place_file(path, data_dir, f"{run_id}-{i:05d}.parquet") for i, path in enumerate(files)
-    ]
     properties = {RUN_ID_PROPERTY: run_id}
+    uris: list[str] = []
     try:
+        # Placed files are invisible until the commit names them; a failed commit leaves
+        # them as unreferenced files, which no reader sees.
+        uris = [
+            _place_file(path, data_dir, f"{run_id}-{i:05d}.parquet") for i, path in enumerate(files)
+        ]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Delete operation did not match any records")
             with table.transaction() as tx:
