@@ -36,6 +36,10 @@ models_app = typer.Typer(
     help="List registered model versions and set their approval status.", no_args_is_help=True
 )
 config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True)
+runs_app = typer.Typer(help="Run history: list, show, logs.", no_args_is_help=True)
+table_app = typer.Typer(help="Manage the predictions table.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+app.add_typer(table_app, name="table")
 app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
@@ -56,6 +60,11 @@ class State:
     def settings(self) -> Settings:
         if self._settings is None:
             self._settings = load_settings(self.config, self.overrides)
+            from batchscore.pipeline import RedactFilter
+
+            for handler in log.handlers:
+                if isinstance(handler, RichHandler):
+                    handler.addFilter(RedactFilter(self._settings.redact))
             unused = self._settings.unused_keys()
             if unused:
                 log.info("unused by the %s backend: %s", self._settings.backend, ", ".join(unused))
@@ -527,6 +536,245 @@ def config_show() -> None:
         console.print(
             f"# unused by the {settings.backend} backend: {', '.join(unused)}", style="dim"
         )
+
+
+# Operations ---------------------------------------------------------------------------------
+
+
+@app.command()
+def backfill(
+    date_from: Annotated[str, typer.Option("--from", help="First logical date, YYYY-MM-DD.")],
+    date_to: Annotated[str, typer.Option("--to", help="Last logical date, YYYY-MM-DD.")],
+) -> None:
+    """One run per date, each scoring features as of the end of its date."""
+    from batchscore.pipeline import Pipeline
+
+    start, end = _parse_date(date_from, "--from"), _parse_date(date_to, "--to")
+    assert start is not None and end is not None
+    records = Pipeline(state.settings).backfill(start, end)
+    table = Table("date", "run", "status", "rows", title="backfill", title_justify="left")
+    for r in records:
+        table.add_row(r.logical_date, r.run_id, r.status, _fmt(r.steps["BatchInference"].rows))
+    console.print(table)
+    failed = [r for r in records if r.status != "succeeded"]
+    expected = (end - start).days + 1
+    if failed or len(records) < expected:
+        raise BatchScoreError(
+            f"{expected - len(records) + len(failed)} of {expected} date(s) did not succeed; "
+            "see 'batchscore runs list --status failed'."
+        )
+
+
+@app.command()
+def schedule(
+    cron: Annotated[
+        str | None,
+        typer.Option(help="Cron expression in UTC, e.g. '0 2 * * *' (default: schedule_cron)."),
+    ] = None,
+    print_: Annotated[
+        str | None,
+        typer.Option(
+            "--print", help="Print a unit for crontab, systemd or kubernetes instead of running."
+        ),
+    ] = None,
+    max_runs: Annotated[int | None, typer.Option(help="Stop after this many runs.")] = None,
+) -> None:
+    """Run the pipeline on a cron schedule in the foreground (SIGTERM/SIGINT stop it)."""
+    import signal
+
+    from batchscore.scheduler import Scheduler, schedule_unit
+
+    settings = state.settings
+    expression = cron or settings.schedule_cron
+    if expression is None:
+        raise ConfigError("give --cron '0 2 * * *' or set schedule_cron in the config.")
+    if print_ is not None:
+        console.print(
+            schedule_unit(print_, expression, settings, state.config),
+            markup=False,
+            highlight=False,
+            end="",
+        )
+        return
+    scheduler = Scheduler(settings, expression, max_runs=max_runs)
+    signal.signal(signal.SIGTERM, scheduler.stop)
+    signal.signal(signal.SIGINT, scheduler.stop)
+    report = scheduler.run_forever()
+    console.print(
+        f"runs started: {len(report.started)}, failed: {len(report.failed)}, "
+        f"skipped (previous run still going): {len(report.skipped)}"
+    )
+
+
+@app.command()
+def clean(
+    older_than: Annotated[str, typer.Option(help="Age, e.g. 30d, 12h, 90m.")] = "30d",
+) -> None:
+    """Remove run folders older than the given age (their history rows stay)."""
+    from batchscore.runs import clean_runs, parse_age
+
+    result = clean_runs(state.settings, parse_age(older_than))
+    console.print(
+        f"removed {len(result.removed)} run folder(s), {result.bytes_freed / 1e6:.1f} MB freed"
+    )
+
+
+@runs_app.command("list")
+def runs_list(
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    pipeline: Annotated[str | None, typer.Option(help="Only runs of this pipeline.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 20,
+) -> None:
+    """Runs, newest first (like list-pipeline-executions)."""
+    from batchscore.runs import RunHistory
+
+    rows = RunHistory.for_settings(state.settings).list_runs(
+        status=status, pipeline=pipeline, limit=limit
+    )
+    table = Table("run", "pipeline", "date", "status", "model", "rows", "seconds", "failed step")
+    for r in rows:
+        model = f"{r['model_name']} v{r['model_version']}" if r["model_name"] else ""
+        table.add_row(
+            r["run_id"],
+            r["pipeline_name"],
+            r["logical_date"],
+            r["status"],
+            model,
+            _fmt(r["rows"]),
+            _fmt(r["seconds"]),
+            r["failed_step"] or "",
+        )
+    console.print(table)
+
+
+@runs_app.command("show")
+def runs_show(run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
+    """A run's steps, timings, metrics and outputs."""
+    from batchscore.runs import RunHistory
+
+    run = RunHistory.for_settings(state.settings).get(run_id)
+    rows = [
+        (k, run[k])
+        for k in (
+            "status",
+            "pipeline_name",
+            "logical_date",
+            "as_of",
+            "model_name",
+            "model_version",
+            "output_table",
+            "write_mode",
+            "config_fingerprint",
+            "started",
+            "ended",
+            "seconds",
+            "run_dir",
+            "log_path",
+        )
+    ]
+    if run["error_type"]:
+        rows.append(("error", f"{run['failed_step']}: {run['error_type']}: {run['error_message']}"))
+    if run["outputs_removed"]:
+        rows.append(("outputs", "removed by 'batchscore clean'"))
+    console.print(_kv_table(f"run {run_id}", rows))
+    steps = Table("step", "status", "seconds", "rows", "rows/s", "attempts", "error")
+    for st in run["steps"]:
+        steps.add_row(
+            st["step"],
+            st["status"],
+            _fmt(st["seconds"]),
+            _fmt(st["rows"]),
+            _fmt(st["rows_per_second"]),
+            _fmt(st["attempts"]),
+            f"{st['error_type']}: {st['error_message']}" if st["error_type"] else "",
+        )
+    console.print(steps)
+    record = run["record"] or {}
+    outputs = record.get("steps") or {}
+    evaluation = outputs.get("BatchInference", {}).get("outputs", {}).get("evaluation")
+    if evaluation:
+        console.print(
+            _kv_table(
+                "evaluation",
+                [
+                    (k, evaluation[k])
+                    for k in (
+                        "rows",
+                        "accuracy",
+                        "precision",
+                        "recall",
+                        "f1",
+                        "roc_auc",
+                        "confusion_matrix",
+                    )
+                ],
+            )
+        )
+    files = [
+        ("input", outputs.get("DataSource", {}).get("outputs", {}).get("files")),
+        ("predictions", outputs.get("BatchInference", {}).get("outputs", {}).get("files")),
+        ("evaluation", outputs.get("BatchInference", {}).get("outputs", {}).get("evaluation_path")),
+        ("table snapshot", outputs.get("Publish", {}).get("outputs", {}).get("snapshot_id")),
+    ]
+    console.print(
+        _kv_table(
+            "outputs", [(k, ", ".join(v) if isinstance(v, list) else v) for k, v in files if v]
+        )
+    )
+
+
+@runs_app.command("logs")
+def runs_logs(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the run ends.")
+    ] = False,
+    json_lines: Annotated[bool, typer.Option("--json", help="The JSON-lines log.")] = False,
+) -> None:
+    """Print a run's log."""
+    import time
+
+    from batchscore.runs import RunHistory
+
+    history = RunHistory.for_settings(state.settings)
+    run = history.get(run_id)
+    path = Path(run["log_path"])
+    if json_lines:
+        path = path.with_suffix(".jsonl")
+    if not path.exists():
+        raise BatchScoreError(
+            f"the log of run {run_id} is gone ({path}); 'batchscore clean' may have removed it."
+        )
+    with path.open() as handle:
+        while True:
+            line = handle.readline()
+            if line:
+                sys.stdout.write(line)
+                continue
+            if not follow or history.get(run_id)["status"] != "running":
+                break
+            sys.stdout.flush()
+            time.sleep(0.5)
+    sys.stdout.flush()
+
+
+@table_app.command("drop")
+def table_drop(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Drop the predictions table and delete its files (asks first)."""
+    from batchscore.tables import drop_table, open_catalog
+
+    settings = state.settings
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError(
+                f"dropping {settings.output_table} needs confirmation: "
+                "pass --yes when running without a terminal."
+            )
+        typer.confirm(f"Drop {settings.output_table} and delete all its predictions?", abort=True)
+    drop_table(open_catalog(settings), settings.output_table)
+    console.print(f"dropped {settings.output_table}")
 
 
 # Entry point ----------------------------------------------------------------------------------

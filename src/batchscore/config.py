@@ -55,6 +55,22 @@ def validate_identifier(value: str, what: str, pattern: re.Pattern[str] = SQL_ID
     return value
 
 
+def validate_cron(expression: str, what: str = "--cron") -> str:
+    """Return a valid cron expression (5 fields, or 6 with seconds last), else ConfigError."""
+    from croniter import croniter
+
+    if (
+        not isinstance(expression, str)
+        or len(expression.split()) not in (5, 6)
+        or not (croniter.is_valid(expression))
+    ):
+        raise ConfigError(
+            f"{what} {expression!r} is not a cron expression: use five fields "
+            "'minute hour day-of-month month day-of-week', e.g. '0 2 * * *' for 02:00 daily."
+        )
+    return expression
+
+
 class RegistrySettings(BaseModel):
     """Where registered models live. A plain string in YAML is taken as the tracking URI."""
 
@@ -104,6 +120,13 @@ class Settings(BaseModel):
     write_mode: Literal["replace", "append", "overwrite"] = "replace"
     batch_size: Annotated[int, Field(strict=True, gt=0, le=10_000_000)] = 100_000
 
+    # Operations.
+    notification_urls: list[str] = Field(default_factory=list)
+    notify_on: list[Literal["failure", "success"]] = Field(default_factory=lambda: ["failure"])
+    max_attempts: Annotated[int, Field(strict=True, ge=1, le=20)] = 3
+    retry_backoff_seconds: Annotated[float, Field(ge=0, le=300)] = 0.5
+    schedule_cron: str | None = None
+
     _secrets: set[str] = PrivateAttr(default_factory=set)
 
     @model_validator(mode="before")
@@ -123,6 +146,8 @@ class Settings(BaseModel):
             validate_identifier(self.target_column, "target_column")
         validate_identifier(self.feature_group_name, "feature_group_name", RESOURCE_NAME)
         validate_identifier(self.model_package_group, "model_package_group", RESOURCE_NAME)
+        if self.schedule_cron is not None:
+            validate_cron(self.schedule_cron, "schedule_cron")
         if self.customer_id_start > self.customer_id_end:
             raise ValueError(
                 f"customer_id_start ({self.customer_id_start}) is greater than customer_id_end "

@@ -12,7 +12,11 @@ The tree::
     │   └── ModelLoadError           an artifact is missing, corrupt, untrusted or not a classifier
     ├── SchemaMismatchError          the model needs a column the features do not have
     ├── QueryError                   `batchscore query` was given SQL it will not run
+    ├── RunLockedError               another process is running the same pipeline and date
+    ├── RunNotFoundError             no run with that id in the workspace
     └── PublishError                 the predictions could not be committed
+        └── CommitConflictError      another writer committed first (transient)
+    TransientStoreError              a locked SQLite file or a registry I/O hiccup (transient)
 
 Errors marked ``transient = True`` may succeed when retried (a commit conflict, a locked file);
 the runner retries those and nothing else.
@@ -69,6 +73,22 @@ class SchemaMismatchError(BatchScoreError):
 
 class QueryError(BatchScoreError):
     """A SQL query was refused or failed."""
+
+
+class RunLockedError(BatchScoreError):
+    """Another process holds the lock of this pipeline and logical date."""
+
+    exit_code = 4
+
+
+class RunNotFoundError(BatchScoreError):
+    """No run with the given id."""
+
+
+class TransientStoreError(BatchScoreError):
+    """A store was busy (a locked SQLite file, a registry I/O error); a retry can succeed."""
+
+    transient = True
 
 
 class PublishError(BatchScoreError):

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from batchscore.config import Settings
-from batchscore.errors import BatchScoreError, NothingToScoreError
+from batchscore.errors import BatchScoreError, ConfigError, NothingToScoreError, RunNotFoundError
 from batchscore.feature_store import FeatureStore, open_feature_store
+from batchscore.locks import run_lock
 from batchscore.registry import LoadedModel, ModelRegistry, open_registry
 from batchscore.steps import batch_inference, data_source, publish
 from batchscore.steps.batch_inference import Lineage
@@ -31,7 +32,6 @@ from batchscore.tables import LogicalRun, open_catalog
 log = logging.getLogger("batchscore")
 
 STEPS = ("DataSource", "BatchInference", "Publish")
-MAX_ATTEMPTS = 3  # for transient errors (commit conflicts, locked files)
 
 
 def utcnow() -> dt.datetime:
@@ -119,6 +119,64 @@ class PipelineHooks:
     def after_pipeline_run(self, record: RunRecord) -> None: ...
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying can help: marked transient, or a store that was busy or locked."""
+    if isinstance(exc, BatchScoreError):
+        return exc.transient
+    from pyiceberg.exceptions import CommitFailedException
+
+    if isinstance(exc, CommitFailedException):
+        return True
+    text = str(exc).lower()
+    return type(exc).__name__ == "OperationalError" and ("locked" in text or "busy" in text)
+
+
+def _first_unfinished(record: RunRecord) -> str:
+    return next((s for s in STEPS if record.steps[s].status != "succeeded"), STEPS[-1])
+
+
+class RedactFilter(logging.Filter):
+    """Replaces secret values (from ``${VAR}``) in every log line."""
+
+    def __init__(self, redact: Callable[[str], str]) -> None:
+        super().__init__()
+        self.redact = redact
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = self.redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+class JsonLinesFormatter(logging.Formatter):
+    def __init__(self, run_id: str) -> None:
+        super().__init__()
+        self.run_id = run_id
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
+            "level": record.levelname,
+            "run_id": self.run_id,
+            "message": record.getMessage(),
+        })  # fmt: skip
+
+
+def run_log_handlers(record: RunRecord, redact: Callable[[str], str]) -> list[logging.Handler]:
+    """A human-readable ``run.log`` and a JSON-lines ``run.jsonl``, both redacted."""
+    text = logging.FileHandler(record.log_path)
+    text.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    lines = logging.FileHandler(Path(record.log_path).with_suffix(".jsonl"))
+    lines.setFormatter(JsonLinesFormatter(record.run_id))
+    for handler in (text, lines):
+        handler.addFilter(RedactFilter(redact))
+    return [text, lines]
+
+
 def config_fingerprint(settings: Settings) -> str:
     data = settings.redacted_dict()
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
@@ -142,7 +200,13 @@ class Pipeline:
         self._feature_store = feature_store
         self._registry = registry
         self._catalog: Any = None
-        self.hooks = list(hooks)
+        from batchscore.notify import Notifier
+        from batchscore.runs import RunHistory, RunHistoryHook
+
+        # Run history and notifications are always on; callers add their own hooks after them.
+        self.history = RunHistory.for_settings(settings)
+        self.hooks: list[PipelineHooks] = [RunHistoryHook(self.history), Notifier(settings)]
+        self.hooks.extend(hooks)
 
     @property
     def feature_store(self) -> FeatureStore:
@@ -182,26 +246,46 @@ class Pipeline:
         logical_date = date or now.date()
         as_of = as_of or (end_of_day(date) if date else now)
         run_id = run_id or new_run_id(now)
-        run_dir = s.runs_path / run_id
-        run_dir.mkdir(parents=True, exist_ok=False)
-        record = RunRecord(
-            run_id=run_id,
-            pipeline_name=s.pipeline_name,
-            logical_date=logical_date.isoformat(),
-            as_of=as_of.isoformat(),
-            id_start=s.customer_id_start,
-            id_end=s.customer_id_end,
-            feature_group=s.feature_group_name,
-            output_table=s.output_table,
-            write_mode=s.write_mode,
-            config_fingerprint=config_fingerprint(s),
-            run_dir=str(run_dir),
-            log_path=str(run_dir / "run.log"),
-            started=now.isoformat(),
-            steps={name: StepRecord(name) for name in STEPS},
-        )
-        record.save()
-        return self._execute(record)
+        with run_lock(s, s.pipeline_name, logical_date.isoformat(), run_id):
+            run_dir = s.runs_path / run_id
+            run_dir.mkdir(parents=True, exist_ok=False)
+            record = RunRecord(
+                run_id=run_id,
+                pipeline_name=s.pipeline_name,
+                logical_date=logical_date.isoformat(),
+                as_of=as_of.isoformat(),
+                id_start=s.customer_id_start,
+                id_end=s.customer_id_end,
+                feature_group=s.feature_group_name,
+                output_table=s.output_table,
+                write_mode=s.write_mode,
+                config_fingerprint=config_fingerprint(s),
+                run_dir=str(run_dir),
+                log_path=str(run_dir / "run.log"),
+                started=now.isoformat(),
+                steps={name: StepRecord(name) for name in STEPS},
+            )
+            record.save()
+            return self._execute(record)
+
+    def backfill(self, start: dt.date, end: dt.date) -> list[RunRecord]:
+        """One run per date from ``start`` to ``end`` (inclusive), each as of the end of its
+        date and replacing only its own rows. A failed date is recorded and the next goes on.
+        """
+        if start > end:
+            raise ConfigError(f"--from {start} is after --to {end}: give an increasing range.")
+        records: list[RunRecord] = []
+        day = start
+        while day <= end:
+            try:
+                records.append(self.run(date=day))
+            except BatchScoreError as exc:
+                log.error("backfill %s: %s", day, exc)
+                latest = self.history.list_runs(pipeline=self.settings.pipeline_name, limit=1)
+                if latest and latest[0]["logical_date"] == day.isoformat():
+                    records.append(RunRecord.load(Path(latest[0]["run_dir"])))
+            day += dt.timedelta(days=1)
+        return records
 
     def resume(self, run_id: str) -> RunRecord:
         """Continue a failed run at its failed step, reusing what earlier steps wrote.
@@ -211,19 +295,22 @@ class Pipeline:
         """
         run_dir = self.settings.runs_path / run_id
         if not (run_dir / "run.json").exists():
-            raise BatchScoreError(
+            raise RunNotFoundError(
                 f"no run {run_id!r} in {self.settings.runs_path}. List runs with "
                 "'batchscore runs list'."
             )
         record = RunRecord.load(run_dir)
         if record.status == "succeeded":
             raise BatchScoreError(f"run {run_id} already succeeded; there is nothing to resume.")
-        record.status = "running"
-        record.error = None
-        record.failed_step = None
-        record.ended = None
-        record.save()
-        return self._execute(record)
+        with run_lock(self.settings, record.pipeline_name, record.logical_date, run_id):
+            record = RunRecord.load(run_dir)  # as it is now that we hold the lock
+            record.status = "running"
+            record.error = None
+            record.failed_step = None
+            record.ended = None
+            record.save()
+            log.info("resuming run %s at %s", run_id, _first_unfinished(record))
+            return self._execute(record)
 
     # The runner -------------------------------------------------------------------------
 
@@ -235,19 +322,18 @@ class Pipeline:
                 log.exception("hook %s.%s failed (the run goes on)", type(hook).__name__, name)
 
     def _execute(self, record: RunRecord) -> RunRecord:
-        handler = logging.FileHandler(record.log_path)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S")
-        )
-        log.addHandler(handler)
+        handlers = run_log_handlers(record, self.settings.redact)
+        for handler in handlers:
+            log.addHandler(handler)
         previous_level = log.level
         if log.getEffectiveLevel() > logging.INFO:
             log.setLevel(logging.INFO)
         try:
             return self._execute_steps(record)
         finally:
-            log.removeHandler(handler)
-            handler.close()
+            for handler in handlers:
+                log.removeHandler(handler)
+                handler.close()
             log.setLevel(previous_level)
 
     def _execute_steps(self, record: RunRecord) -> RunRecord:
@@ -314,16 +400,20 @@ class Pipeline:
             "BatchInference": self._batch_inference,
             "Publish": self._publish,
         }[step]
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        attempts = self.settings.max_attempts
+        for attempt in range(1, attempts + 1):
             step_record.attempts += 1
             try:
                 outputs = action(record, model)
                 break
-            except BatchScoreError as exc:
-                if not exc.transient or attempt == MAX_ATTEMPTS:
+            except Exception as exc:
+                if not is_transient(exc) or attempt == attempts:
                     raise
-                delay = 0.2 * 2**attempt
-                log.warning("%s: %s; retrying in %.1fs (attempt %d)", step, exc, delay, attempt)
+                delay = self.settings.retry_backoff_seconds * 2 ** (attempt - 1)
+                log.warning(
+                    "%s: %s; retrying in %.1fs (attempt %d of %d)",
+                    step, exc, delay, attempt, attempts,
+                )  # fmt: skip
                 time.sleep(delay)
         seconds = time.perf_counter() - started
         step_record.status = "succeeded"

@@ -109,6 +109,24 @@ def ensure_predictions_table(catalog: Catalog, database: str, table_name: str) -
     return catalog.load_table(identifier)
 
 
+def drop_table(catalog: Catalog, identifier: str) -> None:
+    """Drop a table and delete its files.
+
+    Raises:
+        ConfigError: no such table.
+    """
+    namespace, _, name = identifier.partition(".")
+    validate_identifier(namespace, "athena_database")
+    validate_identifier(name, "athena_output_table")
+    table = load_table(catalog, identifier)
+    if table is None:
+        raise ConfigError(f"table {identifier} does not exist; there is nothing to drop.")
+    location = _local_path(table.location())
+    catalog.drop_table(identifier)
+    if location is not None and location.exists():
+        shutil.rmtree(location)
+
+
 @dataclass(frozen=True)
 class LogicalRun:
     """What makes two runs "the same run" for write mode ``replace``."""

@@ -1,0 +1,239 @@
+"""Run history (``runs.db`` in the workspace), the per-run lock, and cleaning up old runs.
+
+The history is a SQLite mirror of each run's ``run.json``, kept current by a pipeline hook,
+so runs can be listed and filtered like SageMaker's ``list-pipeline-executions``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import re
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from batchscore.config import Settings
+from batchscore.errors import ConfigError, RunNotFoundError
+from batchscore.pipeline import STEPS, PipelineHooks, RunRecord, utcnow
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    pipeline_name TEXT NOT NULL,
+    logical_date TEXT NOT NULL,
+    as_of TEXT,
+    status TEXT NOT NULL,
+    config_fingerprint TEXT,
+    model_name TEXT,
+    model_version INTEGER,
+    id_start INTEGER,
+    id_end INTEGER,
+    output_table TEXT,
+    write_mode TEXT,
+    started TEXT,
+    ended TEXT,
+    seconds REAL,
+    rows INTEGER,
+    failed_step TEXT,
+    error_type TEXT,
+    error_message TEXT,
+    run_dir TEXT,
+    log_path TEXT,
+    outputs_removed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL REFERENCES runs (run_id),
+    step TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    started TEXT,
+    ended TEXT,
+    seconds REAL,
+    rows INTEGER,
+    rows_per_second REAL,
+    attempts INTEGER,
+    error_type TEXT,
+    error_message TEXT,
+    PRIMARY KEY (run_id, step)
+);
+"""
+
+
+class RunHistory:
+    """The workspace's ``runs.db``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.executescript(SCHEMA)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> RunHistory:
+        return cls(settings.workspace_path / "runs.db")
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.path, timeout=30)
+        con.row_factory = sqlite3.Row
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            with con:
+                yield con
+        finally:
+            con.close()
+
+    def record(self, run: RunRecord) -> None:
+        """Insert or update a run and its steps from its record."""
+        seconds = None
+        if run.ended:
+            start = dt.datetime.fromisoformat(run.started)
+            seconds = round((dt.datetime.fromisoformat(run.ended) - start).total_seconds(), 3)
+        error = run.error or {}
+        with self._connect() as con:
+            con.execute(
+                """INSERT INTO runs (run_id, pipeline_name, logical_date, as_of, status,
+                       config_fingerprint, model_name, model_version, id_start, id_end,
+                       output_table, write_mode, started, ended, seconds, rows, failed_step,
+                       error_type, error_message, run_dir, log_path)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (run_id) DO UPDATE SET
+                       status = excluded.status, model_name = excluded.model_name,
+                       model_version = excluded.model_version, ended = excluded.ended,
+                       seconds = excluded.seconds, rows = excluded.rows,
+                       failed_step = excluded.failed_step, error_type = excluded.error_type,
+                       error_message = excluded.error_message""",
+                (
+                    run.run_id, run.pipeline_name, run.logical_date, run.as_of, run.status,
+                    run.config_fingerprint, run.model_name, run.model_version, run.id_start,
+                    run.id_end, run.output_table, run.write_mode, run.started, run.ended,
+                    seconds, run.steps["BatchInference"].rows, run.failed_step,
+                    error.get("type"), error.get("message"), run.run_dir, run.log_path,
+                ),
+            )  # fmt: skip
+            for position, name in enumerate(STEPS):
+                step = run.steps[name]
+                step_error = step.error or {}
+                con.execute(
+                    """INSERT OR REPLACE INTO steps VALUES
+                       (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                    (
+                        run.run_id, name, position, step.status, step.started, step.ended,
+                        step.seconds, step.rows, step.rows_per_second, step.attempts,
+                        step_error.get("type"), step_error.get("message"),
+                    ),
+                )  # fmt: skip
+
+    def list_runs(
+        self, *, status: str | None = None, pipeline: str | None = None, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        """Runs, newest first, optionally only those with a status or of a pipeline."""
+        where, params = [], []
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        if pipeline:
+            where.append("pipeline_name = ?")
+            params.append(pipeline)
+        sql = "SELECT * FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started DESC, run_id DESC LIMIT ?"
+        with self._connect() as con:
+            return [dict(row) for row in con.execute(sql, [*params, limit])]
+
+    def get(self, run_id: str) -> dict[str, Any]:
+        """One run with its steps (``steps``) and, when its folder exists, its full record."""
+        with self._connect() as con:
+            row = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).fetchone()
+            if row is None:
+                raise RunNotFoundError(
+                    f"no run {run_id!r} in {self.path}. List runs with 'batchscore runs list'."
+                )
+            steps = con.execute(
+                "SELECT * FROM steps WHERE run_id = ? ORDER BY position", [run_id]
+            ).fetchall()
+        run = dict(row)
+        run["steps"] = [dict(s) for s in steps]
+        record_path = Path(run["run_dir"]) / "run.json"
+        run["record"] = json.loads(record_path.read_text()) if record_path.exists() else None
+        return run
+
+    def mark_outputs_removed(self, run_id: str) -> None:
+        with self._connect() as con:
+            con.execute("UPDATE runs SET outputs_removed = 1 WHERE run_id = ?", [run_id])
+
+
+class RunHistoryHook(PipelineHooks):
+    """Keeps ``runs.db`` in step with every run."""
+
+    def __init__(self, history: RunHistory) -> None:
+        self.history = history
+
+    def before_pipeline_run(self, record: RunRecord) -> None:
+        self.history.record(record)
+
+    def before_step(self, record: RunRecord, step: str) -> None:
+        self.history.record(record)
+
+    def after_step(self, record: RunRecord, step: str) -> None:
+        self.history.record(record)
+
+    def on_pipeline_error(self, record: RunRecord, step: str, error: BaseException) -> None:
+        self.history.record(record)
+
+    def after_pipeline_run(self, record: RunRecord) -> None:
+        self.history.record(record)
+
+
+# Cleaning up -------------------------------------------------------------------------------
+
+_AGE = re.compile(r"^\s*(\d+)\s*([dhm])\s*$")
+
+
+def parse_age(text: str) -> dt.timedelta:
+    """'30d' -> 30 days; also hours ('12h') and minutes ('90m')."""
+    match = _AGE.match(text)
+    if not match:
+        raise ConfigError(f"--older-than {text!r} must look like 30d, 12h or 90m.")
+    amount, unit = int(match.group(1)), match.group(2)
+    return {"d": dt.timedelta(days=amount), "h": dt.timedelta(hours=amount),
+            "m": dt.timedelta(minutes=amount)}[unit]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CleanResult:
+    removed: list[str]
+    bytes_freed: int
+
+
+def clean_runs(settings: Settings, older_than: dt.timedelta) -> CleanResult:
+    """Remove the folders of finished runs started before now - ``older_than``.
+
+    Their rows in ``runs.db`` stay (marked ``outputs_removed``), so history is kept. Running
+    runs are never touched. The predictions table does not depend on run folders.
+    """
+    history = RunHistory.for_settings(settings)
+    cutoff = utcnow() - older_than
+    removed: list[str] = []
+    freed = 0
+    if not settings.runs_path.exists():
+        return CleanResult(removed, freed)
+    for run_dir in sorted(settings.runs_path.iterdir()):
+        record_path = run_dir / "run.json"
+        if not record_path.exists():
+            continue
+        record = json.loads(record_path.read_text())
+        if record["status"] == "running" or dt.datetime.fromisoformat(record["started"]) >= cutoff:
+            continue
+        freed += sum(f.stat().st_size for f in run_dir.rglob("*") if f.is_file())
+        shutil.rmtree(run_dir)
+        history.mark_outputs_removed(record["run_id"])
+        removed.append(record["run_id"])
+    return CleanResult(removed, freed)
