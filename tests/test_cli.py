@@ -21,6 +21,7 @@ def cli(
     *args: str, cwd: Path | None = None, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCORE_")}
+    full_env["COLUMNS"] = "200"  # Rich wraps tables at 80 columns without a terminal
     full_env.update(env or {})
     return subprocess.run(
         [str(BIN), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300

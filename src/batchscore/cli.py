@@ -780,6 +780,10 @@ def table_drop(
 # Entry point ----------------------------------------------------------------------------------
 
 
+def _redact(text: str) -> str:
+    return state._settings.redact(text) if state._settings is not None else text
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return (and, as a console script, exit with) the exit code."""
     try:
@@ -788,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
     except BatchScoreError as exc:
         if state.debug:
             err_console.print_exception()
-        err_console.print(f"Error: {exc}", markup=False, highlight=False)
+        err_console.print(f"Error: {_redact(str(exc))}", markup=False, highlight=False)
         code = exc.exit_code
     except (typer.Exit, click.exceptions.Exit) as exc:
         code = exc.exit_code
@@ -806,7 +810,7 @@ def main(argv: list[str] | None = None) -> int:
         if state.debug:
             raise
         err_console.print(
-            f"Error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            f"Error: {type(exc).__name__}: {_redact(str(exc))} (--debug shows the traceback)",
             markup=False,
             highlight=False,
         )

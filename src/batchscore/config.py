@@ -193,7 +193,10 @@ class Settings(BaseModel):
         """Keys that are set but mean nothing to the chosen backend (the seed's AWS keys)."""
         if self.backend != "local":
             return []
-        return [key for key in AWS_ONLY_KEYS if getattr(self, key) is not None]
+        used = set()
+        if any(url.startswith("mailto") for url in self.notification_urls):
+            used.add("notification_email")  # fills in the mailto URLs' recipient
+        return [k for k in AWS_ONLY_KEYS if getattr(self, k) is not None and k not in used]
 
     def redact(self, text: str) -> str:
         """Replace every value that came from a ``${VAR}`` with '***'."""

@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from batchscore.config import Settings
-from batchscore.errors import BatchScoreError, ConfigError, NothingToScoreError, RunNotFoundError
+from batchscore.errors import (
+    BatchScoreError,
+    ConfigError,
+    NothingToScoreError,
+    RunNotFoundError,
+    is_busy_error,
+)
 from batchscore.feature_store import FeatureStore, open_feature_store
 from batchscore.locks import run_lock
 from batchscore.registry import LoadedModel, ModelRegistry, open_registry
@@ -127,8 +133,7 @@ def is_transient(exc: BaseException) -> bool:
 
     if isinstance(exc, CommitFailedException):
         return True
-    text = str(exc).lower()
-    return type(exc).__name__ == "OperationalError" and ("locked" in text or "busy" in text)
+    return is_busy_error(exc)
 
 
 def _first_unfinished(record: RunRecord) -> str:
@@ -309,7 +314,6 @@ class Pipeline:
             record.failed_step = None
             record.ended = None
             record.save()
-            log.info("resuming run %s at %s", run_id, _first_unfinished(record))
             return self._execute(record)
 
     # The runner -------------------------------------------------------------------------
@@ -347,6 +351,8 @@ class Pipeline:
             record.feature_group,
             record.as_of,
         )
+        if any(step.status == "succeeded" for step in record.steps.values()):
+            log.info("resuming run %s at %s", record.run_id, _first_unfinished(record))
         model: LoadedModel | None = None
         # Model and feature group are checked before DataSource, so a missing model or column
         # fails at once; each error is put on the step that needs the thing.

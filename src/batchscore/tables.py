@@ -37,6 +37,8 @@ from batchscore.errors import (
     ConfigError,
     PublishError,
     QueryError,
+    TransientStoreError,
+    is_busy_error,
 )
 
 # The predictions table: the seed's four columns, then lineage, then the partition column.
@@ -71,6 +73,8 @@ def open_catalog(settings: Settings) -> Catalog:
         return load_catalog("batchscore", **properties)
     except Exception as exc:
         shown = settings.redact(str(exc))
+        if is_busy_error(exc):
+            raise TransientStoreError(f"the Iceberg catalog database is locked: {shown}") from exc
         raise ConfigError(
             f"cannot open the Iceberg catalog ({settings.redact(str(properties))}): {shown}. "
             "Check the 'catalog' settings; they are pyiceberg catalog properties."
@@ -232,8 +236,13 @@ def publish_predictions(
     except BatchScoreError:
         raise
     except Exception as exc:
+        if is_busy_error(exc):
+            raise TransientStoreError(
+                f"the catalog database was locked while committing to "
+                f"{'.'.join(table.name())}: {exc}. The table is unchanged; the publish is retried."
+            ) from exc
         raise PublishError(
-            f"committing {len(uris)} prediction file(s) to {'.'.join(table.name())} failed: "
+            f"committing {len(files)} prediction file(s) to {'.'.join(table.name())} failed: "
             f"{type(exc).__name__}: {exc}. The table is unchanged."
         ) from exc
     snapshot = table.current_snapshot()
