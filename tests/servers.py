@@ -25,7 +25,7 @@ def smtp_server() -> Iterator[tuple[int, list[Message]]]:
     received: list[Message] = []
 
     class Handler:
-        async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
+        async def handle_DATA(self, server, session, envelope):
             received.append(message_from_bytes(envelope.content))
             return "250 OK"
 
@@ -43,7 +43,7 @@ def webhook_server() -> Iterator[tuple[int, list[dict]]]:
     received: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        def do_POST(self) -> None:
             length = int(self.headers["Content-Length"])
             received.append(json.loads(self.rfile.read(length)))
             self.send_response(200)

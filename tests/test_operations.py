@@ -27,8 +27,9 @@ from tests.test_pipeline import expected_latest, table_rows
 
 def block_publish(settings, day: dt.date) -> Path:
     """A file where the partition's data folder must go: Publish fails until it is removed."""
-    table = ensure_predictions_table(open_catalog(settings), settings.athena_database,
-                                     settings.athena_output_table)
+    table = ensure_predictions_table(
+        open_catalog(settings), settings.athena_database, settings.athena_output_table
+    )
     blocker = Path(table.location().removeprefix("file://")) / "data" / f"inference_date={day}"
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_text("in the way")
@@ -38,8 +39,12 @@ def block_publish(settings, day: dt.date) -> Path:
 def test_failure_mail_resume_and_history_through_the_cli(settings, tmp_path: Path) -> None:
     with smtp_server() as (port, mails):
         url = f"mailto://127.0.0.1:{port}?from=batchscore@example.com&mode=insecure"
-        config = config_for(settings, tmp_path / "c.yaml", notification_urls=[url],
-                            notification_email="oncall@example.com")
+        config = config_for(
+            settings,
+            tmp_path / "c.yaml",
+            notification_urls=[url],
+            notification_email="oncall@example.com",
+        )
         blocker = block_publish(settings, dt.datetime.now(dt.UTC).date())
         failed = cli("-c", str(config), "run")
         assert failed.returncode == 1
@@ -47,13 +52,19 @@ def test_failure_mail_resume_and_history_through_the_cli(settings, tmp_path: Pat
         assert len(mails) == 1
     mail = mails[0]
     assert mail["Subject"] == (
-        "[batchscore] classification-model-batch-inference-pipeline failed at Publish")
+        "[batchscore] classification-model-batch-inference-pipeline failed at Publish"
+    )
     assert mail["To"] == "oncall@example.com"
     history = RunHistory.for_settings(settings)
     run = history.list_runs()[0]
     body = mail_text(mail)
-    for text in (run["run_id"], "Step: Publish", "Error: PublishError", run["log_path"],
-                 f"batchscore resume {run['run_id']}"):
+    for text in (
+        run["run_id"],
+        "Step: Publish",
+        "Error: PublishError",
+        run["log_path"],
+        f"batchscore resume {run['run_id']}",
+    ):
         assert text in body
 
     listed = cli("-c", str(config), "runs", "list", "--status", "failed")
@@ -81,16 +92,22 @@ def test_failure_mail_resume_and_history_through_the_cli(settings, tmp_path: Pat
 
 def test_webhook_success_and_undeliverable_notifications(make, tmp_path: Path) -> None:
     with webhook_server() as (port, posts):
-        settings = make(notification_urls=[f"json://127.0.0.1:{port}/hook"],
-                        notify_on=["failure", "success"])
+        settings = make(
+            notification_urls=[f"json://127.0.0.1:{port}/hook"], notify_on=["failure", "success"]
+        )
         record = Pipeline(settings).run()
         assert len(posts) == 1 and posts[0]["type"] == "success"
         assert posts[0]["title"].endswith("succeeded") and record.run_id in posts[0]["message"]
     # Nothing listens on this port: the run's own error and exit code stand.
-    dead = make(notification_urls=[f"json://127.0.0.1:{port}/hook"],
-                model_package_group="no-such-model")
-    config = config_for(dead, tmp_path / "dead.yaml", model_package_group="no-such-model",
-                        notification_urls=[f"json://127.0.0.1:{port}/hook"])
+    dead = make(
+        notification_urls=[f"json://127.0.0.1:{port}/hook"], model_package_group="no-such-model"
+    )
+    config = config_for(
+        dead,
+        tmp_path / "dead.yaml",
+        model_package_group="no-such-model",
+        notification_urls=[f"json://127.0.0.1:{port}/hook"],
+    )
     result = cli("-c", str(config), "run")
     assert result.returncode == 1
     assert "Error: model package group 'no-such-model' has no versions" in result.stderr
@@ -110,8 +127,12 @@ def test_secrets_never_reach_logs_records_or_notifications(make, tmp_path, monke
 
     with webhook_server() as (port, posts):
         base = make(model_package_group="missing-model")
-        config = config_for(base, tmp_path / "c.yaml", model_package_group="missing-model",
-                            notification_urls=[f"json://127.0.0.1:{port}/${{HOOK_TOKEN}}"])
+        config = config_for(
+            base,
+            tmp_path / "c.yaml",
+            model_package_group="missing-model",
+            notification_urls=[f"json://127.0.0.1:{port}/${{HOOK_TOKEN}}"],
+        )
         from batchscore.config import load_settings
 
         settings = load_settings(config)
@@ -128,8 +149,10 @@ def test_secrets_never_reach_logs_records_or_notifications(make, tmp_path, monke
         for path in run_dir.iterdir():
             if path.is_file():
                 assert "tok-3f9a7c" not in path.read_text(), path
-    assert any("POST http://127.0.0.1/***/hook" in p.read_text()
-               for p in base.runs_path.glob("*/run.jsonl"))
+    assert any(
+        "POST http://127.0.0.1/***/hook" in p.read_text()
+        for p in base.runs_path.glob("*/run.jsonl")
+    )
     assert b"tok-3f9a7c" not in (base.workspace_path / "runs.db").read_bytes()
 
 
@@ -154,9 +177,12 @@ def test_three_day_backfill_leaves_three_partitions(make, tmp_path: Path) -> Non
 
 def test_the_lock_refuses_a_second_run_and_names_the_holder(settings) -> None:
     today = dt.datetime.now(dt.UTC).date().isoformat()
-    with run_lock(settings, settings.pipeline_name, today, "20990101T000000-abcdef"):
-        with pytest.raises(RunLockedError, match="run 20990101T000000-abcdef"):
-            Pipeline(settings).run()
+    holder = "20990101T000000-abcdef"
+    with (
+        run_lock(settings, settings.pipeline_name, today, holder),
+        pytest.raises(RunLockedError, match=f"run {holder}"),
+    ):
+        Pipeline(settings).run()
     assert Pipeline(settings).run().status == "succeeded"  # released
 
 
@@ -165,8 +191,11 @@ def test_locked_catalog_is_retried(make) -> None:
     base = make()
     db = base.catalog["uri"].removeprefix("sqlite:///")
     # A one-second busy timeout, so the lock below makes the first attempts fail.
-    settings = make(catalog={**base.catalog, "uri": f"sqlite:///{db}?timeout=1"},
-                    max_attempts=6, retry_backoff_seconds=0.5)
+    settings = make(
+        catalog={**base.catalog, "uri": f"sqlite:///{db}?timeout=1"},
+        max_attempts=6,
+        retry_backoff_seconds=0.5,
+    )
 
     class LockCatalogBeforePublish(PipelineHooks):
         def before_step(self, record: RunRecord, step: str) -> None:
@@ -212,8 +241,12 @@ def test_schedule_stops_cleanly_on_sigterm(settings, tmp_path: Path) -> None:
     from tests.test_cli import BIN
 
     config = config_for(settings, tmp_path / "c.yaml")
-    process = subprocess.Popen([str(BIN), "-c", str(config), "schedule", "--cron", "0 3 1 1 *"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [str(BIN), "-c", str(config), "schedule", "--cron", "0 3 1 1 *"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(4)
     process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=30)
@@ -223,10 +256,12 @@ def test_schedule_stops_cleanly_on_sigterm(settings, tmp_path: Path) -> None:
 
 def test_schedule_units(settings) -> None:
     crontab = schedule_unit("crontab", "0 2 * * *", settings, Path("configs/x.yaml"))
-    assert "0 2 * * * cd " in crontab and "--config" in crontab and crontab.rstrip().endswith(
-        "2>&1")
-    assert "OnCalendar=*-*-* 2:0:00 UTC" in schedule_unit("systemd", "0 2 * * *", settings, None)
-    assert systemd_on_calendar("*/15 8-18 * * 1-5") == "Mon..Fri *-*-* 8..18:0/15:00 UTC"
+    assert (
+        "0 2 * * * cd " in crontab and "--config" in crontab and crontab.rstrip().endswith("2>&1")
+    )
+    assert "OnCalendar=*-*-* 02:00:00 UTC" in schedule_unit("systemd", "0 2 * * *", settings, None)
+    assert systemd_on_calendar("*/15 8-18 * * 1-5") == "Mon..Fri *-*-* 08..18:00/15:00 UTC"
+    assert systemd_on_calendar("30 6 1 */3 0") == "Sun *-01/3-01 06:30:00 UTC"
     kube = schedule_unit("kubernetes", "0 2 * * *", settings, None)
     assert 'schedule: "0 2 * * *"' in kube and "concurrencyPolicy: Forbid" in kube
     from batchscore.errors import ConfigError

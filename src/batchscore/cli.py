@@ -18,7 +18,7 @@ import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.table import Table
+from rich.table import Column, Table
 from typer.exceptions import TyperException
 
 from batchscore.config import Settings, load_settings
@@ -590,7 +590,7 @@ def schedule(
         raise ConfigError("give --cron '0 2 * * *' or set schedule_cron in the config.")
     if print_ is not None:
         console.print(
-            schedule_unit(print_, expression, settings, state.config),
+            schedule_unit(print_, expression, settings, state.config or _implicit_config()),
             markup=False,
             highlight=False,
             end="",
@@ -604,6 +604,17 @@ def schedule(
         f"runs started: {len(report.started)}, failed: {len(report.failed)}, "
         f"skipped (previous run still going): {len(report.skipped)}"
     )
+
+
+def _implicit_config() -> Path | None:
+    """The config file load_settings reads when --config is not given."""
+    import os
+
+    from batchscore.config import DEFAULT_CONFIG_PATH
+
+    if os.environ.get("BATCHSCORE_CONFIG"):
+        return Path(os.environ["BATCHSCORE_CONFIG"])
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
 
 
 @app.command()
@@ -631,7 +642,10 @@ def runs_list(
     rows = RunHistory.for_settings(state.settings).list_runs(
         status=status, pipeline=pipeline, limit=limit
     )
-    table = Table("run", "pipeline", "date", "status", "model", "rows", "seconds", "failed step")
+    table = Table(
+        Column("run", no_wrap=True), "pipeline", "date", "status", "model", "rows", "seconds",
+        "failed step",
+    )  # fmt: skip
     for r in rows:
         model = f"{r['model_name']} v{r['model_version']}" if r["model_name"] else ""
         table.add_row(

@@ -134,14 +134,18 @@ def _systemd_field(value: str, first: int, *, dow: bool = False) -> str:
     for part in value.split(","):
         base, _, step = part.partition("/")
         if base == "*":
-            text = f"{first}/{step}" if step else "*"
+            text = f"{first:02d}/{step}" if step else "*"
         elif "-" in base:
             low, high = base.split("-")
             if step:
                 raise ConfigError(f"cron field {value!r} (range with a step) has no systemd form")
-            text = f"{_DOW.get(low, low)}..{_DOW.get(high, high)}" if dow else f"{low}..{high}"
+            text = (
+                f"{_DOW.get(low, low)}..{_DOW.get(high, high)}"
+                if dow
+                else f"{low.zfill(2)}..{high.zfill(2)}"
+            )
         else:
-            text = (_DOW.get(base, base) if dow else base) + (f"/{step}" if step else "")
+            text = (_DOW.get(base, base) if dow else base.zfill(2)) + (f"/{step}" if step else "")
         parts.append(text)
     return ",".join(parts)
 
