@@ -198,17 +198,18 @@ def _print_run(record: Any) -> None:
     evaluation = scored.get("evaluation")
     if evaluation:
         auc = evaluation["roc_auc"]
-        rows.append(
-            (
-                "evaluation",
-                f"accuracy {evaluation['accuracy']:.3f}  precision "
-                f"{evaluation['precision']:.3f}  recall {evaluation['recall']:.3f}  F1 "
-                f"{evaluation['f1']:.3f}  ROC AUC {auc:.3f}"
-                if auc is not None
-                else "",
-            )
+        text = (
+            f"accuracy {evaluation['accuracy']:.3f}  precision {evaluation['precision']:.3f}  "
+            f"recall {evaluation['recall']:.3f}  F1 {evaluation['f1']:.3f}"
         )
+        if auc is not None:
+            text += f"  ROC AUC {auc:.3f}"
+        rows.append(("evaluation", text))
     console.print(_kv_table("summary", rows))
+
+
+def _round(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
 
 
 def _fmt(value: Any) -> str:
@@ -327,9 +328,8 @@ def train(
                 ("features", ", ".join(result.features)),
                 (
                     "validation",
-                    f"accuracy {m['accuracy']:.3f}  F1 {m['f1']:.3f}  ROC AUC {m['roc_auc']:.3f}"
-                    if m["roc_auc"] is not None
-                    else "",
+                    f"accuracy {m['accuracy']:.3f}  F1 {m['f1']:.3f}"
+                    + (f"  ROC AUC {m['roc_auc']:.3f}" if m["roc_auc"] is not None else ""),
                 ),
             ],
         )
@@ -711,7 +711,7 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
             _kv_table(
                 "evaluation",
                 [
-                    (k, evaluation[k])
+                    (k, _round(evaluation[k]))
                     for k in (
                         "rows",
                         "accuracy",
