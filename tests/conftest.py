@@ -88,3 +88,9 @@ def make(shared_dir: Path, tmp_path: Path):
 def empty_settings(tmp_path: Path) -> Settings:
     """Settings on a brand-new, empty workspace (its own catalog and registry)."""
     return load_settings(path=None, overrides={"workspace": str(tmp_path / "ws")}, env={})
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests import reliability
+
+    reliability.write()

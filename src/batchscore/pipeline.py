@@ -28,6 +28,7 @@ from batchscore.errors import (
     RunNotFoundError,
     is_busy_error,
 )
+from batchscore.faults import failpoint
 from batchscore.feature_store import FeatureStore, open_feature_store
 from batchscore.locks import run_lock
 from batchscore.registry import LoadedModel, ModelRegistry, open_registry
@@ -88,6 +89,7 @@ class RunRecord:
     ended: str | None = None
     model_name: str | None = None
     model_version: int | None = None
+    feature_snapshot_id: int | None = None  # the feature group snapshot this run reads
     failed_step: str | None = None
     error: dict[str, str] | None = None
     steps: dict[str, StepRecord] = field(default_factory=dict)
@@ -129,9 +131,9 @@ def is_transient(exc: BaseException) -> bool:
     """Whether retrying can help: marked transient, or a store that was busy or locked."""
     if isinstance(exc, BatchScoreError):
         return exc.transient
-    from pyiceberg.exceptions import CommitFailedException
+    from pyiceberg.exceptions import CommitFailedException, ValidationException
 
-    if isinstance(exc, CommitFailedException):
+    if isinstance(exc, CommitFailedException | ValidationException):
         return True
     return is_busy_error(exc)
 
@@ -351,6 +353,7 @@ class Pipeline:
             record.feature_group,
             record.as_of,
         )
+        failpoint("run:started")
         if any(step.status == "succeeded" for step in record.steps.values()):
             log.info("resuming run %s at %s", record.run_id, _first_unfinished(record))
         model: LoadedModel | None = None
@@ -360,6 +363,9 @@ class Pipeline:
         try:
             if record.steps["BatchInference"].status != "succeeded":
                 group = self.feature_store.describe(record.feature_group)
+                if record.feature_snapshot_id is None:
+                    record.feature_snapshot_id = group.snapshot_id
+                    record.save()
                 step = "BatchInference"
                 model = self._resolve_model(record)
                 columns = [group.record_identifier, group.event_time_feature, *group.features]
@@ -401,6 +407,7 @@ class Pipeline:
         record.save()
         self._call_hooks("before_step", record, step)
         log.info("%s: started", step)
+        failpoint(f"{step}:start")
         action: Callable[[RunRecord, LoadedModel | None], dict[str, Any]] = {
             "DataSource": self._data_source,
             "BatchInference": self._batch_inference,
@@ -421,6 +428,7 @@ class Pipeline:
                     step, exc, delay, attempt, attempts,
                 )  # fmt: skip
                 time.sleep(delay)
+        failpoint(f"{step}:end" if step != "Publish" else "Publish:committed")
         seconds = time.perf_counter() - started
         step_record.status = "succeeded"
         step_record.ended = utcnow().isoformat()
@@ -456,7 +464,6 @@ class Pipeline:
     # Steps ------------------------------------------------------------------------------
 
     def _data_source(self, record: RunRecord, model: LoadedModel | None) -> dict[str, Any]:
-        earlier = record.steps["DataSource"].outputs
         result = data_source(
             self.feature_store,
             record.feature_group,
@@ -464,11 +471,10 @@ class Pipeline:
             record.id_end,
             Path(record.run_dir) / "input",
             as_of=dt.datetime.fromisoformat(record.as_of),
-            # A rerun of this step reads the snapshot the run first read, if it got that far.
-            snapshot_id=earlier.get("snapshot_id"),
+            # Resumed or retried, the step reads the snapshot the run first saw.
+            snapshot_id=record.feature_snapshot_id,
             batch_size=self.settings.batch_size,
         )
-        record.steps["DataSource"].outputs = {"snapshot_id": result.snapshot_id}
         log.info(
             "DataSource: %d records (skipped %d older versions, %d deleted)",
             result.rows,

@@ -25,6 +25,7 @@ from pyiceberg.exceptions import (
     NoSuchNamespaceError,
     NoSuchTableError,
     TableAlreadyExistsError,
+    ValidationException,
 )
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo
 from pyiceberg.table import Table
@@ -40,6 +41,7 @@ from batchscore.errors import (
     TransientStoreError,
     is_busy_error,
 )
+from batchscore.faults import failpoint
 
 # The predictions table: the seed's four columns, then lineage, then the partition column.
 PREDICTIONS_SCHEMA = pa.schema(
@@ -219,6 +221,7 @@ def publish_predictions(
         uris = [
             _place_file(path, data_dir, f"{run_id}-{i:05d}.parquet") for i, path in enumerate(files)
         ]
+        failpoint("Publish:files-placed")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Delete operation did not match any records")
             with table.transaction() as tx:
@@ -228,7 +231,7 @@ def publish_predictions(
                     tx.delete(AlwaysTrue(), snapshot_properties=properties)
                 if uris:
                     tx.add_files(uris, snapshot_properties=properties)
-    except CommitFailedException as exc:
+    except (CommitFailedException, ValidationException) as exc:
         raise CommitConflictError(
             f"another writer committed to {'.'.join(table.name())} first: {exc}. "
             "The table is unchanged; the publish is retried."

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from batchscore.faults import failpoint
 from batchscore.metrics import classification_metrics
 from batchscore.registry import LoadedModel
 from batchscore.tables import PREDICTIONS_SCHEMA
@@ -136,6 +137,7 @@ def batch_inference(
                 files.append(str(path))
                 in_file = 0
             writer.write_batch(out)
+            failpoint("BatchInference:batch")
             in_file += n
             rows += n
             for column, count in _unseen_counts(batch, vocabularies).items():
