@@ -13,12 +13,25 @@ ROWS: list[dict] = []
 OUTPUT = Path(__file__).parents[1] / "build" / "reliability.json"
 
 
-def record(category: str, case: str, *, trials: int = 1, outcome: str,
-           partial_runs: int = 0, duplicate_runs: int = 0) -> None:
-    ROWS.append({
-        "category": category, "case": case, "trials": trials, "outcome": outcome,
-        "partial_runs": partial_runs, "duplicate_runs": duplicate_runs,
-    })
+def record(
+    category: str,
+    case: str,
+    *,
+    trials: int = 1,
+    outcome: str,
+    partial_runs: int = 0,
+    duplicate_runs: int = 0,
+) -> None:
+    ROWS.append(
+        {
+            "category": category,
+            "case": case,
+            "trials": trials,
+            "outcome": outcome,
+            "partial_runs": partial_runs,
+            "duplicate_runs": duplicate_runs,
+        }
+    )
 
 
 def write() -> None:

@@ -30,8 +30,17 @@ RANDOM_KILLS = int(os.environ.get("BATCHSCORE_SOAK", "20"))
 
 _context = mp.get_context("forkserver")
 _context.set_forkserver_preload(
-    ["batchscore.pipeline", "batchscore.registry.mlflow", "batchscore.runs", "batchscore.notify",
-     "mlflow.tracking", "sklearn.ensemble", "skops.io", "duckdb", "pyiceberg.catalog.sql"]
+    [
+        "batchscore.pipeline",
+        "batchscore.registry.mlflow",
+        "batchscore.runs",
+        "batchscore.notify",
+        "mlflow.tracking",
+        "sklearn.ensemble",
+        "skops.io",
+        "duckdb",
+        "pyiceberg.catalog.sql",
+    ]
 )
 
 
@@ -68,11 +77,16 @@ def check_table(settings, expected: int) -> tuple[int, int]:
 def fault_settings(make):
     settings = make(customer_id_end=4300, batch_size=50)
     overrides = {
-        "workspace": settings.workspace, "catalog": settings.catalog,
-        "registry": {"tracking_uri": settings.tracking_uri,
-                     "artifact_location": settings.artifact_location},
+        "workspace": settings.workspace,
+        "catalog": settings.catalog,
+        "registry": {
+            "tracking_uri": settings.tracking_uri,
+            "artifact_location": settings.artifact_location,
+        },
         "athena_output_table": settings.athena_output_table,
-        "customer_id_end": 4300, "batch_size": 50, "retry_backoff_seconds": 0.1,
+        "customer_id_end": 4300,
+        "batch_size": 50,
+        "retry_backoff_seconds": 0.1,
     }
     # Warm the model cache once, so children spend their time in the pipeline.
     from batchscore.pipeline import Pipeline
@@ -105,8 +119,7 @@ def kill_and_resume(settings, overrides, run_id, expected, *, failpoint="", dela
         assert rerun.exitcode == 0
     rows = table_rows(settings)
     rows = rows[rows.inference_date == DAY]
-    final_ok = (len(rows) == expected and rows.customer_id.is_unique
-                and set(rows.run_id) == {run_id})
+    final_ok = len(rows) == expected and rows.customer_id.is_unique and set(rows.run_id) == {run_id}
     return {"killed": killed, "after_kill": after_kill, "final_ok": final_ok}
 
 
@@ -116,16 +129,26 @@ def test_sigkill_at_every_failpoint_then_resume(fault_settings) -> None:
     for point in POINTS:
         kills = partial = duplicates = 0
         for repeat in range(REPEATS):
-            result = kill_and_resume(settings, overrides, f"kill-{point.replace(':', '-')}-{repeat}",
-                                     expected, failpoint=point)
+            result = kill_and_resume(
+                settings,
+                overrides,
+                f"kill-{point.replace(':', '-')}-{repeat}",
+                expected,
+                failpoint=point,
+            )
             kills += result["killed"]
             partial += result["after_kill"][0]
             duplicates += result["after_kill"][1]
             assert result["after_kill"] == (0, 0), f"partial or duplicate rows after {point}"
             assert result["final_ok"], f"resume after {point} did not leave exactly one run"
-        record("SIGKILL at a failpoint", point, trials=kills,
-               outcome="table whole after every kill; resume completed; row count exact",
-               partial_runs=partial, duplicate_runs=duplicates)
+        record(
+            "SIGKILL at a failpoint",
+            point,
+            trials=kills,
+            outcome="table whole after every kill; resume completed; row count exact",
+            partial_runs=partial,
+            duplicate_runs=duplicates,
+        )
 
 
 def test_sigkill_at_random_moments_then_resume(fault_settings) -> None:
@@ -139,15 +162,21 @@ def test_sigkill_at_random_moments_then_resume(fault_settings) -> None:
     rng = random.Random(20261127)
     kills = partial = duplicates = 0
     for i in range(RANDOM_KILLS):
-        result = kill_and_resume(settings, overrides, f"random-{i}", expected,
-                                 delay=rng.uniform(0, duration * 1.1))
+        result = kill_and_resume(
+            settings, overrides, f"random-{i}", expected, delay=rng.uniform(0, duration * 1.1)
+        )
         kills += result["killed"]
         partial += result["after_kill"][0]
         duplicates += result["after_kill"][1]
         assert result["after_kill"] == (0, 0)
         assert result["final_ok"]
-    record("SIGKILL at a random moment", f"uniform over a {duration:.1f}s run",
-           trials=kills, outcome=f"{kills} of {RANDOM_KILLS} landed before the run ended; "
-           "table whole after each; resume completed; row count exact",
-           partial_runs=partial, duplicate_runs=duplicates)
+    record(
+        "SIGKILL at a random moment",
+        f"uniform over a {duration:.1f}s run",
+        trials=kills,
+        outcome=f"{kills} of {RANDOM_KILLS} landed before the run ended; "
+        "table whole after each; resume completed; row count exact",
+        partial_runs=partial,
+        duplicate_runs=duplicates,
+    )
     assert kills >= RANDOM_KILLS // 2

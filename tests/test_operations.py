@@ -179,7 +179,7 @@ def test_the_lock_refuses_a_second_run_and_names_the_holder(settings) -> None:
     today = dt.datetime.now(dt.UTC).date().isoformat()
     holder = "20990101T000000-abcdef"
     with (
-        run_lock(settings, settings.pipeline_name, today, holder),
+        run_lock(settings, settings.pipeline_name, today, holder, "4000-5000"),
         pytest.raises(RunLockedError, match=f"run {holder}"),
     ):
         Pipeline(settings).run()

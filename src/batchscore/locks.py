@@ -1,4 +1,5 @@
-"""One run at a time: a lock per pipeline and logical date, held while a run executes.
+"""One run at a time: a lock per logical run — pipeline, logical date and id range — held
+while a run executes (two id ranges of one pipeline may run side by side).
 
 An ``flock`` on a file in the workspace: released by the OS when the process dies, so a
 killed run never leaves a stale lock behind. The file names the holder for the error message.
@@ -20,9 +21,9 @@ from batchscore.errors import RunLockedError
 
 @contextlib.contextmanager
 def run_lock(
-    settings: Settings, pipeline_name: str, logical_date: str, run_id: str
+    settings: Settings, pipeline_name: str, logical_date: str, run_id: str, id_range: str = ""
 ) -> Iterator[None]:
-    """Hold the lock of one pipeline and logical date while a run executes.
+    """Hold the lock of one logical run (pipeline, logical date, id range) while it executes.
 
     Raises:
         RunLockedError: another process (or thread) holds it; the message names its run.
@@ -30,7 +31,7 @@ def run_lock(
     folder = settings.workspace_path / "locks"
     folder.mkdir(parents=True, exist_ok=True)
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", pipeline_name)
-    path = folder / f"{safe}__{logical_date}.lock"
+    path = folder / f"{safe}__{logical_date}__{id_range or 'all'}.lock"
     handle = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
     try:
         try:
@@ -42,7 +43,8 @@ def run_lock(
             except json.JSONDecodeError:
                 holder = {}
             raise RunLockedError(
-                f"pipeline {pipeline_name!r} for {logical_date} is already running: run "
+                f"pipeline {pipeline_name!r} for {logical_date}"
+                f"{f' (ids {id_range})' if id_range else ''} is already running: run "
                 f"{holder.get('run_id', '?')} (pid {holder.get('pid', '?')}, started "
                 f"{holder.get('started', '?')}). Wait for it to finish; "
                 f"'batchscore runs show {holder.get('run_id', 'RUN_ID')}' shows its progress."

@@ -253,7 +253,8 @@ class Pipeline:
         logical_date = date or now.date()
         as_of = as_of or (end_of_day(date) if date else now)
         run_id = run_id or new_run_id(now)
-        with run_lock(s, s.pipeline_name, logical_date.isoformat(), run_id):
+        id_range = f"{s.customer_id_start}-{s.customer_id_end}"
+        with run_lock(s, s.pipeline_name, logical_date.isoformat(), run_id, id_range):
             run_dir = s.runs_path / run_id
             run_dir.mkdir(parents=True, exist_ok=False)
             record = RunRecord(
@@ -309,7 +310,8 @@ class Pipeline:
         record = RunRecord.load(run_dir)
         if record.status == "succeeded":
             raise BatchScoreError(f"run {run_id} already succeeded; there is nothing to resume.")
-        with run_lock(self.settings, record.pipeline_name, record.logical_date, run_id):
+        id_range = f"{record.id_start}-{record.id_end}"
+        with run_lock(self.settings, record.pipeline_name, record.logical_date, run_id, id_range):
             record = RunRecord.load(run_dir)  # as it is now that we hold the lock
             record.status = "running"
             record.error = None

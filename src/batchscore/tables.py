@@ -72,7 +72,9 @@ def open_catalog(settings: Settings) -> Catalog:
     if not settings.catalog:
         settings.workspace_path.mkdir(parents=True, exist_ok=True)
     try:
-        return load_catalog("batchscore", **properties)
+        catalog = load_catalog("batchscore", **properties)
+        _use_wal(properties.get("uri", ""))
+        return catalog
     except Exception as exc:
         shown = settings.redact(str(exc))
         if is_busy_error(exc):
@@ -81,6 +83,21 @@ def open_catalog(settings: Settings) -> Catalog:
             f"cannot open the Iceberg catalog ({settings.redact(str(properties))}): {shown}. "
             "Check the 'catalog' settings; they are pyiceberg catalog properties."
         ) from exc
+
+
+def _use_wal(uri: str) -> None:
+    """Concurrent writers on a SQLite catalog need WAL mode (it persists in the file)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    import sqlite3
+
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    con = sqlite3.connect(path, timeout=30)
+    try:
+        if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
 
 
 def ensure_namespace(catalog: Catalog, namespace: str) -> None:
