@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean reliability soak
 
 install: $(STAMP)
 
@@ -20,11 +20,25 @@ demo: $(STAMP)
 	$(BIN)/batchscore quickstart
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests scripts
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The fault, concurrency and bad-input suites, then docs/reliability.md from their output.
+RELIABILITY_TESTS := tests/test_faults.py tests/test_concurrency.py tests/test_bad_input.py \
+	tests/test_config.py tests/test_registry.py tests/test_cli.py tests/test_pipeline.py \
+	tests/test_operations.py
+reliability: $(STAMP)
+	rm -f build/reliability.json
+	$(BIN)/python -m pytest -q $(RELIABILITY_TESTS)
+	$(BIN)/python scripts/reliability_report.py
+
+soak: $(STAMP)
+	rm -f build/reliability.json
+	BATCHSCORE_SOAK=500 $(BIN)/python -m pytest -q tests/test_faults.py
+	$(BIN)/python scripts/reliability_report.py
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests
 
 clean:

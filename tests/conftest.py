@@ -79,7 +79,8 @@ def make(shared_dir: Path, tmp_path: Path):
     """Build settings on the shared stores with overrides: make(customer_id_end=4100)."""
 
     def build(**overrides: object) -> Settings:
-        return make_settings(shared_dir, tmp_path / "ws", **overrides)
+        workspace = Path(str(overrides.pop("workspace", tmp_path / "ws")))
+        return make_settings(shared_dir, workspace, **overrides)
 
     return build
 

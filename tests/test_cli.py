@@ -13,6 +13,7 @@ import yaml
 
 from batchscore.cli import main
 from batchscore.tables import load_table, open_catalog
+from tests.reliability import record
 
 BIN = Path(sys.executable).parent / "batchscore"
 
@@ -182,6 +183,11 @@ def test_query_formats_and_read_only(settings, tmp_path: Path, capsys) -> None:
     assert main(["-c", str(config), "query", "SELECT * FROM ml_metrics.nope"]) == 1
     assert "Tables in the catalog" in capsys.readouterr().err
     assert table_snapshot(settings) == before
+    record(
+        "security",
+        "batchscore query with DROP TABLE / two statements",
+        outcome="refused: only one SELECT; table untouched",
+    )
 
 
 def test_features_commands(empty_settings, tmp_path: Path, capsys) -> None:

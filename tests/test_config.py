@@ -6,6 +6,7 @@ import pytest
 
 from batchscore.config import AWS_ONLY_KEYS, load_settings
 from batchscore.errors import ConfigError, InvalidIdentifierError
+from tests.reliability import record
 
 # The proof of concept's own configs/pipeline_config.yaml, verbatim.
 SEED_CONFIG = """\
@@ -123,6 +124,11 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_unsafe_identifiers_are_refused(key: str, value: str) -> None:
     with pytest.raises(InvalidIdentifierError, match=key):
         load_settings(overrides={key: value}, env={})
+    record(
+        "security",
+        f"identifier {value!r} for {key}",
+        outcome="refused before reaching SQL, the catalog or a path",
+    )
 
 
 def test_env_var_expansion_and_redaction(tmp_path: Path) -> None:

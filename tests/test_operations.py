@@ -20,6 +20,7 @@ from batchscore.pipeline import Pipeline, PipelineHooks, RunRecord
 from batchscore.runs import RunHistory
 from batchscore.scheduler import Scheduler, schedule_unit, systemd_on_calendar
 from batchscore.tables import ensure_predictions_table, load_table, open_catalog
+from tests.reliability import record
 from tests.servers import mail_text, smtp_server, webhook_server
 from tests.test_cli import cli, config_for
 from tests.test_pipeline import expected_latest, table_rows
@@ -154,6 +155,11 @@ def test_secrets_never_reach_logs_records_or_notifications(make, tmp_path, monke
         for p in base.runs_path.glob("*/run.jsonl")
     )
     assert b"tok-3f9a7c" not in (base.workspace_path / "runs.db").read_bytes()
+    record(
+        "security",
+        "a ${VAR} secret in a notification URL, logged by a library",
+        outcome="*** in console, run.log, run.jsonl, run.json, runs.db, notifications, config show",
+    )
 
 
 def test_three_day_backfill_leaves_three_partitions(make, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from batchscore.errors import (
 from batchscore.pipeline import Pipeline, RunRecord
 from batchscore.tables import PREDICTIONS_SCHEMA, load_table, open_catalog, run_query
 from tests.reference import reference_latest
+from tests.reliability import record
 
 
 def table_rows(settings) -> pd.DataFrame:
@@ -197,6 +198,7 @@ def test_unknown_feature_group(make) -> None:
     ):
         Pipeline(bad).run()
     assert snapshot(settings) == before
+    record("data", "an unknown feature group", outcome="error with did-you-mean; table untouched")
 
 
 def test_no_approved_model(make) -> None:
@@ -247,6 +249,11 @@ def test_missing_column_is_named(make, shared_dir) -> None:
     assert "needs column 'loyalty_points'" in str(err.value)
     assert "mlops_poc_churn_classification_feature" in str(err.value)
     assert snapshot(scoring) is None
+    record(
+        "data",
+        "a column the model needs is missing",
+        outcome="SchemaMismatchError naming the column and the feature group; table untouched",
+    )
 
 
 def test_resume_continues_at_the_failed_step(make) -> None:

@@ -12,6 +12,7 @@ from batchscore.errors import ModelError, ModelLoadError, NoApprovedModelError
 from batchscore.pipeline import Pipeline
 from batchscore.registry import open_registry
 from batchscore.registry.base import APPROVAL_TAG
+from tests.reliability import record
 
 
 def log_external(settings, group: str, estimator, frame: pd.DataFrame, status: str, **kw):
@@ -87,6 +88,11 @@ def test_only_rejected_versions(make) -> None:
     log_external(settings, "rejected-only", LogisticRegression().fit(frame, y), frame, "Rejected")
     with pytest.raises(NoApprovedModelError, match=r"versions: v1 Rejected"):
         Pipeline(settings).run()
+    record(
+        "model",
+        "only Rejected versions",
+        outcome="NoApprovedModelError listing the versions; table untouched",
+    )
 
 
 def test_unknown_version_and_status(make) -> None:
@@ -127,6 +133,7 @@ def test_pickle_models_are_refused(make) -> None:
     )
     with pytest.raises(ModelLoadError, match=r"saved with 'cloudpickle'.*skops"):
         Pipeline(settings).run()
+    record("security", "a pickle/cloudpickle model", outcome="refused: never loaded through pickle")
 
 
 def test_a_model_without_predict_proba_is_refused(make) -> None:
@@ -149,6 +156,7 @@ def test_a_model_without_predict_proba_is_refused(make) -> None:
     registry.set_status("no-proba", 1, "Approved")
     with pytest.raises(ModelLoadError, match="has no predict_proba"):
         Pipeline(settings).run()
+    record("model", "a model without predict_proba", outcome="ModelLoadError naming the class")
 
 
 def test_corrupt_artifact(make, tmp_path) -> None:
@@ -163,6 +171,7 @@ def test_corrupt_artifact(make, tmp_path) -> None:
     (folder / "model.skops").write_bytes(b"not a zip file")
     with pytest.raises(ModelLoadError, match="missing or corrupt"):
         registry.load(version)
+    record("model", "a corrupt artifact", outcome="ModelLoadError: missing or corrupt")
 
 
 def test_untrusted_types_are_named(make) -> None:
@@ -198,3 +207,9 @@ def test_untrusted_types_are_named(make) -> None:
         },
     )
     assert Pipeline(trusted).run().status == "succeeded"
+
+    record(
+        "security",
+        "skops types the model file itself marks trusted",
+        outcome="refused until trusted in batchscore's config",
+    )

@@ -14,6 +14,7 @@ The tree::
     ├── QueryError                   `batchscore query` was given SQL it will not run
     ├── RunLockedError               another process is running the same pipeline and date
     ├── RunNotFoundError             no run with that id in the workspace
+    ├── StorageError                 the workspace is not writable, or the disk is full
     └── PublishError                 the predictions could not be committed
         └── CommitConflictError      another writer committed first (transient)
     TransientStoreError              a locked SQLite file or a registry I/O hiccup (transient)
@@ -83,6 +84,10 @@ class RunLockedError(BatchScoreError):
 
 class RunNotFoundError(BatchScoreError):
     """No run with the given id."""
+
+
+class StorageError(BatchScoreError):
+    """The workspace cannot be written: not a writable folder, or the disk is full."""
 
 
 class TransientStoreError(BatchScoreError):

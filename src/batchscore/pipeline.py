@@ -9,6 +9,7 @@ first resolved. Run history, notifications and the like attach through ``Pipelin
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ from batchscore.errors import (
     ConfigError,
     NothingToScoreError,
     RunNotFoundError,
+    StorageError,
     is_busy_error,
 )
 from batchscore.faults import failpoint
@@ -184,6 +186,21 @@ def run_log_handlers(record: RunRecord, redact: Callable[[str], str]) -> list[lo
     return [text, lines]
 
 
+def ensure_writable_workspace(settings: Settings) -> None:
+    """Raise StorageError naming the workspace when runs cannot be written into it."""
+    runs = settings.runs_path
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+        probe = runs / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise StorageError(
+            f"workspace {str(settings.workspace_path)!r} is not writable ({exc.strerror}): "
+            "set 'workspace' to a folder this user can write."
+        ) from exc
+
+
 def config_fingerprint(settings: Settings) -> str:
     data = settings.redacted_dict()
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
@@ -210,6 +227,7 @@ class Pipeline:
         from batchscore.notify import Notifier
         from batchscore.runs import RunHistory, RunHistoryHook
 
+        ensure_writable_workspace(settings)
         # Run history and notifications are always on; callers add their own hooks after them.
         self.history = RunHistory.for_settings(settings)
         self.hooks: list[PipelineHooks] = [RunHistoryHook(self.history), Notifier(settings)]
@@ -421,6 +439,16 @@ class Pipeline:
             try:
                 outputs = action(record, model)
                 break
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or (
+                    "No space left" in str(exc) or "File too large" in str(exc)
+                ):
+                    raise StorageError(
+                        f"{step} could not write its files ({exc}): the disk is full or a file "
+                        "size limit was reached. Free space, then resume the run; the table "
+                        "is unchanged."
+                    ) from exc
+                raise
             except Exception as exc:
                 if not is_transient(exc) or attempt == attempts:
                     raise

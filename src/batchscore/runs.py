@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from batchscore.config import Settings
-from batchscore.errors import ConfigError, RunNotFoundError
+from batchscore.errors import ConfigError, RunNotFoundError, StorageError
 from batchscore.pipeline import STEPS, PipelineHooks, RunRecord, utcnow
 
 SCHEMA = """
@@ -71,8 +71,14 @@ class RunHistory:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.executescript(SCHEMA)
+        try:
+            with self._connect() as con:
+                con.executescript(SCHEMA)
+        except sqlite3.OperationalError as exc:
+            raise StorageError(
+                f"cannot write the run history {str(path)!r}: {exc}. Free disk space or fix "
+                "the workspace's permissions."
+            ) from exc
 
     @classmethod
     def for_settings(cls, settings: Settings) -> RunHistory:

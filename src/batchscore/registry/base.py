@@ -60,6 +60,7 @@ class LoadedModel:
     input_types: dict[str, str]
     profile: dict[str, Any] | None = None
     classes: list[Any] = field(default_factory=list)
+    non_finite: dict[str, int] = field(default_factory=dict)  # ±inf values scored as missing
 
     @property
     def input_columns(self) -> list[str]:
@@ -84,10 +85,21 @@ class LoadedModel:
             values = batch.column(column)
             if kind in ("double", "float", "long", "integer", "int"):
                 arr = values.to_numpy(zero_copy_only=False)
-                data[column] = _as_float(arr, column)
+                data[column] = self._finite(_as_float(arr, column), column)
             else:
-                data[column] = values.to_pandas()
+                series = values.to_pandas()
+                if pd.api.types.is_float_dtype(series):
+                    series = pd.Series(self._finite(series.to_numpy(copy=True), column))
+                data[column] = series
         return pd.DataFrame(data, columns=self.input_columns)
+
+    def _finite(self, values: np.ndarray, column: str) -> np.ndarray:
+        """±inf becomes missing (NaN), which the model's imputation handles; counted."""
+        infinite = np.isinf(values)
+        if infinite.any():
+            values[infinite] = np.nan
+            self.non_finite[column] = self.non_finite.get(column, 0) + int(infinite.sum())
+        return values
 
     def predict(self, batch: pa.RecordBatch | pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """Predicted class (as int) and the probability used to rank (positive class)."""

@@ -47,6 +47,7 @@ class BatchInferenceResult:
     evaluation_path: str | None
     ignored_columns: list[str]
     unseen_categories: dict[str, int] = field(default_factory=dict)
+    non_finite_values: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -90,6 +91,7 @@ def batch_inference(
     output_dir.mkdir(parents=True, exist_ok=True)
     for stale in output_dir.glob("*.parquet"):
         stale.unlink()
+    model.non_finite.clear()
     columns = pq.read_schema(input_files[0]).names if input_files else []
     model.check_columns(columns, source_label)
     used = {record_identifier, *model.input_columns}
@@ -153,6 +155,11 @@ def batch_inference(
     finally:
         if writer is not None:
             writer.close()
+    if model.non_finite:
+        log.warning(
+            "infinite values scored as missing: %s",
+            ", ".join(f"{c}={n}" for c, n in model.non_finite.items()),
+        )
     if unseen:
         log.info(
             "unseen categories (scored as missing): %s",
@@ -176,4 +183,5 @@ def batch_inference(
         evaluation_path=evaluation_path,
         ignored_columns=ignored,
         unseen_categories=unseen,
+        non_finite_values=dict(model.non_finite),
     )
