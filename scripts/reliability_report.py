@@ -1,6 +1,6 @@
 """Render docs/reliability.md from build/reliability.json (written by the test suite).
 
-    make reliability     # runs the suites, then this
+make reliability     # runs the suites, then this
 """
 
 from __future__ import annotations
@@ -17,8 +17,16 @@ ROOT = Path(__file__).parents[1]
 SOURCE = ROOT / "build" / "reliability.json"
 TARGET = ROOT / "docs" / "reliability.md"
 
-ORDER = ["SIGKILL at a failpoint", "SIGKILL at a random moment", "concurrency", "config",
-         "data", "model", "infrastructure", "security"]
+ORDER = [
+    "SIGKILL at a failpoint",
+    "SIGKILL at a random moment",
+    "concurrency",
+    "config",
+    "data",
+    "model",
+    "infrastructure",
+    "security",
+]
 
 
 def main() -> int:
@@ -26,8 +34,9 @@ def main() -> int:
         print(f"{SOURCE} is missing: run the test suite first (make reliability)", file=sys.stderr)
         return 1
     rows = json.loads(SOURCE.read_text())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                            capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     kills = [r for r in rows if r["category"].startswith("SIGKILL")]
     total_kills = sum(r["trials"] for r in kills)
     partial = sum(r["partial_runs"] for r in rows)
@@ -56,13 +65,19 @@ def main() -> int:
     for row in rows:
         groups[row["category"]].append(row)
     for category in sorted(groups, key=lambda c: ORDER.index(c) if c in ORDER else 99):
-        out += [f"## {category}", "", "| case | trials | outcome | partial runs | duplicates |",
-                "|---|---|---|---|---|"]
+        out += [
+            f"## {category}",
+            "",
+            "| case | trials | outcome | partial runs | duplicates |",
+            "|---|---|---|---|---|",
+        ]
         for row in groups[category]:
             case = row["case"].replace("|", "\\|")
             outcome = row["outcome"].replace("|", "\\|")
-            out.append(f"| {case} | {row['trials']} | {outcome} | {row['partial_runs']} | "
-                       f"{row['duplicate_runs']} |")
+            out.append(
+                f"| {case} | {row['trials']} | {outcome} | {row['partial_runs']} | "
+                f"{row['duplicate_runs']} |"
+            )
         out.append("")
     TARGET.write_text("\n".join(out))
     print(f"wrote {TARGET} ({len(rows)} cases, {total_kills} kills)")

@@ -50,6 +50,20 @@ def make_settings(shared: Path, workspace: Path, **overrides: object) -> Setting
     return load_settings(path=None, overrides=values, env={})
 
 
+def overrides_of(settings: Settings, **extra: object) -> dict[str, object]:
+    """The overrides that rebuild ``settings`` (as made by ``make``) in another process."""
+    return {
+        "workspace": settings.workspace,
+        "catalog": settings.catalog,
+        "registry": {
+            "tracking_uri": settings.tracking_uri,
+            "artifact_location": settings.artifact_location,
+        },
+        "athena_output_table": settings.athena_output_table,
+        **extra,
+    }
+
+
 @pytest.fixture(scope="session")
 def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A catalog with the demo feature group and a registry with one approved model."""

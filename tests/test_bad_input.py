@@ -17,6 +17,7 @@ from batchscore import demo
 from batchscore.cli import main
 from batchscore.feature_store import open_feature_store
 from batchscore.pipeline import Pipeline
+from tests.conftest import overrides_of
 from tests.reliability import record
 from tests.test_cli import config_for, table_snapshot
 from tests.test_faults import _context
@@ -314,15 +315,7 @@ def test_full_disk(make) -> None:
     settings = make(customer_id_end=5000)
     Pipeline(settings).run(date=dt.date(2026, 8, 1))
     before = table_snapshot(settings)
-    overrides = {
-        "workspace": settings.workspace,
-        "catalog": settings.catalog,
-        "registry": {
-            "tracking_uri": settings.tracking_uri,
-            "artifact_location": settings.artifact_location,
-        },
-        "athena_output_table": settings.athena_output_table,
-    }
+    overrides = overrides_of(settings)
     process = _context.Process(target=_run_with_file_size_limit, args=(overrides, 34_000))
     process.start()
     process.join(120)

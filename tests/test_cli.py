@@ -13,6 +13,7 @@ import yaml
 
 from batchscore.cli import main
 from batchscore.tables import load_table, open_catalog
+from tests.conftest import overrides_of
 from tests.reliability import record
 
 BIN = Path(sys.executable).parent / "batchscore"
@@ -30,17 +31,8 @@ def cli(
 
 
 def config_for(settings, path: Path, **extra) -> Path:
-    data = {
-        "workspace": settings.workspace,
-        "catalog": settings.catalog,
-        "registry": {
-            "tracking_uri": settings.tracking_uri,
-            "artifact_location": settings.artifact_location,
-        },
-        "athena_output_table": settings.athena_output_table,
-        **extra,
-    }
-    path.write_text(yaml.safe_dump(data))
+    """A config file for ``settings`` (as made by the ``make`` fixture), plus ``extra``."""
+    path.write_text(yaml.safe_dump(overrides_of(settings, **extra)))
     return path
 
 

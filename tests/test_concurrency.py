@@ -10,6 +10,7 @@ import time
 
 from batchscore.config import load_settings
 from batchscore.tables import open_catalog, run_query
+from tests.conftest import overrides_of
 from tests.reliability import record
 from tests.test_faults import _context
 from tests.test_pipeline import expected_latest, table_rows
@@ -35,19 +36,6 @@ def _child(overrides: dict, run_id: str, pause: float) -> None:
         os._exit(exc.exit_code)
 
 
-def overrides_for(settings, **extra) -> dict:
-    return {
-        "workspace": settings.workspace,
-        "catalog": settings.catalog,
-        "registry": {
-            "tracking_uri": settings.tracking_uri,
-            "artifact_location": settings.artifact_location,
-        },
-        "athena_output_table": settings.athena_output_table,
-        **extra,
-    }
-
-
 def run_together(*jobs: tuple[dict, str, float]) -> list[int]:
     processes = [_context.Process(target=_child, args=job) for job in jobs]
     for p in processes:
@@ -65,7 +53,7 @@ def test_two_pipelines_publish_into_one_table_at_once(make) -> None:
         codes = run_together(
             *(
                 (
-                    overrides_for(settings, customer_id_start=a, customer_id_end=b),
+                    overrides_of(settings, customer_id_start=a, customer_id_end=b),
                     f"r{trial}-{a}",
                     0.3,
                 )
@@ -91,7 +79,7 @@ def test_the_same_run_started_twice_publishes_once(make) -> None:
     settings = make(customer_id_end=4300)
     trials = 3
     for trial in range(trials):
-        overrides = overrides_for(settings, customer_id_end=4300)
+        overrides = overrides_of(settings, customer_id_end=4300)
         codes = run_together((overrides, f"a{trial}", 1.5), (overrides, f"b{trial}", 1.5))
         assert sorted(codes) == [0, 4], codes  # one published, one refused (RunLockedError)
         rows = table_rows(settings)
@@ -135,12 +123,12 @@ def test_readers_see_before_or_after_never_half(make) -> None:
         for trial in range(3):
             codes = run_together(
                 (
-                    overrides_for(settings, customer_id_start=a[0], customer_id_end=a[1]),
+                    overrides_of(settings, customer_id_start=a[0], customer_id_end=a[1]),
                     f"ra{trial}",
                     0.0,
                 ),
                 (
-                    overrides_for(settings, customer_id_start=b[0], customer_id_end=b[1]),
+                    overrides_of(settings, customer_id_start=b[0], customer_id_end=b[1]),
                     f"rb{trial}",
                     0.2,
                 ),

@@ -21,6 +21,7 @@ import pytest
 from batchscore.config import load_settings
 from batchscore.faults import POINTS
 from batchscore.pipeline import RunRecord
+from tests.conftest import overrides_of
 from tests.reliability import record
 from tests.test_pipeline import expected_latest, table_rows
 
@@ -76,18 +77,9 @@ def check_table(settings, expected: int) -> tuple[int, int]:
 @pytest.fixture
 def fault_settings(make):
     settings = make(customer_id_end=4300, batch_size=50)
-    overrides = {
-        "workspace": settings.workspace,
-        "catalog": settings.catalog,
-        "registry": {
-            "tracking_uri": settings.tracking_uri,
-            "artifact_location": settings.artifact_location,
-        },
-        "athena_output_table": settings.athena_output_table,
-        "customer_id_end": 4300,
-        "batch_size": 50,
-        "retry_backoff_seconds": 0.1,
-    }
+    overrides = overrides_of(
+        settings, customer_id_end=4300, batch_size=50, retry_backoff_seconds=0.1
+    )
     # Warm the model cache once, so children spend their time in the pipeline.
     from batchscore.pipeline import Pipeline
 

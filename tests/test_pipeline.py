@@ -284,3 +284,24 @@ def test_resume_continues_at_the_failed_step(make) -> None:
     assert len(table_rows(settings)) == resumed.steps["BatchInference"].rows
     with pytest.raises(Exception, match="already succeeded"):
         Pipeline(settings).resume(record.run_id)
+
+
+def test_query_reads_only_the_catalogs_tables(settings) -> None:
+    from batchscore.errors import QueryError
+
+    Pipeline(settings).run()
+    catalog = open_catalog(settings)
+    for sql in (
+        "SELECT * FROM read_csv('/etc/passwd')",
+        f"SELECT * FROM {settings.output_table}, read_text('/etc/hostname')",
+        "COPY (SELECT 1) TO '/tmp/batchscore-escape.csv'",
+        "ATTACH '/tmp/other.duckdb' AS other",
+    ):
+        with pytest.raises(QueryError):
+            run_query(catalog, sql)
+    assert not Path("/tmp/batchscore-escape.csv").exists()
+    record(
+        "security",
+        "batchscore query reading other files or writing (read_csv, COPY, ATTACH)",
+        outcome="refused: only the catalog tables' own files can be opened",
+    )

@@ -287,13 +287,16 @@ def _referenced_tables(catalog: Catalog, sql: str) -> list[tuple[str, str]]:
     return found
 
 
-def _sql_string(text: str) -> str:
+def sql_string(text: str) -> str:
     """A SQL string literal (for DDL, where DuckDB takes no parameters)."""
     return "'" + text.replace("'", "''") + "'"
 
 
-def _register_table(con: object, namespace: str, name: str, table: Table) -> None:
-    """Expose an Iceberg table's current snapshot to DuckDB as ``namespace.name``."""
+def _register_table(con: object, namespace: str, name: str, table: Table) -> list[str]:
+    """Expose an Iceberg table's current snapshot to DuckDB as ``namespace.name``.
+
+    Returns the data files the view reads (the only files the query may then open).
+    """
     import duckdb
 
     assert isinstance(con, duckdb.DuckDBPyConnection)
@@ -302,15 +305,16 @@ def _register_table(con: object, namespace: str, name: str, table: Table) -> Non
     local = [_local_path(task.file.file_path) for task in tasks]
     view = f'"{namespace}"."{name}"'
     if tasks and all(p is not None for p in local) and not any(t.delete_files for t in tasks):
-        file_list = ", ".join(_sql_string(str(p)) for p in local)
+        file_list = ", ".join(sql_string(str(p)) for p in local)
         con.execute(
             f"CREATE VIEW {view} AS SELECT * FROM read_parquet([{file_list}], union_by_name = true)"
         )
-        return
+        return [str(p) for p in local]
     arrow = table.scan().to_arrow() if tasks else table.schema().as_arrow().empty_table()
     temp = f"__batchscore_{namespace}_{name}"
     con.register(temp, arrow)
     con.execute(f'CREATE VIEW {view} AS SELECT * FROM "{temp}"')
+    return []
 
 
 def run_query(catalog: Catalog, sql: str, parameters: Sequence[object] | None = None) -> pa.Table:
@@ -341,10 +345,16 @@ def run_query(catalog: Catalog, sql: str, parameters: Sequence[object] | None = 
                 f"only SELECT queries are allowed (got {statements[0].type.name}); "
                 "batchscore query never modifies a table."
             )
+        readable: list[str] = []
         for namespace, name in _referenced_tables(catalog, sql):
             validate_identifier(namespace, "namespace", SQL_IDENTIFIER)
             validate_identifier(name, "table", SQL_IDENTIFIER)
-            _register_table(con, namespace, name, catalog.load_table(f"{namespace}.{name}"))
+            table = catalog.load_table(f"{namespace}.{name}")
+            readable += _register_table(con, namespace, name, table)
+        # From here on the query can open the tables' own data files and nothing else.
+        con.execute("SET allowed_paths = $paths", {"paths": readable})
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
         try:
             return con.sql(sql, params=list(parameters or [])).to_arrow_table()
         except duckdb.Error as exc:

@@ -30,7 +30,7 @@ from batchscore.feature_store.base import (
     ReadStats,
     feature_type_of,
 )
-from batchscore.tables import ensure_namespace, load_table
+from batchscore.tables import ensure_namespace, load_table, sql_string
 
 NAMESPACE = "feature_store"
 PROP_MARKER = "batchscore.feature_group"
@@ -48,10 +48,6 @@ def utcnow() -> dt.datetime:
 
 def _sql_name(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 class IcebergFeatureStore(FeatureStore):
@@ -306,7 +302,7 @@ def _dedup_batches(
         if not tasks:
             return
         if all(p.scheme in ("", "file") for p in paths) and not any(t.delete_files for t in tasks):
-            files = ", ".join(_sql_string(p.path) for p in paths)
+            files = ", ".join(sql_string(p.path) for p in paths)
             source = f"read_parquet([{files}])"
         else:
             con.register("__source", scan.to_arrow_batch_reader())

@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 from batchscore.faults import failpoint
 from batchscore.metrics import classification_metrics
 from batchscore.registry import LoadedModel
+from batchscore.steps.parts import PartWriter
 from batchscore.tables import PREDICTIONS_SCHEMA
 
 log = logging.getLogger("batchscore")
-ROWS_PER_FILE = 5_000_000
 
 
 @dataclass(frozen=True)
@@ -88,9 +88,7 @@ def batch_inference(
         SchemaMismatchError: the snapshot lacks a column the model needs, or a value does not
             fit the type the model was trained on.
     """
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for stale in output_dir.glob("*.parquet"):
-        stale.unlink()
+    parts = PartWriter(output_dir)
     model.non_finite.clear()
     columns = pq.read_schema(input_files[0]).names if input_files else []
     model.check_columns(columns, source_label)
@@ -112,9 +110,6 @@ def batch_inference(
         "id_range": pa.scalar(lineage.id_range, pa.string()),
         "inference_date": pa.scalar(lineage.inference_date, pa.date32()),
     }
-    files: list[str] = []
-    writer: pq.ParquetWriter | None = None
-    in_file = 0
     rows = 0
     unseen: dict[str, int] = {}
     labels: list[np.ndarray] = []
@@ -131,16 +126,8 @@ def batch_inference(
                 *(pa.repeat(constants[f.name], n) for f in list(PREDICTIONS_SCHEMA)[3:]),
             ]
             out = pa.RecordBatch.from_arrays(arrays, schema=PREDICTIONS_SCHEMA)
-            if writer is None or in_file >= ROWS_PER_FILE:
-                if writer is not None:
-                    writer.close()
-                path = output_dir / f"part-{len(files):05d}.parquet"
-                writer = pq.ParquetWriter(path, PREDICTIONS_SCHEMA)
-                files.append(str(path))
-                in_file = 0
-            writer.write_batch(out)
+            parts.write(out)
             failpoint("BatchInference:batch")
-            in_file += n
             rows += n
             for column, count in _unseen_counts(batch, vocabularies).items():
                 unseen[column] = unseen.get(column, 0) + count
@@ -153,8 +140,7 @@ def batch_inference(
                     predicted.append(prediction[mask])
                     scores.append(probability[mask])
     finally:
-        if writer is not None:
-            writer.close()
+        parts.close()
     if model.non_finite:
         log.warning(
             "infinite values scored as missing: %s",
@@ -178,7 +164,7 @@ def batch_inference(
         evaluation_path = str(path)
     return BatchInferenceResult(
         rows=rows,
-        files=files,
+        files=parts.files,
         evaluation=evaluation,
         evaluation_path=evaluation_path,
         ignored_columns=ignored,

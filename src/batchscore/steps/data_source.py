@@ -10,12 +10,9 @@ import datetime as dt
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from batchscore.errors import NothingToScoreError
 from batchscore.feature_store import FeatureStore
-
-ROWS_PER_FILE = 5_000_000
+from batchscore.steps.parts import PartWriter
 
 
 @dataclass(frozen=True)
@@ -48,35 +45,19 @@ def data_source(
         FeatureGroupError: the feature group (or the snapshot to resume from) does not exist.
         NothingToScoreError: no live record in the range; nothing is written.
     """
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for stale in output_dir.glob("*.parquet"):  # a rerun of this step starts clean
-        stale.unlink()
-    latest = store.latest_records(
-        feature_group_name,
-        id_start,
-        id_end,
-        as_of=as_of,
-        snapshot_id=snapshot_id,
-        batch_size=batch_size,
-        temp_dir=output_dir.parent / "tmp",
-    )
-    files: list[str] = []
-    writer: pq.ParquetWriter | None = None
-    in_file = 0
-    try:
+    with PartWriter(output_dir) as parts:
+        latest = store.latest_records(
+            feature_group_name,
+            id_start,
+            id_end,
+            as_of=as_of,
+            snapshot_id=snapshot_id,
+            batch_size=batch_size,
+            temp_dir=output_dir.parent / "tmp",
+        )
         for batch in latest.batches:
-            if writer is None or in_file >= ROWS_PER_FILE:
-                if writer is not None:
-                    writer.close()
-                path = output_dir / f"part-{len(files):05d}.parquet"
-                writer = pq.ParquetWriter(path, latest.schema)
-                files.append(str(path))
-                in_file = 0
-            writer.write_batch(batch)
-            in_file += batch.num_rows
-    finally:
-        if writer is not None:
-            writer.close()
+            parts.write(batch)
+    files = parts.files
     stats = latest.stats
     if stats.records == 0:
         when = f" as of {as_of.isoformat(sep=' ')}" if as_of else ""
