@@ -27,7 +27,7 @@ from tests.test_pipeline import expected_latest, table_rows
 
 DAY = dt.date(2026, 6, 30)
 REPEATS = 4  # kills per failpoint
-RANDOM_KILLS = int(os.environ.get("BATCHSCORE_SOAK", "20"))
+RANDOM_KILLS = int(os.environ.get("BATCHSCORE_SOAK", "24"))
 
 _context = mp.get_context("forkserver")
 _context.set_forkserver_preload(

@@ -115,4 +115,6 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 def is_busy_error(exc: BaseException) -> bool:
     """A database that was locked or busy (SQLite, through sqlite3 or SQLAlchemy)."""
     text = str(exc).lower()
+    if "database is locked" in text:  # also when wrapped, e.g. by MLflow's registry store
+        return True
     return type(exc).__name__ == "OperationalError" and ("locked" in text or "busy" in text)

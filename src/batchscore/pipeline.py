@@ -382,12 +382,14 @@ class Pipeline:
         step = "DataSource"
         try:
             if record.steps["BatchInference"].status != "succeeded":
-                group = self.feature_store.describe(record.feature_group)
+                group = self._with_retries(
+                    step, lambda: self.feature_store.describe(record.feature_group)
+                )
                 if record.feature_snapshot_id is None:
                     record.feature_snapshot_id = group.snapshot_id
                     record.save()
                 step = "BatchInference"
-                model = self._resolve_model(record)
+                model = self._with_retries(step, lambda: self._resolve_model(record))
                 columns = [group.record_identifier, group.event_time_feature, *group.features]
                 model.check_columns(columns, f"feature group {group.name!r}")
             for step in STEPS:
@@ -433,12 +435,30 @@ class Pipeline:
             "BatchInference": self._batch_inference,
             "Publish": self._publish,
         }[step]
+        outputs = self._with_retries(step, lambda: action(record, model), step_record)
+        failpoint(f"{step}:end" if step != "Publish" else "Publish:committed")
+        seconds = time.perf_counter() - started
+        step_record.status = "succeeded"
+        step_record.ended = utcnow().isoformat()
+        step_record.seconds = round(seconds, 3)
+        step_record.rows = outputs.get("rows")
+        if step_record.rows is not None and seconds > 0:
+            step_record.rows_per_second = round(step_record.rows / seconds, 1)
+        step_record.outputs = outputs
+        record.save()
+        log.info("%s: done in %.2fs (%s rows)", step, seconds, step_record.rows)
+        self._call_hooks("after_step", record, step)
+
+    def _with_retries(
+        self, step: str, call: Callable[[], Any], step_record: StepRecord | None = None
+    ) -> Any:
+        """``call()``, retried with exponential backoff while its error is transient."""
         attempts = self.settings.max_attempts
         for attempt in range(1, attempts + 1):
-            step_record.attempts += 1
+            if step_record is not None:
+                step_record.attempts += 1
             try:
-                outputs = action(record, model)
-                break
+                return call()
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or (
                     "No space left" in str(exc) or "File too large" in str(exc)
@@ -458,18 +478,7 @@ class Pipeline:
                     step, exc, delay, attempt, attempts,
                 )  # fmt: skip
                 time.sleep(delay)
-        failpoint(f"{step}:end" if step != "Publish" else "Publish:committed")
-        seconds = time.perf_counter() - started
-        step_record.status = "succeeded"
-        step_record.ended = utcnow().isoformat()
-        step_record.seconds = round(seconds, 3)
-        step_record.rows = outputs.get("rows")
-        if step_record.rows is not None and seconds > 0:
-            step_record.rows_per_second = round(step_record.rows / seconds, 1)
-        step_record.outputs = outputs
-        record.save()
-        log.info("%s: done in %.2fs (%s rows)", step, seconds, step_record.rows)
-        self._call_hooks("after_step", record, step)
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def _fail(self, record: RunRecord, step: str, exc: BaseException) -> None:
         step_record = record.steps[step]
