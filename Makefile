@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install demo test lint clean reliability soak
+.PHONY: install demo test lint clean reliability soak bench
 
 install: $(STAMP)
 
@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/batchscore quickstart
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff check src tests scripts bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The fault, concurrency and bad-input suites, then docs/reliability.md from their output.
@@ -37,9 +37,15 @@ soak: $(STAMP)
 	BATCHSCORE_SOAK=500 $(BIN)/python -m pytest -q tests/test_faults.py
 	$(BIN)/python scripts/reliability_report.py
 
+# Benchmarks (not tests): batchscore vs the floor, the seed's way and mlflow models predict.
+SIZES ?= 1e5,1e6
+REPEAT ?= 3
+bench: $(STAMP)
+	$(BIN)/python bench/run.py --sizes $(SIZES) --repeat $(REPEAT)
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/ruff format --check src tests scripts bench
 
 clean:
 	rm -rf .batchscore
