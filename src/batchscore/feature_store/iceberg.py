@@ -39,6 +39,7 @@ PROP_EVENT_TIME = "batchscore.event_time_feature"
 PROP_TYPES = "batchscore.feature_types"
 
 INGEST_CHUNK_ROWS = 1_000_000
+DUCKDB_MEMORY_LIMIT = "512MB"
 
 
 def utcnow() -> dt.datetime:
@@ -291,7 +292,12 @@ def _dedup_batches(
     """Rank versions per id in DuckDB, newest first, then drop delete markers (in that order)."""
     import duckdb
 
-    config: dict[str, Any] = {}
+    # A bounded buffer pool: past it DuckDB spills the window to temp_dir instead of growing
+    # (its default is 80% of RAM). Output order is irrelevant, which lets it stream.
+    config: dict[str, Any] = {
+        "memory_limit": DUCKDB_MEMORY_LIMIT,
+        "preserve_insertion_order": False,
+    }
     if temp_dir is not None:
         temp_dir.mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = str(temp_dir)
