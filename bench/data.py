@@ -3,8 +3,6 @@ features with about 2% missing, written to a feature group in chunks (bounded me
 
 from __future__ import annotations
 
-import datetime as dt
-
 import numpy as np
 import pyarrow as pa
 
@@ -51,7 +49,3 @@ def fill_feature_group(
     store.create_feature_group(name, DEFINITION)
     for start in range(1, customers + 1, chunk_size):
         store.ingest(name, chunk(start, min(start + chunk_size, customers + 1), seed))
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)

@@ -19,22 +19,11 @@ from batchscore.locks import run_lock
 from batchscore.pipeline import Pipeline, PipelineHooks, RunRecord
 from batchscore.runs import RunHistory
 from batchscore.scheduler import Scheduler, schedule_unit, systemd_on_calendar
-from batchscore.tables import ensure_predictions_table, load_table, open_catalog
+from batchscore.tables import load_table, open_catalog
 from tests.reliability import record
 from tests.servers import mail_text, smtp_server, webhook_server
 from tests.test_cli import cli, config_for
-from tests.test_pipeline import expected_latest, table_rows
-
-
-def block_publish(settings, day: dt.date) -> Path:
-    """A file where the partition's data folder must go: Publish fails until it is removed."""
-    table = ensure_predictions_table(
-        open_catalog(settings), settings.athena_database, settings.athena_output_table
-    )
-    blocker = Path(table.location().removeprefix("file://")) / "data" / f"inference_date={day}"
-    blocker.parent.mkdir(parents=True, exist_ok=True)
-    blocker.write_text("in the way")
-    return blocker
+from tests.test_pipeline import block_publish, expected_latest, table_rows
 
 
 def test_failure_mail_resume_and_history_through_the_cli(settings, tmp_path: Path) -> None:

@@ -17,7 +17,13 @@ from batchscore.errors import (
     SchemaMismatchError,
 )
 from batchscore.pipeline import Pipeline, RunRecord
-from batchscore.tables import PREDICTIONS_SCHEMA, load_table, open_catalog, run_query
+from batchscore.tables import (
+    PREDICTIONS_SCHEMA,
+    ensure_predictions_table,
+    load_table,
+    open_catalog,
+    run_query,
+)
 from tests.reference import reference_latest
 from tests.reliability import record
 
@@ -40,6 +46,17 @@ def expected_latest(settings, start=4000, end=5000, as_of=None) -> pd.DataFrame:
 
     raw = open_feature_store(settings)._table(settings.feature_group_name).scan().to_arrow()
     return reference_latest(raw.to_pandas(), start, end, as_of)
+
+
+def block_publish(settings, day: dt.date) -> Path:
+    """A file where the partition's data folder must go: Publish fails until it is removed."""
+    table = ensure_predictions_table(
+        open_catalog(settings), settings.athena_database, settings.athena_output_table
+    )
+    blocker = Path(table.location().removeprefix("file://")) / "data" / f"inference_date={day}"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("in the way")
+    return blocker
 
 
 def test_run_publishes_one_row_per_live_customer(settings) -> None:
@@ -258,17 +275,9 @@ def test_missing_column_is_named(make, shared_dir) -> None:
 
 def test_resume_continues_at_the_failed_step(make) -> None:
     from batchscore.errors import PublishError
-    from batchscore.tables import ensure_predictions_table
 
     settings = make()
-    table = ensure_predictions_table(
-        open_catalog(settings), settings.athena_database, settings.athena_output_table
-    )
-    today = dt.datetime.now(dt.UTC).date().isoformat()
-    # A file where the partition's data folder must go: Publish cannot place its files.
-    blocker = Path(table.location().removeprefix("file://")) / "data" / f"inference_date={today}"
-    blocker.parent.mkdir(parents=True, exist_ok=True)
-    blocker.write_text("in the way")
+    blocker = block_publish(settings, dt.datetime.now(dt.UTC).date())
     with pytest.raises(PublishError):
         Pipeline(settings).run()
     record = RunRecord.load(next(settings.runs_path.iterdir()))

@@ -8,13 +8,13 @@ killed run never leaves a stale lock behind. The file names the holder for the e
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import fcntl
 import json
 import os
 import re
 from collections.abc import Iterator
 
+from batchscore.clock import utcnow
 from batchscore.config import Settings
 from batchscore.errors import RunLockedError
 
@@ -56,7 +56,7 @@ def run_lock(
                 {
                     "run_id": run_id,
                     "pid": os.getpid(),
-                    "started": dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(),
+                    "started": utcnow().isoformat(),
                 }
             )
         )

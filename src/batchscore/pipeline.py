@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batchscore.clock import utcnow
 from batchscore.config import Settings
 from batchscore.errors import (
     BatchScoreError,
@@ -41,10 +42,6 @@ from batchscore.tables import LogicalRun, open_catalog
 log = logging.getLogger("batchscore")
 
 STEPS = ("DataSource", "BatchInference", "Publish")
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:

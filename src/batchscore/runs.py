@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from batchscore.clock import utcnow
 from batchscore.config import Settings
 from batchscore.errors import ConfigError, RunNotFoundError, StorageError
-from batchscore.pipeline import STEPS, PipelineHooks, RunRecord, utcnow
+from batchscore.pipeline import STEPS, PipelineHooks, RunRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from batchscore.clock import utcnow
 from batchscore.config import Settings, validate_cron
 from batchscore.errors import BatchScoreError, ConfigError
-from batchscore.pipeline import Pipeline, PipelineHooks, utcnow
+from batchscore.pipeline import Pipeline, PipelineHooks
 
 log = logging.getLogger("batchscore")
 

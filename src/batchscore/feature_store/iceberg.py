@@ -20,6 +20,7 @@ from pyiceberg.exceptions import TableAlreadyExistsError
 from pyiceberg.expressions import AlwaysTrue, LessThanOrEqual
 from pyiceberg.table import Table
 
+from batchscore.clock import utcnow
 from batchscore.config import RESOURCE_NAME, validate_identifier
 from batchscore.errors import FeatureGroupError, did_you_mean
 from batchscore.feature_store.base import (
@@ -40,11 +41,6 @@ PROP_TYPES = "batchscore.feature_types"
 
 INGEST_CHUNK_ROWS = 1_000_000
 DUCKDB_MEMORY_LIMIT = "512MB"
-
-
-def utcnow() -> dt.datetime:
-    """Now, in UTC, as the naive timestamp the store keeps."""
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def _sql_name(name: str) -> str:
