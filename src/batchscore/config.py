@@ -120,6 +120,12 @@ class Settings(BaseModel):
     write_mode: Literal["replace", "append", "overwrite"] = "replace"
     batch_size: Annotated[int, Field(strict=True, gt=0, le=10_000_000)] = 100_000
 
+    # Engine: where DataSource and BatchInference run.
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = None  # host:port of a running cluster; unset = Ray on this machine
+    ray_actors: Annotated[int, Field(strict=True, ge=1)] | None = None  # default: one per CPU
+    ray_cpus_per_actor: Annotated[float, Field(gt=0, le=64)] = 0.5
+
     # Operations.
     notification_urls: list[str] = Field(default_factory=list)
     notify_on: list[Literal["failure", "success"]] = Field(default_factory=lambda: ["failure"])

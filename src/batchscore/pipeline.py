@@ -8,6 +8,7 @@ first resolved. Run history, notifications and the like attach through ``Pipelin
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import hashlib
@@ -221,6 +222,7 @@ class Pipeline:
         self._feature_store = feature_store
         self._registry = registry
         self._catalog: Any = None
+        self._engine_session: contextlib.ExitStack | None = None  # Ray, while a run needs it
         from batchscore.notify import Notifier
         from batchscore.runs import RunHistory, RunHistoryHook
 
@@ -247,6 +249,14 @@ class Pipeline:
         if self._catalog is None:
             self._catalog = open_catalog(self.settings)
         return self._catalog
+
+    def _ray(self) -> None:
+        """Join (or start) Ray once per run, for the steps that run on it."""
+        if self._engine_session is None:
+            from batchscore.engines.ray import ray_session
+
+            self._engine_session = contextlib.ExitStack()
+            self._engine_session.enter_context(ray_session(self.settings))
 
     # Entry points -----------------------------------------------------------------------
 
@@ -354,6 +364,9 @@ class Pipeline:
         try:
             return self._execute_steps(record)
         finally:
+            if self._engine_session is not None:
+                self._engine_session.close()
+                self._engine_session = None
             for handler in handlers:
                 log.removeHandler(handler)
                 handler.close()
@@ -500,17 +513,24 @@ class Pipeline:
     # Steps ------------------------------------------------------------------------------
 
     def _data_source(self, record: RunRecord, model: LoadedModel | None) -> dict[str, Any]:
-        result = data_source(
-            self.feature_store,
-            record.feature_group,
-            record.id_start,
-            record.id_end,
-            Path(record.run_dir) / "input",
-            as_of=dt.datetime.fromisoformat(record.as_of),
-            # Resumed or retried, the step reads the snapshot the run first saw.
-            snapshot_id=record.feature_snapshot_id,
-            batch_size=self.settings.batch_size,
-        )
+        args = (record.feature_group, record.id_start, record.id_end)
+        output = Path(record.run_dir) / "input"
+        as_of = dt.datetime.fromisoformat(record.as_of)
+        # Resumed or retried, the step reads the snapshot the run first saw.
+        snapshot_id = record.feature_snapshot_id
+        if self.settings.engine == "ray":
+            from batchscore.engines.ray import ray_data_source
+
+            self._ray()
+            result = ray_data_source(
+                self.settings, self.feature_store, *args, output, as_of=as_of,
+                snapshot_id=snapshot_id,
+            )  # fmt: skip
+        else:
+            result = data_source(
+                self.feature_store, *args, output, as_of=as_of, snapshot_id=snapshot_id,
+                batch_size=self.settings.batch_size,
+            )  # fmt: skip
         log.info(
             "DataSource: %d records (skipped %d older versions, %d deleted)",
             result.rows,
@@ -528,16 +548,23 @@ class Pipeline:
             inference_date=dt.date.fromisoformat(record.logical_date),
             timestamp=dt.datetime.fromisoformat(record.started),
         )
-        result = batch_inference(
-            record.outputs("DataSource")["files"],
-            model,
-            Path(record.run_dir) / "predictions",
-            record_identifier=self.settings.record_identifier,
-            lineage=lineage,
-            target_column=self.settings.target_column,
-            source_label=f"feature group {record.feature_group!r}",
-            batch_size=self.settings.batch_size,
-        )
+        files = record.outputs("DataSource")["files"]
+        output = Path(record.run_dir) / "predictions"
+        common: dict[str, Any] = {
+            "record_identifier": self.settings.record_identifier,
+            "lineage": lineage,
+            "target_column": self.settings.target_column,
+            "source_label": f"feature group {record.feature_group!r}",
+        }
+        if self.settings.engine == "ray":
+            from batchscore.engines.ray import ray_batch_inference
+
+            self._ray()
+            result = ray_batch_inference(self.settings, files, model, output, **common)
+        else:
+            result = batch_inference(
+                files, model, output, batch_size=self.settings.batch_size, **common
+            )
         if result.evaluation:
             e = result.evaluation
             log.info(

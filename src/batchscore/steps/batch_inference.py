@@ -48,6 +48,8 @@ class BatchInferenceResult:
     ignored_columns: list[str]
     unseen_categories: dict[str, int] = field(default_factory=dict)
     non_finite_values: dict[str, int] = field(default_factory=dict)
+    engine: str = "local"
+    nodes: list[str] = field(default_factory=list)  # Ray nodes that scored (engine: ray)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -83,6 +85,153 @@ def _unseen_counts(batch: pa.RecordBatch, vocabularies: dict[str, list[str]]) ->
     return counts
 
 
+def _add_counts(into: dict[str, int], counts: dict[str, int]) -> None:
+    for column, count in counts.items():
+        into[column] = into.get(column, 0) + count
+
+
+@dataclass
+class ScoredBatch:
+    """One batch's prediction rows (the output table's schema) and what evaluation needs."""
+
+    predictions: pa.RecordBatch
+    labels: np.ndarray | None  # the target where known (masked to labelled rows)
+    predicted: np.ndarray | None
+    scores: np.ndarray | None
+    unseen_categories: dict[str, int]
+    non_finite_values: dict[str, int]
+
+
+class Scorer:
+    """Turns feature batches into prediction rows. The local engine calls it in a loop; the
+    Ray engine holds one per actor. Stateless between batches."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        record_identifier: str,
+        lineage: Lineage,
+        target_column: str | None,
+    ) -> None:
+        self.model = model
+        self.record_identifier = record_identifier
+        self.target_column = target_column
+        self.vocabularies = (model.profile or {}).get("category_vocabularies", {})
+        self.constants = {
+            "timestamp": pa.scalar(lineage.timestamp, pa.timestamp("us")),
+            "model_name": pa.scalar(model.version.group, pa.string()),
+            "model_version": pa.scalar(model.version.version, pa.int32()),
+            "run_id": pa.scalar(lineage.run_id, pa.string()),
+            "pipeline_name": pa.scalar(lineage.pipeline_name, pa.string()),
+            "id_range": pa.scalar(lineage.id_range, pa.string()),
+            "inference_date": pa.scalar(lineage.inference_date, pa.date32()),
+        }
+
+    def __call__(self, batch: pa.RecordBatch) -> ScoredBatch:
+        self.model.non_finite.clear()
+        prediction, probability = self.model.predict(batch)
+        n = batch.num_rows
+        arrays = [
+            batch.column(self.record_identifier).cast(pa.string()),
+            pa.array(prediction, pa.int32()),
+            pa.array(probability, pa.float64()),
+            *(pa.repeat(self.constants[f.name], n) for f in list(PREDICTIONS_SCHEMA)[3:]),
+        ]
+        out = pa.RecordBatch.from_arrays(arrays, schema=PREDICTIONS_SCHEMA)
+        labels = predicted = scores = None
+        if self.target_column and self.target_column in batch.schema.names:
+            truth = batch.column(self.target_column)
+            valid = truth.is_valid()
+            mask = valid.to_numpy(zero_copy_only=False)
+            labels = truth.filter(valid).to_numpy().astype(np.int64)
+            predicted, scores = prediction[mask], probability[mask]
+        return ScoredBatch(
+            out,
+            labels,
+            predicted,
+            scores,
+            _unseen_counts(batch, self.vocabularies),
+            dict(self.model.non_finite),
+        )
+
+
+@dataclass
+class ScoringTotals:
+    """What BatchInference adds up over its batches, whichever engine scored them."""
+
+    rows: int = 0
+    unseen_categories: dict[str, int] = field(default_factory=dict)
+    non_finite_values: dict[str, int] = field(default_factory=dict)
+    labels: list[np.ndarray] = field(default_factory=list)
+    predicted: list[np.ndarray] = field(default_factory=list)
+    scores: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, scored: ScoredBatch) -> None:
+        self.rows += scored.predictions.num_rows
+        _add_counts(self.unseen_categories, scored.unseen_categories)
+        _add_counts(self.non_finite_values, scored.non_finite_values)
+        if scored.labels is not None and len(scored.labels):
+            self.labels.append(scored.labels)
+            self.predicted.append(scored.predicted)
+            self.scores.append(scored.scores)
+
+    def result(
+        self, files: list[str], ignored: list[str], target_column: str | None, run_dir: Path
+    ) -> BatchInferenceResult:
+        """Log what was noticed, write ``evaluation.json`` when labels were seen."""
+        if self.non_finite_values:
+            log.warning(
+                "infinite values scored as missing: %s",
+                ", ".join(f"{c}={n}" for c, n in self.non_finite_values.items()),
+            )
+        if self.unseen_categories:
+            log.info(
+                "unseen categories (scored as missing): %s",
+                ", ".join(f"{c}={n}" for c, n in self.unseen_categories.items()),
+            )
+        evaluation = None
+        evaluation_path = None
+        if self.labels:
+            evaluation = classification_metrics(
+                np.concatenate(self.labels),
+                np.concatenate(self.predicted),
+                np.concatenate(self.scores),
+            )
+            evaluation["target_column"] = target_column
+            path = run_dir / "evaluation.json"
+            path.write_text(json.dumps(evaluation, indent=2))
+            evaluation_path = str(path)
+        return BatchInferenceResult(
+            rows=self.rows,
+            files=files,
+            evaluation=evaluation,
+            evaluation_path=evaluation_path,
+            ignored_columns=ignored,
+            unseen_categories=self.unseen_categories,
+            non_finite_values=self.non_finite_values,
+        )
+
+
+def check_inputs(
+    columns: list[str],
+    model: LoadedModel,
+    *,
+    record_identifier: str,
+    target_column: str | None,
+    source_label: str,
+) -> list[str]:
+    """Raise SchemaMismatchError when a model column is missing; the columns it ignores."""
+    model.check_columns(columns, source_label)
+    used = {record_identifier, *model.input_columns}
+    ignored = [c for c in columns if c not in used and c != target_column]
+    if ignored:
+        log.info(
+            "ignoring %d column(s) the model does not use: %s", len(ignored), ", ".join(ignored)
+        )
+    return ignored
+
+
 def batch_inference(
     input_files: Sequence[str | Path],
     model: LoadedModel,
@@ -100,86 +249,22 @@ def batch_inference(
         SchemaMismatchError: the snapshot lacks a column the model needs, or a value does not
             fit the type the model was trained on.
     """
-    parts = PartWriter(output_dir)
-    model.non_finite.clear()
     columns = pq.read_schema(input_files[0]).names if input_files else []
-    model.check_columns(columns, source_label)
-    used = {record_identifier, *model.input_columns}
-    ignored = [c for c in columns if c not in used and c != target_column]
-    if ignored:
-        log.info(
-            "ignoring %d column(s) the model does not use: %s", len(ignored), ", ".join(ignored)
-        )
-    vocabularies = (model.profile or {}).get("category_vocabularies", {})
-    has_target = bool(target_column) and target_column in columns
-
-    constants = {
-        "timestamp": pa.scalar(lineage.timestamp, pa.timestamp("us")),
-        "model_name": pa.scalar(model.version.group, pa.string()),
-        "model_version": pa.scalar(model.version.version, pa.int32()),
-        "run_id": pa.scalar(lineage.run_id, pa.string()),
-        "pipeline_name": pa.scalar(lineage.pipeline_name, pa.string()),
-        "id_range": pa.scalar(lineage.id_range, pa.string()),
-        "inference_date": pa.scalar(lineage.inference_date, pa.date32()),
-    }
-    rows = 0
-    unseen: dict[str, int] = {}
-    labels: list[np.ndarray] = []
-    predicted: list[np.ndarray] = []
-    scores: list[np.ndarray] = []
-    try:
-        for batch in iter_batches(input_files, batch_size):
-            prediction, probability = model.predict(batch)
-            n = batch.num_rows
-            arrays = [
-                batch.column(record_identifier).cast(pa.string()),
-                pa.array(prediction, pa.int32()),
-                pa.array(probability, pa.float64()),
-                *(pa.repeat(constants[f.name], n) for f in list(PREDICTIONS_SCHEMA)[3:]),
-            ]
-            out = pa.RecordBatch.from_arrays(arrays, schema=PREDICTIONS_SCHEMA)
-            parts.write(out)
-            failpoint("BatchInference:batch")
-            rows += n
-            for column, count in _unseen_counts(batch, vocabularies).items():
-                unseen[column] = unseen.get(column, 0) + count
-            if has_target:
-                truth = batch.column(target_column)
-                valid = truth.is_valid()
-                if pc.any(valid).as_py():
-                    mask = valid.to_numpy(zero_copy_only=False)
-                    labels.append(truth.filter(valid).to_numpy().astype(np.int64))
-                    predicted.append(prediction[mask])
-                    scores.append(probability[mask])
-    finally:
-        parts.close()
-    if model.non_finite:
-        log.warning(
-            "infinite values scored as missing: %s",
-            ", ".join(f"{c}={n}" for c, n in model.non_finite.items()),
-        )
-    if unseen:
-        log.info(
-            "unseen categories (scored as missing): %s",
-            ", ".join(f"{c}={n}" for c, n in unseen.items()),
-        )
-
-    evaluation = None
-    evaluation_path = None
-    if labels:
-        evaluation = classification_metrics(
-            np.concatenate(labels), np.concatenate(predicted), np.concatenate(scores)
-        )
-        evaluation["target_column"] = target_column
-        path = output_dir.parent / "evaluation.json"
-        path.write_text(json.dumps(evaluation, indent=2))
-        evaluation_path = str(path)
-    return BatchInferenceResult(
-        rows=rows,
-        files=parts.files,
-        evaluation=evaluation,
-        evaluation_path=evaluation_path,
-        ignored_columns=ignored,
-        unseen_categories=unseen,
-        non_finite_values=dict(model.non_finite),
+    ignored = check_inputs(
+        columns,
+        model,
+        record_identifier=record_identifier,
+        target_column=target_column,
+        source_label=source_label,
     )
+    scorer = Scorer(
+        model, record_identifier=record_identifier, lineage=lineage, target_column=target_column
+    )
+    totals = ScoringTotals()
+    with PartWriter(output_dir) as parts:
+        for batch in iter_batches(input_files, batch_size):
+            scored = scorer(batch)
+            parts.write(scored.predictions)
+            failpoint("BatchInference:batch")
+            totals.add(scored)
+    return totals.result(parts.files, ignored, target_column, output_dir.parent)

@@ -1,0 +1,383 @@
+"""The Ray engine: DataSource and BatchInference on Ray Data, for when one machine is not enough.
+
+The semantics are the local engine's, step for step:
+
+- DataSource reads the feature group with ``ray.data.read_iceberg`` at the run's pinned
+  snapshot, keeps ids in the range and versions up to ``as_of``, hash-partitions by record
+  identifier (so every version of an id lands in one block), ranks the versions in each block
+  — newest by (event time, ``api_invocation_time``, ``write_time``) — and drops delete markers
+  after ranking. The driver writes the snapshot to the run's ``input/``.
+- BatchInference reads that snapshot and scores it with ``map_batches`` over an actor pool;
+  each actor holds one copy of the model (the :class:`~batchscore.steps.batch_inference.Scorer`
+  the local engine uses) for its whole life. Prediction rows stream back to the driver,
+  which writes ``predictions/`` and adds up the evaluation.
+- Publish is the local engine's: one atomic Iceberg commit of the files the driver wrote.
+
+Because the driver writes the run folder, the workspace need not be shared with the cluster;
+the feature group's files and the run's ``input/`` must be readable from every node (on one
+machine they are; across machines put the warehouse and workspace on shared storage).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batchscore.errors import ConfigError, FeatureGroupError, NothingToScoreError
+from batchscore.feature_store.base import ReadStats
+from batchscore.steps.batch_inference import (
+    BatchInferenceResult,
+    Lineage,
+    ScoredBatch,
+    Scorer,
+    ScoringTotals,
+    check_inputs,
+)
+from batchscore.steps.data_source import DataSourceResult
+from batchscore.steps.parts import PartWriter
+from batchscore.tables import PREDICTIONS_SCHEMA
+
+if TYPE_CHECKING:
+    from batchscore.config import Settings
+    from batchscore.feature_store.iceberg import IcebergFeatureStore
+    from batchscore.registry import LoadedModel
+
+log = logging.getLogger("batchscore")
+
+LABEL = "__label"
+STATS = "__stats"
+VERSIONS = "__versions"
+DELETED = "__deleted"
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise ConfigError(
+            "engine 'ray' needs Ray, which is not installed: pip install 'batchscore[ray]'."
+        ) from exc
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(settings: Settings) -> Iterator[Any]:
+    """Connect to ``ray_address`` (a running cluster), else start Ray on this machine.
+
+    Ray started here is shut down on the way out; a cluster joined is only disconnected from.
+    """
+    ray = _import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "log_to_driver": False,
+        # Workers import batchscore from the same environment as the driver.
+        "runtime_env": {"env_vars": {"MLFLOW_DISABLE_TELEMETRY": "true"}},
+    }
+    try:
+        if settings.ray_address:
+            ray.init(address=settings.ray_address, **kwargs)
+        else:
+            ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = settings.ray_address or "a local Ray instance"
+        if "auth" in f"{exc} {exc.__cause__}".lower():
+            raise ConfigError(
+                f"the Ray cluster at {where} refused batchscore's authentication token: set "
+                "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the token "
+                "the cluster was started with."
+            ) from exc
+        raise ConfigError(
+            f"cannot connect to {where}: {exc}. Check 'ray_address' (host:port of the head "
+            "node, as 'ray start --head' printed it), or unset it to start Ray locally."
+        ) from exc
+    try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _actors(settings: Settings, ray: Any) -> int:
+    if settings.ray_actors:
+        return settings.ray_actors
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, cpus)
+
+
+# DataSource ----------------------------------------------------------------------------------
+
+
+def _in_range(
+    batch: pa.Table, *, key: str, event: str, id_start: int, id_end: int, as_of: Any
+) -> pa.Table:
+    """Rows whose id's trailing digits fall in the range (and, with as_of, not later)."""
+    digits = pc.extract_regex(batch.column(key).cast(pa.string()), r"(?P<n>[0-9]+)$")
+    number = pc.struct_field(digits, "n")
+    # Like DuckDB's TRY_CAST: ids too long for an integer are out of range, not an error.
+    ok = pc.and_kleene(pc.less_equal(pc.utf8_length(number), 18), pc.is_valid(number))
+    number = pc.if_else(ok, number, pa.scalar(None, pa.string())).cast(pa.int64())
+    keep = pc.and_(pc.greater_equal(number, id_start), pc.less_equal(number, id_end))
+    if as_of is not None:
+        keep = pc.and_(
+            keep, pc.less_equal(batch.column(event), pa.scalar(as_of, pa.timestamp("us")))
+        )
+    return batch.filter(pc.fill_null(keep, False))
+
+
+def _latest_in_block(block: pa.Table, *, key: str, event: str) -> pa.Table:
+    """Per id, the newest version, with how many versions the id had (all of an id's versions
+    are in this block: the dataset was hash-partitioned by id)."""
+    if block.num_rows == 0:
+        return block.append_column(VERSIONS, pa.array([], pa.int64()))
+    block = block.sort_by([
+        (key, "ascending"),
+        (event, "descending"),
+        ("api_invocation_time", "descending"),
+        ("write_time", "descending"),
+    ])  # fmt: skip
+    ids = block.column(key).combine_chunks()
+    n = block.num_rows
+    first = np.ones(n, dtype=bool)
+    if n > 1:
+        first[1:] = pc.not_equal(ids.slice(1), ids.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(first)
+    versions = np.diff(np.append(starts, n))
+    return block.take(pa.array(starts)).append_column(VERSIONS, pa.array(versions, pa.int64()))
+
+
+def ray_data_source(
+    settings: Settings,
+    store: IcebergFeatureStore,
+    feature_group_name: str,
+    id_start: int,
+    id_end: int,
+    output_dir: Path,
+    *,
+    as_of: dt.datetime | None = None,
+    snapshot_id: int | None = None,
+) -> DataSourceResult:
+    """The DataSource step on Ray Data; see :func:`batchscore.steps.data_source`."""
+    from pyiceberg.expressions import AlwaysTrue, LessThanOrEqual
+
+    ray = _import_ray()
+    group = store.describe(feature_group_name)
+    snapshot_id = snapshot_id if snapshot_id is not None else group.snapshot_id
+    key, event = group.record_identifier, group.event_time_feature
+    out_columns = [key, event, *group.features]
+    table = store._table(feature_group_name)
+    out_schema = pa.schema([table.schema().as_arrow().field(c) for c in out_columns])
+    if as_of is not None and as_of.tzinfo is not None:
+        as_of = as_of.astimezone(dt.UTC).replace(tzinfo=None)
+    stats = ReadStats()
+    with PartWriter(output_dir) as parts:
+        if snapshot_id is not None:
+            if table.snapshot_by_id(snapshot_id) is None:
+                raise FeatureGroupError(
+                    f"feature group {feature_group_name!r} has no snapshot {snapshot_id}: it may "
+                    "have been expired. Start a new run instead of resuming this one."
+                )
+            ds = ray.data.read_iceberg(
+                table_identifier=group.table_identifier,
+                catalog_kwargs={"name": "batchscore", **settings.catalog_properties},
+                row_filter=LessThanOrEqual(event, as_of.isoformat()) if as_of else AlwaysTrue(),
+                snapshot_id=snapshot_id,
+            )
+            ds = ds.map_batches(
+                _in_range,
+                batch_format="pyarrow",
+                fn_kwargs={
+                    "key": key, "event": event, "id_start": id_start, "id_end": id_end,
+                    "as_of": as_of,
+                },
+            )  # fmt: skip
+            partitions = max(2, _actors(settings, ray))
+            ds = ds.repartition(partitions, keys=[key]).map_batches(
+                _latest_in_block,
+                batch_size=None,  # the whole block: every version of an id is in it
+                batch_format="pyarrow",
+                fn_kwargs={"key": key, "event": event},
+            )
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                versions = pc.sum(batch.column(VERSIONS)).as_py() or 0
+                stats.duplicate_versions_skipped += versions - batch.num_rows
+                deleted = batch.column("is_deleted").fill_null(False)
+                n_deleted = pc.sum(deleted.cast(pa.int64())).as_py() or 0
+                stats.deleted_records_skipped += n_deleted
+                live = batch.filter(pc.invert(deleted)) if n_deleted else batch
+                if live.num_rows:
+                    stats.records += live.num_rows
+                    live = live.select(out_columns).cast(out_schema)
+                    for record_batch in live.to_batches(max_chunksize=settings.batch_size):
+                        parts.write(record_batch)
+    if stats.records == 0:
+        when = f" as of {as_of.isoformat(sep=' ')}" if as_of else ""
+        raise NothingToScoreError(
+            f"nothing to score: feature group {feature_group_name!r} has no live record with an "
+            f"id in {id_start}–{id_end}{when} ({stats.deleted_records_skipped} deleted). "
+            "Check customer_id_start/customer_id_end, or ingest records first."
+        )
+    return DataSourceResult(
+        rows=stats.records,
+        files=parts.files,
+        snapshot_id=snapshot_id,
+        duplicate_versions_skipped=stats.duplicate_versions_skipped,
+        deleted_records_skipped=stats.deleted_records_skipped,
+        columns=out_schema.names,
+    )
+
+
+# BatchInference ------------------------------------------------------------------------------
+
+
+class RayScorer:
+    """One actor of the pool: loads (receives) the model once, scores batch after batch.
+
+    Each output batch is the prediction rows plus the target column (``__label``) for
+    evaluation, and ``__stats`` — this batch's counts as JSON in its first row — so the driver
+    can add up what the actors noticed.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        record_identifier: str,
+        lineage: Lineage,
+        target_column: str | None,
+    ) -> None:
+        import ray
+
+        self.scorer = Scorer(
+            model,
+            record_identifier=record_identifier,
+            lineage=lineage,
+            target_column=target_column,
+        )
+        self.target_column = target_column
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        if batch.num_rows == 0:
+            return _empty_scored()
+        scored = self.scorer(batch.combine_chunks().to_batches()[0])
+        n = scored.predictions.num_rows
+        target = self.target_column
+        label = (
+            batch.column(target).cast(pa.int64())
+            if target and target in batch.column_names
+            else pa.nulls(n, pa.int64())
+        )
+        stats = json.dumps({
+            "unseen": scored.unseen_categories,
+            "non_finite": scored.non_finite_values,
+            "node": self.node,
+        })  # fmt: skip
+        return (
+            pa.Table.from_batches([scored.predictions])
+            .append_column(LABEL, label)
+            .append_column(STATS, pa.array([stats] + [None] * (n - 1), pa.string()))
+        )
+
+
+def _empty_scored() -> pa.Table:
+    schema = PREDICTIONS_SCHEMA.append(pa.field(LABEL, pa.int64())).append(
+        pa.field(STATS, pa.string())
+    )
+    return schema.empty_table()
+
+
+def _unpack(table: pa.Table, nodes: set[str]) -> ScoredBatch:
+    """An actor's output batch as the ScoredBatch the local engine would have made."""
+    predictions = table.select(PREDICTIONS_SCHEMA.names).cast(PREDICTIONS_SCHEMA)
+    unseen: dict[str, int] = {}
+    non_finite: dict[str, int] = {}
+    for value in table.column(STATS).drop_null().to_pylist():
+        stats = json.loads(value)
+        nodes.add(stats["node"])
+        for into, counts in ((unseen, stats["unseen"]), (non_finite, stats["non_finite"])):
+            for column, count in counts.items():
+                into[column] = into.get(column, 0) + count
+    label = table.column(LABEL)
+    labels = predicted = scores = None
+    if label.null_count < len(label):
+        mask = label.is_valid().to_numpy(zero_copy_only=False)
+        labels = label.filter(label.is_valid()).to_numpy().astype(np.int64)
+        predicted = predictions.column("prediction").to_numpy()[mask]
+        scores = predictions.column("prediction_probability").to_numpy()[mask]
+    merged = predictions.combine_chunks().to_batches()
+    batch = merged[0] if merged else PREDICTIONS_SCHEMA.empty_table().to_batches()[0]
+    return ScoredBatch(batch, labels, predicted, scores, unseen, non_finite)
+
+
+def ray_batch_inference(
+    settings: Settings,
+    input_files: list[str],
+    model: LoadedModel,
+    output_dir: Path,
+    *,
+    record_identifier: str,
+    lineage: Lineage,
+    target_column: str | None,
+    source_label: str,
+) -> BatchInferenceResult:
+    """The BatchInference step on Ray Data; see :func:`batchscore.steps.batch_inference`."""
+    import pyarrow.parquet as pq
+
+    ray = _import_ray()
+    columns = pq.read_schema(input_files[0]).names if input_files else []
+    ignored = check_inputs(
+        columns,
+        model,
+        record_identifier=record_identifier,
+        target_column=target_column,
+        source_label=source_label,
+    )
+    actors = _actors(settings, ray)
+    # Reads take a quarter CPU, actors ray_cpus_per_actor: on a node of one CPU an actor and
+    # a read task fit side by side (whole CPUs for both starve one or the other: Ray hangs).
+    ds = ray.data.read_parquet([str(Path(f).resolve()) for f in input_files], num_cpus=0.25)
+    # Blocks of batch_size rows, so the work spreads over the pool (one file = one block).
+    ds = ds.repartition(target_num_rows_per_block=settings.batch_size).map_batches(
+        RayScorer,
+        fn_constructor_kwargs={
+            "model": model,
+            "record_identifier": record_identifier,
+            "lineage": lineage,
+            "target_column": target_column,
+        },
+        batch_size=settings.batch_size,
+        batch_format="pyarrow",
+        concurrency=actors,
+        num_cpus=settings.ray_cpus_per_actor,
+        scheduling_strategy="SPREAD",
+    )
+    totals = ScoringTotals()
+    nodes: set[str] = set()
+    with PartWriter(output_dir) as parts:
+        for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            if table.num_rows == 0:
+                continue
+            scored = _unpack(table, nodes)
+            parts.write(scored.predictions)
+            totals.add(scored)
+    log.info("BatchInference: scored by %d actor(s) on %d node(s)", actors, len(nodes))
+    result = totals.result(parts.files, ignored, target_column, output_dir.parent)
+    return dataclasses.replace(result, engine="ray", nodes=sorted(nodes))
