@@ -76,11 +76,21 @@ class RegistrySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["mlflow"] = "mlflow"
+    type: Literal["mlflow", "sagemaker"] | None = None  # default: the backend's
     tracking_uri: str | None = None
     artifact_location: str | None = None
     # Extra types to trust when loading skops artifacts, beyond batchscore's own list.
     trusted_types: list[str] = Field(default_factory=list)
+    # SageMaker packages that hold only a pickle (model.joblib/.pkl): loading one runs its code.
+    trust_pickle: bool = False
+
+
+class FeatureStoreSettings(BaseModel):
+    """Where feature groups live: ``iceberg`` (in the catalog) or ``sagemaker``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["iceberg", "sagemaker"] | None = None  # default: the backend's
 
 
 class Settings(BaseModel):
@@ -110,10 +120,11 @@ class Settings(BaseModel):
     notification_email: str | None = None
 
     # batchscore's own.
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "aws"] = "local"
     workspace: str = ".batchscore"
     catalog: dict[str, str] = Field(default_factory=dict)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    feature_store: FeatureStoreSettings = Field(default_factory=FeatureStoreSettings)
     record_identifier: str = "customer_id"
     event_time_feature: str = "event_time"
     target_column: str | None = "churn"
@@ -173,15 +184,40 @@ class Settings(BaseModel):
 
     @property
     def catalog_properties(self) -> dict[str, str]:
-        """pyiceberg catalog properties: the configured ones, else SQLite in the workspace."""
+        """pyiceberg catalog properties: the configured ones, else the backend's default —
+        SQLite in the workspace (local), the Glue catalog with its warehouse in
+        ``s3://bucket/prefix/warehouse`` (aws)."""
         if self.catalog:
             return dict(self.catalog)
+        if self.backend == "aws":
+            from batchscore.aws import glue_catalog_properties
+
+            return glue_catalog_properties(self)
         ws = self.workspace_path
         return {
             "type": "sql",
             "uri": f"sqlite:///{ws / 'catalog.db'}",
             "warehouse": (ws / "warehouse").as_uri(),
         }
+
+    @property
+    def registry_type(self) -> str:
+        return self.registry.type or ("sagemaker" if self.backend == "aws" else "mlflow")
+
+    @property
+    def feature_store_type(self) -> str:
+        return self.feature_store.type or ("sagemaker" if self.backend == "aws" else "iceberg")
+
+    @property
+    def s3_prefix(self) -> str:
+        """``s3://bucket/prefix`` (the seed's bucket and prefix), for the aws backend."""
+        if not self.bucket:
+            raise ConfigError(
+                "backend 'aws' needs 'bucket' (and optionally 'prefix'): the S3 location of "
+                "the warehouse and model artifacts, e.g. bucket: my-ml-bucket."
+            )
+        prefix = (self.prefix or "batchscore").strip("/")
+        return f"s3://{self.bucket}/{prefix}"
 
     @property
     def tracking_uri(self) -> str:
@@ -197,7 +233,8 @@ class Settings(BaseModel):
 
     def unused_keys(self) -> list[str]:
         """Keys that are set but mean nothing to the chosen backend (the seed's AWS keys)."""
-        if self.backend != "local":
+        if self.backend == "aws":
+            # processing_instance_type, role_arn: used by 'deploy sagemaker', not by a run.
             return []
         used = set()
         if any(url.startswith("mailto") for url in self.notification_urls):

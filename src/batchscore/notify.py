@@ -1,8 +1,9 @@
 """Failure (and optionally success) notifications through Apprise — the seed's SNS e-mail.
 
-``notification_urls`` takes any Apprise URL: ``mailto://``, ``json://``, ``slack://``,
-``sns://`` …. A notification that cannot be delivered is logged; it never hides the
-pipeline's own error or changes its exit code.
+``notification_urls`` takes any Apprise URL: ``mailto://``, ``json://``, ``slack://`` ….
+With the aws backend, ``sns_topic_arn`` receives the same message through boto3 (the seed's
+SNS topic, whose e-mail subscription is ``notification_email``). A notification that cannot
+be delivered is logged; it never hides the pipeline's own error or changes its exit code.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def notification_urls(settings: Settings) -> list[str]:
                 query["to"] = [settings.notification_email]
                 url = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
         urls.append(url)
-    if settings.notification_email and not any(u.startswith("mailto") for u in urls):
+    sns = settings.backend == "aws" and settings.sns_topic_arn
+    if settings.notification_email and not sns and not any(u.startswith("mailto") for u in urls):
         log.warning(
             "notification_email is set but no mailto:// URL says which SMTP server to use; "
             "add one to notification_urls, e.g. mailtos://user:${SMTP_PASSWORD}@smtp.example.com"
@@ -85,19 +87,40 @@ def send(urls: list[str], subject: str, body: str, *, failure: bool, redact=str)
     return delivered
 
 
+def send_sns(settings: Settings, subject: str, body: str) -> bool:
+    """Publish to ``sns_topic_arn``; log (redacted) when that fails. True if published."""
+    from batchscore.aws import publish_sns
+
+    try:
+        publish_sns(settings, subject, body)
+    except Exception as exc:  # never let a notification hide the run's own outcome
+        log.warning(
+            "publishing to SNS topic %s failed: %s",
+            settings.sns_topic_arn,
+            settings.redact(str(exc)),
+        )
+        return False
+    return True
+
+
 class Notifier(PipelineHooks):
     """Sends a message on failure (and on success when ``notify_on`` includes it)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.urls = notification_urls(settings)
+        self.sns = settings.backend == "aws" and bool(settings.sns_topic_arn)
+
+    def _deliver(self, subject: str, body: str, *, failure: bool) -> None:
+        if self.urls:
+            send(self.urls, subject, body, failure=failure, redact=self.settings.redact)
+        if self.sns:
+            send_sns(self.settings, subject, body)
 
     def on_pipeline_error(self, record: RunRecord, step: str, error: BaseException) -> None:
-        if "failure" in self.settings.notify_on and self.urls:
-            subject, body = failure_message(self.settings, record, step)
-            send(self.urls, subject, body, failure=True, redact=self.settings.redact)
+        if "failure" in self.settings.notify_on:
+            self._deliver(*failure_message(self.settings, record, step), failure=True)
 
     def after_pipeline_run(self, record: RunRecord) -> None:
-        if "success" in self.settings.notify_on and self.urls:
-            subject, body = success_message(self.settings, record)
-            send(self.urls, subject, body, failure=False, redact=self.settings.redact)
+        if "success" in self.settings.notify_on:
+            self._deliver(*success_message(self.settings, record), failure=False)

@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -184,16 +185,15 @@ def _local_path(uri: str) -> Path | None:
     return None
 
 
-def _place_file(source: Path, target_dir_uri: str, name: str) -> str:
-    """Put a finished Parquet file into the table's data folder: a hard link where possible."""
+def _place_file(source: Path, target_dir_uri: str, name: str, io: Any) -> str:
+    """Put a finished Parquet file into the table's data folder: a hard link where possible,
+    else a copy through the table's own FileIO (S3 with the catalog's endpoint and region)."""
     target_dir = _local_path(target_dir_uri)
     if target_dir is None:
-        import pyarrow.fs as pafs
-
-        fs, base = pafs.FileSystem.from_uri(target_dir_uri)
-        target = f"{base.rstrip('/')}/{name}"
-        pafs.copy_files(str(source), target, destination_filesystem=fs)
-        return f"{target_dir_uri.rstrip('/')}/{name}"
+        uri = f"{target_dir_uri.rstrip('/')}/{name}"
+        with open(source, "rb") as data, io.new_output(uri).create(overwrite=True) as out:
+            shutil.copyfileobj(data, out, 8 << 20)
+        return uri
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / name
     if target.exists():
@@ -236,7 +236,8 @@ def publish_predictions(
         # Placed files are invisible until the commit names them; a failed commit leaves
         # them as unreferenced files, which no reader sees.
         uris = [
-            _place_file(path, data_dir, f"{run_id}-{i:05d}.parquet") for i, path in enumerate(files)
+            _place_file(path, data_dir, f"{run_id}-{i:05d}.parquet", table.io)
+            for i, path in enumerate(files)
         ]
         failpoint("Publish:files-placed")
         with warnings.catch_warnings():

@@ -14,6 +14,10 @@ __all__ = ["FeatureGroup", "FeatureStore", "LatestRecords", "ReadStats", "open_f
 
 def open_feature_store(settings: Settings) -> FeatureStore:
     """The feature store the settings choose (the embedded Iceberg catalog by default)."""
+    if settings.feature_store_type == "sagemaker":
+        from batchscore.feature_store.sagemaker import SageMakerFeatureStore
+
+        return SageMakerFeatureStore(settings)
     from batchscore.feature_store.iceberg import IcebergFeatureStore
     from batchscore.tables import open_catalog
 

@@ -8,7 +8,7 @@ DuckDB over the table's Parquet files (out of core, streaming), never in pandas.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -252,7 +252,7 @@ class IcebergFeatureStore(FeatureStore):
             row_filter=LessThanOrEqual(event, as_of.isoformat()) if as_of else AlwaysTrue(),
         )
         batches = _dedup_batches(
-            scan,
+            lambda: _scan_source(scan),
             key=key,
             event=event,
             out_columns=out_columns,
@@ -271,8 +271,20 @@ def _role(group: FeatureGroup, column: str) -> str:
     return "record identifier" if column == group.record_identifier else "event time feature"
 
 
+def _scan_source(scan: Any) -> list[str] | pa.RecordBatchReader | None:
+    """Local Parquet files of the scan for DuckDB to read itself, else pyiceberg's reader
+    (remote files, row-level deletes); None when the snapshot has no files."""
+    tasks = list(scan.plan_files())
+    if not tasks:
+        return None
+    paths = [urlparse(t.file.file_path) for t in tasks]
+    if all(p.scheme in ("", "file") for p in paths) and not any(t.delete_files for t in tasks):
+        return [p.path for p in paths]
+    return scan.to_arrow_batch_reader()
+
+
 def _dedup_batches(
-    scan: Any,
+    source: Callable[[], list[str] | pa.RecordBatchReader | None],
     *,
     key: str,
     event: str,
@@ -285,7 +297,10 @@ def _dedup_batches(
     temp_dir: Path | None,
     stats: ReadStats,
 ) -> Iterator[pa.RecordBatch]:
-    """Rank versions per id in DuckDB, newest first, then drop delete markers (in that order)."""
+    """Rank versions per id in DuckDB, newest first, then drop delete markers (in that order).
+
+    ``source`` gives local Parquet files (read by DuckDB, ranked on the key columns alone) or
+    an Arrow record batch reader; it is called once the DuckDB connection is ready."""
     import duckdb
 
     # A bounded buffer pool: past it DuckDB spills the window to temp_dir instead of growing
@@ -299,17 +314,16 @@ def _dedup_batches(
         config["temp_directory"] = str(temp_dir)
     con = duckdb.connect(":memory:", config=config)
     try:
-        tasks = list(scan.plan_files())
-        paths = [urlparse(t.file.file_path) for t in tasks]
-        if not tasks:
+        found = source()
+        if found is None:
             return
-        if all(p.scheme in ("", "file") for p in paths) and not any(t.delete_files for t in tasks):
-            files = ", ".join(sql_string(p.path) for p in paths)
+        if isinstance(found, list):
+            files = ", ".join(sql_string(p) for p in found)
             located: str | None = (
                 f"read_parquet([{files}], filename = true, file_row_number = true)"
             )
-        else:  # remote files or row-level deletes: let pyiceberg read them
-            con.register("__source", scan.to_arrow_batch_reader())
+        else:  # an Arrow stream (remote files, row-level deletes): one pass, whole rows
+            con.register("__source", found)
             located = None
         selected = ", ".join(_sql_name(c) for c in out_columns)
         k, e = _sql_name(key), _sql_name(event)

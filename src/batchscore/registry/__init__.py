@@ -14,6 +14,10 @@ __all__ = ["LoadedModel", "ModelRegistry", "ModelVersion", "open_registry"]
 
 def open_registry(settings: Settings) -> ModelRegistry:
     """The registry the settings choose (MLflow on SQLite in the workspace by default)."""
+    if settings.registry_type == "sagemaker":
+        from batchscore.registry.sagemaker import SageMakerRegistry
+
+        return SageMakerRegistry(settings, cache_dir=settings.workspace_path / "models")
     from batchscore.registry.mlflow import MlflowRegistry
 
     return MlflowRegistry(

@@ -144,61 +144,7 @@ class MlflowRegistry(ModelRegistry):
         return target
 
     def load(self, version: ModelVersion) -> LoadedModel:
-        from mlflow.models import Model
-
-        folder = self._download(version)
-        try:
-            meta = Model.load(str(folder / "MLmodel"))
-        except Exception as exc:
-            raise ModelLoadError(
-                f"model {version.label}: its MLmodel file is unreadable: {exc}"
-            ) from exc
-        flavor = meta.flavors.get("sklearn")
-        if flavor is None:
-            raise ModelLoadError(
-                f"model {version.label} is not a scikit-learn model (flavours: "
-                f"{', '.join(meta.flavors)}). batchscore scores MLflow sklearn-flavour classifiers."
-            )
-        fmt = flavor.get("serialization_format", "pickle")
-        if fmt != "skops":
-            raise ModelLoadError(
-                f"model {version.label} was saved with {fmt!r}, which can run arbitrary code when "
-                "loaded. Re-log it with mlflow.sklearn.log_model(serialization_format='skops')."
-            )
-        estimator = self._load_skops(folder / flavor.get("pickled_model", "model.skops"), version)
-        classes = check_classifier(estimator, version)
-        return LoadedModel(
-            version=version,
-            estimator=estimator,
-            input_types=_input_types(meta, estimator, version),
-            profile=_read_profile(folder),
-            classes=classes,
-        )
-
-    def _load_skops(self, path: Path, version: ModelVersion) -> Any:
-        import skops.io
-
-        try:
-            untrusted = [
-                t for t in skops.io.get_untrusted_types(file=path) if t not in self.trusted_types
-            ]
-        except Exception as exc:
-            raise ModelLoadError(
-                f"model {version.label}: artifact {path.name} is missing or corrupt "
-                f"({type(exc).__name__}: {exc}). Register the model again."
-            ) from exc
-        if untrusted:
-            raise ModelLoadError(
-                f"model {version.label} contains types batchscore does not trust: "
-                f"{', '.join(untrusted)}. If you know them to be safe, add them to "
-                "registry.trusted_types in the config."
-            )
-        try:
-            return skops.io.load(path, trusted=self.trusted_types)
-        except Exception as exc:
-            raise ModelLoadError(
-                f"model {version.label}: loading {path.name} failed ({type(exc).__name__}: {exc})."
-            ) from exc
+        return load_model_folder(self._download(version), version, self.trusted_types)
 
     # Registering ------------------------------------------------------------------------
 
@@ -280,3 +226,68 @@ def _read_profile(folder: Path) -> dict[str, Any] | None:
         if candidate.exists():
             return json.loads(candidate.read_text())
     return None
+
+
+def load_model_folder(folder: Path, version: ModelVersion, trusted_types: list[str]) -> LoadedModel:
+    """Load the MLflow sklearn model in ``folder`` through skops, trusting only
+    batchscore's list plus ``trusted_types``.
+
+    Raises:
+        ModelLoadError: not an MLflow sklearn model, saved with pickle, untrusted types,
+            corrupt, or not a classifier.
+    """
+    from mlflow.models import Model
+
+    try:
+        meta = Model.load(str(folder / "MLmodel"))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"model {version.label}: its MLmodel file is unreadable: {exc}"
+        ) from exc
+    flavor = meta.flavors.get("sklearn")
+    if flavor is None:
+        raise ModelLoadError(
+            f"model {version.label} is not a scikit-learn model (flavours: "
+            f"{', '.join(meta.flavors)}). batchscore scores MLflow sklearn-flavour classifiers."
+        )
+    fmt = flavor.get("serialization_format", "pickle")
+    if fmt != "skops":
+        raise ModelLoadError(
+            f"model {version.label} was saved with {fmt!r}, which can run arbitrary code when "
+            "loaded. Re-log it with mlflow.sklearn.log_model(serialization_format='skops')."
+        )
+    estimator = load_skops(
+        folder / flavor.get("pickled_model", "model.skops"), version, trusted_types
+    )
+    classes = check_classifier(estimator, version)
+    return LoadedModel(
+        version=version,
+        estimator=estimator,
+        input_types=_input_types(meta, estimator, version),
+        profile=_read_profile(folder),
+        classes=classes,
+    )
+
+
+def load_skops(path: Path, version: ModelVersion, trusted_types: list[str]) -> Any:
+    import skops.io
+
+    try:
+        untrusted = [t for t in skops.io.get_untrusted_types(file=path) if t not in trusted_types]
+    except Exception as exc:
+        raise ModelLoadError(
+            f"model {version.label}: artifact {path.name} is missing or corrupt "
+            f"({type(exc).__name__}: {exc}). Register the model again."
+        ) from exc
+    if untrusted:
+        raise ModelLoadError(
+            f"model {version.label} contains types batchscore does not trust: "
+            f"{', '.join(untrusted)}. If you know them to be safe, add them to "
+            "registry.trusted_types in the config."
+        )
+    try:
+        return skops.io.load(path, trusted=trusted_types)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"model {version.label}: loading {path.name} failed ({type(exc).__name__}: {exc})."
+        ) from exc

@@ -1,0 +1,286 @@
+"""SageMaker Model Registry: model package groups, versions, ``ModelApprovalStatus``.
+
+The newest package whose status is ``Approved`` (by creation time, which is version order)
+is the one a run scores with. Its ``ModelDataUrl`` (a ``model.tar.gz`` on S3) is downloaded
+once into the workspace's model cache and unpacked safely; an MLflow model folder inside it
+(``MLmodel`` at the top or one level down) loads exactly like a model from the MLflow registry
+— through skops, with batchscore's trusted types. A bare ``model.skops`` loads the same way. A
+pickle-only artifact (``model.joblib``, ``model.pkl``) loads only with ``registry.trust_pickle:
+true``, because unpickling runs whatever code the file holds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batchscore.config import APPROVAL_STATUSES, RESOURCE_NAME, validate_identifier
+from batchscore.errors import ModelError, ModelLoadError
+from batchscore.registry.base import (
+    DEFAULT_STATUS,
+    TRUSTED_SKOPS_TYPES,
+    LoadedModel,
+    ModelRegistry,
+    ModelVersion,
+    check_classifier,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from batchscore.config import Settings
+
+# The image a SageMaker endpoint would use; batch scoring here never runs it, but a model
+# package must name one. This is AWS's scikit-learn inference image for us-east-1.
+DEFAULT_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
+PICKLE_NAMES = ("model.joblib", "model.pkl", "model.pickle")
+
+
+class SageMakerRegistry(ModelRegistry):
+    """Model package groups in SageMaker's Model Registry."""
+
+    def __init__(self, settings: Settings, cache_dir: Path) -> None:
+        from batchscore import aws
+
+        self.settings = settings
+        self.sagemaker = aws.client("sagemaker", settings)
+        self.s3 = aws.client("s3", settings)
+        self.cache_dir = cache_dir
+        self.trusted_types = [*TRUSTED_SKOPS_TYPES, *settings.registry.trusted_types]
+        self.trust_pickle = settings.registry.trust_pickle
+
+    # Listing and status -----------------------------------------------------------------
+
+    def _packages(self, group: str) -> list[dict[str, Any]]:
+        validate_identifier(group, "model_package_group", RESOURCE_NAME)
+        from botocore.exceptions import ClientError
+
+        packages: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "ModelPackageGroupName": group,
+            "SortBy": "CreationTime",
+            "SortOrder": "Descending",
+        }
+        try:
+            while True:
+                page = self.sagemaker.list_model_packages(**kwargs)
+                packages.extend(page.get("ModelPackageSummaryList", []))
+                if not page.get("NextToken"):
+                    break
+                kwargs["NextToken"] = page["NextToken"]
+        except ClientError as exc:
+            if "does not exist" in str(exc) or "ValidationException" in str(exc):
+                return []
+            raise ModelError(f"cannot list model packages of {group!r}: {exc}") from exc
+        return packages
+
+    def _to_version(self, group: str, summary: dict[str, Any]) -> ModelVersion:
+        created = summary.get("CreationTime") or dt.datetime.now(dt.UTC)
+        return ModelVersion(
+            group=group,
+            version=int(summary.get("ModelPackageVersion") or 0),
+            status=summary.get("ModelApprovalStatus") or DEFAULT_STATUS,
+            created=created,
+            source=summary["ModelPackageArn"],
+            description=summary.get("ModelPackageDescription") or "",
+        )
+
+    def list_versions(self, group: str) -> list[ModelVersion]:
+        versions = [self._to_version(group, p) for p in self._packages(group)]
+        return sorted(versions, key=lambda v: (v.created, v.version), reverse=True)
+
+    def get_version(self, group: str, version: int) -> ModelVersion:
+        for candidate in self.list_versions(group):
+            if candidate.version == version:
+                return candidate
+        known = ", ".join(f"v{v.version}" for v in self.list_versions(group)) or "none"
+        raise ModelError(
+            f"model package group {group!r} has no version {version} (versions: {known})."
+        )
+
+    def set_status(self, group: str, version: int, status: str) -> ModelVersion:
+        if status not in APPROVAL_STATUSES:
+            raise ModelError(
+                f"approval status {status!r} is not one of {', '.join(APPROVAL_STATUSES)}."
+            )
+        package = self.get_version(group, version)
+        self.sagemaker.update_model_package(
+            ModelPackageArn=package.source, ModelApprovalStatus=status
+        )
+        return self.get_version(group, version)
+
+    # Loading ----------------------------------------------------------------------------
+
+    def _model_data_url(self, version: ModelVersion) -> str:
+        described = self.sagemaker.describe_model_package(ModelPackageName=version.source)
+        containers = described.get("InferenceSpecification", {}).get("Containers", [])
+        url = next((c.get("ModelDataUrl") for c in containers if c.get("ModelDataUrl")), None)
+        if not url:
+            raise ModelLoadError(
+                f"model package {version.label} ({version.source}) has no ModelDataUrl: "
+                "register it with its model.tar.gz in InferenceSpecification.Containers."
+            )
+        return url
+
+    def _download(self, version: ModelVersion) -> Path:
+        """The package's unpacked model.tar.gz, cached in the workspace once downloaded."""
+        from batchscore.aws import split_s3
+
+        target = self.cache_dir / version.group / str(version.version)
+        if (target / ".complete").exists():
+            return target
+        url = self._model_data_url(version)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+        try:
+            bucket, key = split_s3(url)
+            archive = staging / "model.tar.gz"
+            try:
+                self.s3.download_file(bucket, key, str(archive))
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"cannot download model {version.label} from {url}: {exc}. Check that the "
+                    "object exists and this role may s3:GetObject it."
+                ) from exc
+            unpacked = staging / "model"
+            try:
+                with tarfile.open(archive) as tar:
+                    tar.extractall(unpacked, filter="data")  # no links out, no absolute paths
+            except (tarfile.TarError, OSError) as exc:
+                raise ModelLoadError(
+                    f"model {version.label}: {url} is not a readable model.tar.gz ({exc})."
+                ) from exc
+            (unpacked / ".complete").write_text(url)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(unpacked, target)  # a half-finished download is never taken for a model
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def load(self, version: ModelVersion) -> LoadedModel:
+        from batchscore.registry.mlflow import load_model_folder, load_skops
+
+        folder = self._download(version)
+        for candidate in (folder, *sorted(p for p in folder.iterdir() if p.is_dir())):
+            if (candidate / "MLmodel").exists():
+                return load_model_folder(candidate, version, self.trusted_types)
+        skops_files = sorted(folder.rglob("*.skops"))
+        if skops_files:
+            estimator = load_skops(skops_files[0], version, self.trusted_types)
+            return _bare_model(estimator, version)
+        pickles = [p for name in PICKLE_NAMES for p in sorted(folder.rglob(name))]
+        if pickles:
+            if not self.trust_pickle:
+                raise ModelLoadError(
+                    f"model {version.label} holds only a pickle ({pickles[0].name}), which runs "
+                    "arbitrary code when loaded. Re-register it as an MLflow model saved with "
+                    "skops, or set registry.trust_pickle: true if you trust whoever wrote it."
+                )
+            import joblib
+
+            try:
+                estimator = joblib.load(pickles[0])
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"model {version.label}: loading {pickles[0].name} failed ({exc})."
+                ) from exc
+            return _bare_model(estimator, version)
+        found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+        raise ModelLoadError(
+            f"model {version.label}: its model.tar.gz holds {found}; expected an MLflow model "
+            "folder (MLmodel), a model.skops, or (with trust_pickle) a model.joblib."
+        )
+
+    # Registering ------------------------------------------------------------------------
+
+    def register_sklearn(
+        self,
+        group: str,
+        estimator: Any,
+        sample: pd.DataFrame,
+        *,
+        profile: dict[str, Any],
+        metrics: dict[str, float] | None = None,
+        description: str = "",
+    ) -> ModelVersion:
+        """Save an MLflow model folder (skops), upload it as model.tar.gz under
+        ``s3://bucket/prefix/models/<group>/``, and create a ``PendingManualApproval`` package."""
+        validate_identifier(group, "model_package_group", RESOURCE_NAME)
+        import json
+
+        import mlflow.sklearn
+        from mlflow.models import infer_signature
+
+        from batchscore.aws import split_s3
+        from batchscore.registry.mlflow import PIP_REQUIREMENTS, PROFILE_FILE
+
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
+        url = f"{self.settings.s3_prefix}/models/{group}/{stamp}/model.tar.gz"
+        with tempfile.TemporaryDirectory() as tmp:
+            profile_path = Path(tmp) / PROFILE_FILE
+            profile_path.write_text(json.dumps(profile, indent=2, default=str))
+            folder = Path(tmp) / "model"
+            mlflow.sklearn.save_model(
+                estimator,
+                str(folder),
+                signature=infer_signature(sample, estimator.predict_proba(sample)),
+                pip_requirements=PIP_REQUIREMENTS,
+                extra_files=[str(profile_path)],
+                serialization_format="skops",
+                skops_trusted_types=self.trusted_types,
+                pyfunc_predict_fn="predict_proba",
+            )
+            archive = Path(tmp) / "model.tar.gz"
+            with tarfile.open(archive, "w:gz") as tar:
+                for path in sorted(folder.rglob("*")):
+                    tar.add(path, arcname=str(path.relative_to(folder)), recursive=False)
+            bucket, key = split_s3(url)
+            self.s3.upload_file(str(archive), bucket, key)
+        from botocore.exceptions import ClientError
+
+        try:
+            self.sagemaker.create_model_package_group(ModelPackageGroupName=group)
+        except ClientError as exc:
+            if "already exists" not in str(exc).lower():
+                raise ModelError(f"cannot create model package group {group!r}: {exc}") from exc
+        created = self.sagemaker.create_model_package(
+            ModelPackageGroupName=group,
+            ModelPackageDescription=description or "registered by batchscore train",
+            ModelApprovalStatus=DEFAULT_STATUS,
+            InferenceSpecification={
+                "Containers": [{"Image": DEFAULT_IMAGE, "ModelDataUrl": url}],
+                "SupportedContentTypes": ["text/csv"],
+                "SupportedResponseMIMETypes": ["text/csv"],
+            },
+            CustomerMetadataProperties={
+                k: f"{v:.6f}" for k, v in (metrics or {}).items() if isinstance(v, float)
+            },
+        )
+        arn = created["ModelPackageArn"]
+        for version in self.list_versions(group):
+            if version.source == arn:
+                return version
+        raise ModelError(f"model package {arn} was created but is not listed in {group!r}.")
+
+
+def _bare_model(estimator: Any, version: ModelVersion) -> LoadedModel:
+    """A model without an MLflow signature: columns from the fitted feature_names_in_."""
+    classes = check_classifier(estimator, version)
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is None:
+        raise ModelLoadError(
+            f"model {version.label} declares no input columns (no MLflow signature and no "
+            "feature_names_in_): fit it on a DataFrame, or register an MLflow model."
+        )
+    return LoadedModel(
+        version=version,
+        estimator=estimator,
+        input_types={str(n): "any" for n in names},
+        classes=classes,
+    )

@@ -1,0 +1,266 @@
+"""The aws backend against moto's server on 127.0.0.1 — API-contract tests, not real AWS.
+
+The tests play SageMaker's part where moto does not: they write the feature group's offline
+store (Parquet under its S3 location, with SageMaker's own columns) as SageMaker's ingestion
+would. Everything batchscore does goes through boto3, pyiceberg's Glue catalog and pyarrow's
+S3 filesystem, pointed at moto by ``AWS_ENDPOINT_URL``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from batchscore import demo
+from batchscore.config import load_settings
+from batchscore.errors import BatchScoreError, ModelLoadError
+from batchscore.feature_store import open_feature_store
+from batchscore.pipeline import Pipeline
+from batchscore.registry import open_registry
+from batchscore.training import train_model
+from tests.reference import reference_latest
+from tests.servers import free_port
+from tests.test_config import SEED_CONFIG
+
+REGION = "us-west-2"  # the seed's
+BUCKET = "mlbucket-sagemaker"
+GROUP = "mlops_poc_churn_classification_feature"
+OFFLINE = f"s3://{BUCKET}/offline-store/{GROUP}"
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Credentials and endpoints for moto, and a clean moto state for each test."""
+    request = urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")
+    urllib.request.urlopen(request).close()
+    for name, value in {
+        "AWS_ENDPOINT_URL": moto_url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    boto3.client("s3", region_name=REGION).create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    return moto_url
+
+
+def seed_settings(tmp_path: Path, **extra: object):
+    """The seed's own config file plus ``backend: aws`` (and a local workspace)."""
+    data = yaml.safe_load(SEED_CONFIG)
+    data.update({"backend": "aws", "workspace": str(tmp_path / "ws"), **extra})
+    path = tmp_path / "pipeline_config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_settings(path, env={})
+
+
+def offline_store_rows(data: demo.ChurnData) -> pd.DataFrame:
+    """The demo records as SageMaker's offline store holds them: event time as an ISO string
+    (a String feature), write/api times as timestamps, delete markers with is_deleted."""
+    records = data.records.to_pandas()
+    records["api_invocation_time"] = records["event_time"] + pd.Timedelta(seconds=1)
+    records["write_time"] = records["event_time"] + pd.Timedelta(minutes=5)
+    records["is_deleted"] = False
+    markers = pd.DataFrame({
+        "customer_id": data.deleted_ids,
+        "event_time": pd.Timestamp(demo.DELETE_TIME),
+        "api_invocation_time": pd.Timestamp(demo.DELETE_TIME),
+        "write_time": pd.Timestamp(demo.DELETE_TIME) + pd.Timedelta(minutes=5),
+        "is_deleted": True,
+    })  # fmt: skip
+    return pd.concat([records, markers], ignore_index=True)
+
+
+def create_feature_group(rows: pd.DataFrame, table_format: str = "Glue") -> None:
+    """What SageMaker holds: the feature group's definition, and its offline store files."""
+    kinds = {"int64": "Integral", "Int64": "Integral", "float64": "Fractional"}
+    definitions = [
+        {"FeatureName": c, "FeatureType": kinds.get(str(rows[c].dtype), "String")}
+        for c in rows.columns
+        if c not in ("api_invocation_time", "write_time", "is_deleted")
+    ]
+    for d in definitions:
+        if d["FeatureName"] == "event_time":
+            d["FeatureType"] = "String"
+    sagemaker = boto3.client("sagemaker", region_name=REGION)
+    sagemaker.create_feature_group(
+        FeatureGroupName=GROUP,
+        RecordIdentifierFeatureName="customer_id",
+        EventTimeFeatureName="event_time",
+        FeatureDefinitions=definitions,
+        OfflineStoreConfig={
+            "S3StorageConfig": {"S3Uri": OFFLINE},
+            "TableFormat": table_format,
+            "DataCatalogConfig": {
+                "TableName": GROUP,
+                "Catalog": "AwsDataCatalog",
+                "Database": "sagemaker_featurestore",
+            },
+        },
+        RoleArn="arn:aws:iam::123456789012:role/ML-Role-Pipelines",
+    )
+    table = pa.Table.from_pandas(rows, preserve_index=False)
+    iso = pa.array(rows["event_time"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"), pa.string())
+    table = table.set_column(table.schema.get_field_index("event_time"), "event_time", iso)
+    # SageMaker writes under the resolved location: <S3Uri>/<account>/…/<group>-<ts>/data,
+    # one file per partition and hour; two files here.
+    offline = sagemaker.describe_feature_group(FeatureGroupName=GROUP)["OfflineStoreConfig"]
+    resolved = offline["S3StorageConfig"]["ResolvedOutputS3Uri"]
+    prefix = resolved.removeprefix(f"s3://{BUCKET}/").rstrip("/")
+    s3 = boto3.client("s3", region_name=REGION)
+    half = table.num_rows // 2
+    for i, part in enumerate((table.slice(0, half), table.slice(half))):
+        sink = pa.BufferOutputStream()
+        pq.write_table(part, sink)
+        key = f"{prefix}/year=2026/month=03/day=0{i + 1}/hour=00/part-{i}.parquet"
+        s3.put_object(Bucket=BUCKET, Key=key, Body=sink.getvalue().to_pybytes())
+
+
+@pytest.fixture
+def sagemaker_world(aws: str, tmp_path: Path):
+    """A feature group with the demo data and one Approved model package, as on AWS."""
+    data = demo.generate_churn_data(5000, seed=42)
+    rows = offline_store_rows(data)
+    create_feature_group(rows)
+    settings = seed_settings(tmp_path)
+    store, registry = open_feature_store(settings), open_registry(settings)
+    result = train_model(settings, store, registry, id_start=1, id_end=4000)
+    registry.set_status(settings.model_package_group, result.version.version, "Approved")
+    return settings, rows
+
+
+def glue_table_rows(settings) -> pa.Table:
+    from pyiceberg.catalog import load_catalog
+
+    catalog = load_catalog("check", **settings.catalog_properties)
+    table = catalog.load_table(f"{settings.athena_database}.{settings.athena_output_table}")
+    return table.scan().to_arrow()
+
+
+def test_seed_config_with_backend_aws_runs_end_to_end(sagemaker_world) -> None:
+    settings, rows = sagemaker_world
+    record = Pipeline(settings).run()
+    assert record.status == "succeeded"
+
+    # The Iceberg table is in moto's Glue catalog, with the latest live record per id in range.
+    glue = boto3.client("glue", region_name=REGION)
+    described = glue.get_table(DatabaseName="ml_metrics", Name="mlops_poc_daily_inference")
+    assert described["Table"]["Parameters"]["table_type"].upper() == "ICEBERG"
+    assert described["Table"]["Parameters"]["metadata_location"].startswith(
+        f"s3://{BUCKET}/mlops/batch_inference/warehouse/"
+    )
+    published = glue_table_rows(settings)
+    expected = reference_latest(rows, 4000, 5000)
+    assert sorted(published.column("customer_id").to_pylist()) == sorted(expected.customer_id)
+    assert set(published.column("model_name").to_pylist()) == {"classification-model-group"}
+    assert record.steps["BatchInference"].outputs["evaluation"]["rows"] == len(expected)
+
+    # Running again replaces the run's rows (the seed's daily job, run twice).
+    Pipeline(settings).run()
+    assert glue_table_rows(settings).num_rows == len(expected)
+
+
+def test_a_failure_publishes_one_sns_message(aws: str, tmp_path: Path) -> None:
+    sns = boto3.client("sns", region_name=REGION)
+    sqs = boto3.client("sqs", region_name=REGION)
+    topic = sns.create_topic(Name="ml-model-pipeline-failures")["TopicArn"]
+    queue = sqs.create_queue(QueueName="failures")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    rows = offline_store_rows(demo.generate_churn_data(300, seed=1))
+    create_feature_group(rows)
+    settings = seed_settings(tmp_path, sns_topic_arn=topic, customer_id_start=1)
+
+    with pytest.raises(BatchScoreError, match="no versions"):  # no model registered at all
+        Pipeline(settings).run()
+
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+    received = messages.get("Messages", [])
+    assert len(received) == 1
+    envelope = json.loads(received[0]["Body"])
+    assert envelope["Subject"] == (
+        "[batchscore] classification-model-batch-inference-pipeline failed at BatchInference"
+    )
+    assert "batchscore resume" in envelope["Message"]
+
+
+def test_models_commands_and_pickle_refusal(sagemaker_world, tmp_path: Path) -> None:
+    settings, _ = sagemaker_world
+    registry = open_registry(settings)
+    versions = registry.list_versions(settings.model_package_group)
+    assert [v.status for v in versions] == ["Approved"]
+    rejected = registry.set_status(settings.model_package_group, versions[0].version, "Rejected")
+    assert rejected.status == "Rejected"
+
+    # A package whose model.tar.gz holds only a pickle is refused unless trusted.
+    import io
+    import tarfile
+
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression().fit(pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0]}), [0, 0, 1, 1])
+    buffer = io.BytesIO()
+    joblib.dump(model, tmp_path / "model.joblib")
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(tmp_path / "model.joblib", arcname="model.joblib")
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.put_object(Bucket=BUCKET, Key="legacy/model.tar.gz", Body=buffer.getvalue())
+    sagemaker = boto3.client("sagemaker", region_name=REGION)
+    sagemaker.create_model_package(
+        ModelPackageGroupName=settings.model_package_group,
+        ModelApprovalStatus="Approved",
+        InferenceSpecification={
+            "Containers": [
+                {"Image": "sklearn:1", "ModelDataUrl": f"s3://{BUCKET}/legacy/model.tar.gz"}
+            ],
+            "SupportedContentTypes": ["text/csv"],
+            "SupportedResponseMIMETypes": ["text/csv"],
+        },
+    )
+    newest = registry.resolve(settings.model_package_group)
+    with pytest.raises(ModelLoadError, match="trust_pickle"):
+        registry.load(newest)
+    trusting = seed_settings(tmp_path, registry={"trust_pickle": True})
+    loaded = open_registry(trusting).load(newest)
+    assert loaded.input_columns == ["x"]
+
+
+def test_seed_config_as_of_reads_the_same_as_the_reference(sagemaker_world) -> None:
+    settings, rows = sagemaker_world
+    as_of = dt.datetime(2025, 6, 1)
+    latest = open_feature_store(settings).latest_records(
+        GROUP, 1, 5000, as_of=as_of, batch_size=1000
+    )
+    got = latest.to_table().to_pandas()
+    expected = reference_latest(rows, 1, 5000, as_of=pd.Timestamp(as_of))
+    assert sorted(got.customer_id) == sorted(expected.customer_id)
+    assert latest.stats.deleted_records_skipped == 0  # deletes are after the as_of date
+    assert os.environ["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
