@@ -264,3 +264,41 @@ def test_seed_config_as_of_reads_the_same_as_the_reference(sagemaker_world) -> N
     assert sorted(got.customer_id) == sorted(expected.customer_id)
     assert latest.stats.deleted_records_skipped == 0  # deletes are after the as_of date
     assert os.environ["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
+
+
+def test_deploy_sagemaker_definition_is_accepted_by_create_pipeline(
+    aws: str, tmp_path: Path
+) -> None:
+    from batchscore.cli import main
+
+    data = yaml.safe_load(SEED_CONFIG)
+    data.update({"backend": "aws", "workspace": str(tmp_path / "ws")})
+    config = tmp_path / "pipeline_config.yaml"
+    config.write_text(yaml.safe_dump(data))
+    image = "123456789012.dkr.ecr.us-west-2.amazonaws.com/batchscore:latest"
+    out = tmp_path / "definition.json"
+    args = ["-c", str(config), "deploy", "sagemaker", "--image", image, "--output", str(out)]
+    assert main(args) == 0
+    definition = json.loads(out.read_text())
+    assert [s["Name"] for s in definition["Steps"]] == [
+        "DataSource", "BatchInference", "PublishToAthena",
+    ]  # fmt: skip
+    assert definition["Steps"][2]["DependsOn"] == ["BatchInference"]
+    entry = definition["Steps"][1]["Arguments"]["AppSpecification"]["ContainerEntrypoint"]
+    assert entry[-4:-1] == ["step", "batch-inference", "--run-id"]
+    assert {p["Name"] for p in definition["Parameters"]} >= {"CustomerIdStart", "CustomerIdEnd"}
+
+    # --apply: the config goes to S3, create_pipeline accepts the definition, a run starts.
+    assert main([*args, "--apply"]) == 0
+    sagemaker = boto3.client("sagemaker", region_name=REGION)
+    pipeline = sagemaker.describe_pipeline(PipelineName=data["pipeline_name"])
+    assert json.loads(pipeline["PipelineDefinition"]) == definition
+    executions = sagemaker.list_pipeline_executions(PipelineName=data["pipeline_name"])
+    assert len(executions["PipelineExecutionSummaries"]) == 1
+    key = f"{data['prefix']}/pipeline/{data['pipeline_name']}/pipeline_config.yaml"
+    uploaded = boto3.client("s3", region_name=REGION).get_object(Bucket=BUCKET, Key=key)
+    assert yaml.safe_load(uploaded["Body"].read())["backend"] == "aws"
+    # Applying again updates the pipeline in place and starts a second execution.
+    assert main([*args, "--apply"]) == 0
+    executions = sagemaker.list_pipeline_executions(PipelineName=data["pipeline_name"])
+    assert len(executions["PipelineExecutionSummaries"]) == 2

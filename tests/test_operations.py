@@ -283,3 +283,33 @@ def test_clean_keeps_history_and_table_drop_asks(settings, tmp_path: Path) -> No
     assert refused.returncode == 2 and "--yes" in refused.stderr
     assert cli("-c", str(config), "table", "drop", "--yes").returncode == 0
     assert load_table(open_catalog(settings), settings.output_table) is None
+
+
+def test_each_step_runs_alone_as_an_orchestrator_would(make, tmp_path: Path) -> None:
+    from batchscore.cli import main
+
+    settings = make(customer_id_start=4000, customer_id_end=4300)
+    config = str(config_for(settings, tmp_path / "c.yaml"))
+    run_id = "execution-0001"
+
+    # Out of order: a later step names the step that must come first.
+    assert main(["-c", config, "step", "batch-inference", "--run-id", run_id]) != 0
+    assert (
+        main(["-c", config, "step", "data-source", "--run-id", run_id, "--date", "2026-03-01"]) == 0
+    )
+    record = RunRecord.load(settings.runs_path / run_id)
+    assert record.status == "running"
+    assert [s.status for s in record.steps.values()] == ["succeeded", "pending", "pending"]
+    assert main(["-c", config, "step", "publish", "--run-id", run_id]) != 0
+    assert main(["-c", config, "step", "batch-inference", "--run-id", run_id]) == 0
+    assert main(["-c", config, "step", "publish", "--run-id", run_id]) == 0
+    record = RunRecord.load(settings.runs_path / run_id)
+    assert record.status == "succeeded" and record.logical_date == "2026-03-01"
+    rows = load_table(open_catalog(settings), settings.output_table).scan().to_arrow()
+    assert rows.num_rows == record.steps["DataSource"].rows
+    # An orchestrator's retry of a finished step changes nothing.
+    snapshot = load_table(open_catalog(settings), settings.output_table).current_snapshot()
+    assert main(["-c", config, "step", "publish", "--run-id", run_id]) == 0
+    again = load_table(open_catalog(settings), settings.output_table).current_snapshot()
+    assert again.snapshot_id == snapshot.snapshot_id
+    assert main(["-c", config, "step", "publish", "--run-id", "../escape"]) != 0

@@ -43,6 +43,8 @@ app.add_typer(table_app, name="table")
 app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
+deploy_app = typer.Typer(help="Deploy the pipeline to an orchestrator.", no_args_is_help=True)
+app.add_typer(deploy_app, name="deploy")
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -116,12 +118,13 @@ def _setup_logging(level: int) -> None:
 
 
 def _parse_date(value: str | None, option: str) -> dt.date | None:
-    if value is None:
+    """A YYYY-MM-DD date; ``today`` (or nothing) means the default."""
+    if value is None or value == "today":
         return None
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
-        raise ConfigError(f"{option} {value!r} is not a date: use YYYY-MM-DD.") from None
+        raise ConfigError(f"{option} {value!r} is not a date: use YYYY-MM-DD or today.") from None
 
 
 def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
@@ -246,6 +249,65 @@ def resume(run_id: Annotated[str, typer.Argument(help="The failed run's id.")]) 
 
     record = Pipeline(state.settings).resume(run_id)
     _print_run(record)
+
+
+STEP_NAMES = {
+    "data-source": "DataSource",
+    "batch-inference": "BatchInference",
+    "publish": "Publish",
+}
+
+
+@app.command()
+def step(
+    name: Annotated[
+        str, typer.Argument(help="data-source, batch-inference or publish.", metavar="STEP")
+    ],
+    run_id: Annotated[str, typer.Option("--run-id", help="The run this step belongs to.")],
+    date: Annotated[
+        str | None,
+        typer.Option(help="Logical date YYYY-MM-DD (data-source only, when it starts the run)."),
+    ] = None,
+) -> None:
+    """Run one step of a run, as its own job (SageMaker Processing, Airflow, Kubernetes)."""
+    from batchscore.errors import ConfigError
+    from batchscore.pipeline import Pipeline
+
+    if name not in STEP_NAMES:
+        raise ConfigError(f"step {name!r} is not one of {', '.join(STEP_NAMES)}.")
+    record = Pipeline(state.settings).run_step(
+        STEP_NAMES[name], run_id, date=_parse_date(date, "--date")
+    )
+    _print_run(record)
+
+
+@deploy_app.command("sagemaker")
+def deploy_sagemaker(
+    image: Annotated[
+        str, typer.Option(help="ECR image with batchscore installed (runs each step).")
+    ],
+    output: Annotated[
+        Path, typer.Option(help="Where to write the pipeline definition JSON.")
+    ] = Path("sagemaker-pipeline.json"),
+    apply: Annotated[
+        bool,
+        typer.Option(help="Upload the config, create or update the pipeline, start a run."),
+    ] = False,
+) -> None:
+    """Write the SageMaker Pipeline definition: a Processing job per step."""
+    from batchscore.deploy import deploy_sagemaker as deploy
+
+    config = state.config or _implicit_config()
+    done = deploy(state.settings, config, image_uri=image, output=output, apply=apply)
+    rows = [
+        ("pipeline", done.pipeline_name),
+        ("definition", str(done.definition_path)),
+        ("steps", " → ".join(s["Name"] for s in done.definition["Steps"])),
+        ("config", done.config_uri + "pipeline_config.yaml"),
+    ]
+    if done.pipeline_arn:
+        rows += [("pipeline arn", done.pipeline_arn), ("execution", done.execution_arn)]
+    console.print(_kv_table("deploy sagemaker", rows))
 
 
 @app.command()

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +44,7 @@ from batchscore.tables import LogicalRun, open_catalog
 log = logging.getLogger("batchscore")
 
 STEPS = ("DataSource", "BatchInference", "Publish")
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -280,26 +282,82 @@ class Pipeline:
         run_id = run_id or new_run_id(now)
         id_range = f"{s.customer_id_start}-{s.customer_id_end}"
         with run_lock(s, s.pipeline_name, logical_date.isoformat(), run_id, id_range):
-            run_dir = s.runs_path / run_id
-            run_dir.mkdir(parents=True, exist_ok=False)
-            record = RunRecord(
-                run_id=run_id,
-                pipeline_name=s.pipeline_name,
-                logical_date=logical_date.isoformat(),
-                as_of=as_of.isoformat(),
-                id_start=s.customer_id_start,
-                id_end=s.customer_id_end,
-                feature_group=s.feature_group_name,
-                output_table=s.output_table,
-                write_mode=s.write_mode,
-                config_fingerprint=config_fingerprint(s),
-                run_dir=str(run_dir),
-                log_path=str(run_dir / "run.log"),
-                started=now.isoformat(),
-                steps={name: StepRecord(name) for name in STEPS},
-            )
-            record.save()
+            record = self._new_record(run_id, logical_date, as_of, now)
             return self._execute(record)
+
+    def _new_record(
+        self, run_id: str, logical_date: dt.date, as_of: dt.datetime, now: dt.datetime
+    ) -> RunRecord:
+        s = self.settings
+        run_dir = s.runs_path / run_id
+        run_dir.mkdir(parents=True, exist_ok=False)
+        record = RunRecord(
+            run_id=run_id,
+            pipeline_name=s.pipeline_name,
+            logical_date=logical_date.isoformat(),
+            as_of=as_of.isoformat(),
+            id_start=s.customer_id_start,
+            id_end=s.customer_id_end,
+            feature_group=s.feature_group_name,
+            output_table=s.output_table,
+            write_mode=s.write_mode,
+            config_fingerprint=config_fingerprint(s),
+            run_dir=str(run_dir),
+            log_path=str(run_dir / "run.log"),
+            started=now.isoformat(),
+            steps={name: StepRecord(name) for name in STEPS},
+        )
+        record.save()
+        return record
+
+    def run_step(self, step: str, run_id: str, *, date: dt.date | None = None) -> RunRecord:
+        """Run one step of a run, for orchestrators that run each step as its own job (a
+        SageMaker Processing job, an Airflow task). ``DataSource`` starts the run ``run_id``
+        (logical ``date``, default today) unless it exists; the later steps continue it and
+        need the steps before them to have succeeded. Running a step that already succeeded
+        again is a no-op, so an orchestrator's retry is safe.
+
+        Raises:
+            BatchScoreError: an earlier step has not succeeded, or the step failed.
+        """
+        if step not in STEPS:
+            raise ConfigError(f"step {step!r} is not one of {', '.join(STEPS)}.")
+        if not RUN_ID.fullmatch(run_id):
+            raise ConfigError(
+                f"run id {run_id!r} must be 1-128 letters, digits, '.', '_' or '-', starting "
+                "with a letter or digit (it names the run's folder)."
+            )
+        s = self.settings
+        run_dir = s.runs_path / run_id
+        if not (run_dir / "run.json").exists():
+            if step != "DataSource":
+                raise RunNotFoundError(
+                    f"no run {run_id!r} in {s.runs_path}: run step data-source first, with the "
+                    "same --run-id."
+                )
+            now = utcnow()
+            logical_date = date or now.date()
+            as_of = end_of_day(date) if date else now
+            id_range = f"{s.customer_id_start}-{s.customer_id_end}"
+            with run_lock(s, s.pipeline_name, logical_date.isoformat(), run_id, id_range):
+                if not (run_dir / "run.json").exists():
+                    self._new_record(run_id, logical_date, as_of, now)
+        record = RunRecord.load(run_dir)
+        before = STEPS[: STEPS.index(step)]
+        unfinished = [b for b in before if record.steps[b].status != "succeeded"]
+        if unfinished:
+            raise BatchScoreError(
+                f"run {run_id}: {unfinished[0]} has not succeeded "
+                f"({record.steps[unfinished[0]].status}); run it before {step}."
+            )
+        id_range = f"{record.id_start}-{record.id_end}"
+        with run_lock(s, record.pipeline_name, record.logical_date, run_id, id_range):
+            record = RunRecord.load(run_dir)
+            record.status = "running"
+            record.error = None
+            record.failed_step = None
+            record.save()
+            return self._execute(record, through=step)
 
     def backfill(self, start: dt.date, end: dt.date) -> list[RunRecord]:
         """One run per date from ``start`` to ``end`` (inclusive), each as of the end of its
@@ -354,7 +412,7 @@ class Pipeline:
             except Exception:
                 log.exception("hook %s.%s failed (the run goes on)", type(hook).__name__, name)
 
-    def _execute(self, record: RunRecord) -> RunRecord:
+    def _execute(self, record: RunRecord, through: str = STEPS[-1]) -> RunRecord:
         handlers = run_log_handlers(record, self.settings.redact)
         for handler in handlers:
             log.addHandler(handler)
@@ -362,7 +420,7 @@ class Pipeline:
         if log.getEffectiveLevel() > logging.INFO:
             log.setLevel(logging.INFO)
         try:
-            return self._execute_steps(record)
+            return self._execute_steps(record, through)
         finally:
             if self._engine_session is not None:
                 self._engine_session.close()
@@ -372,7 +430,7 @@ class Pipeline:
                 handler.close()
             log.setLevel(previous_level)
 
-    def _execute_steps(self, record: RunRecord) -> RunRecord:
+    def _execute_steps(self, record: RunRecord, through: str = STEPS[-1]) -> RunRecord:
         self._call_hooks("before_pipeline_run", record)
         log.info(
             "run %s: %s, ids %d–%d of %s as of %s",
@@ -402,7 +460,7 @@ class Pipeline:
                 model = self._with_retries(step, lambda: self._resolve_model(record))
                 columns = [group.record_identifier, group.event_time_feature, *group.features]
                 model.check_columns(columns, f"feature group {group.name!r}")
-            for step in STEPS:
+            for step in STEPS[: STEPS.index(through) + 1]:
                 if record.steps[step].status == "succeeded":
                     log.info("%s: done earlier, reusing its outputs", step)
                     continue
@@ -410,6 +468,9 @@ class Pipeline:
         except BaseException as exc:
             self._fail(record, step, exc)
             raise
+        if through != STEPS[-1]:
+            record.save()  # still running: the next step comes as its own job
+            return record
         record.status = "succeeded"
         record.ended = utcnow().isoformat()
         record.save()

@@ -1,0 +1,215 @@
+"""``batchscore deploy sagemaker``: the pipeline as a SageMaker Pipeline, one Processing job per
+step — the proof of concept's DataSource → BatchInference → PublishToAthena.
+
+Each job runs ``batchscore step <name> --run-id <PipelineExecutionId>`` in the batchscore
+image, with the config file as a processing input. The run folder travels between the jobs
+through S3: each job downloads the execution's workspace prefix
+(``s3://bucket/prefix/executions/<execution id>/``) into ``/opt/ml/processing/workspace`` and
+uploads it again when it ends, so BatchInference finds DataSource's snapshot and Publish finds
+BatchInference's predictions — SageMaker's own input/output mechanism, no shared disk.
+
+Failure handling: each step retries SageMaker's transient job errors (capacity, internal
+errors) with backoff; batchscore itself retries transient store errors and, with
+``sns_topic_arn``, publishes the failure (step, error, resume command) to SNS before the job
+fails, which stops the execution.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batchscore.errors import ConfigError
+
+if TYPE_CHECKING:
+    from batchscore.config import Settings
+
+SCHEMA_VERSION = "2020-12-01"
+# The seed's step names; each runs the batchscore step of the same meaning.
+STEPS = (("DataSource", "data-source"), ("BatchInference", "batch-inference"),
+         ("PublishToAthena", "publish"))  # fmt: skip
+CONFIG_DIR = "/opt/ml/processing/config"
+WORKSPACE_DIR = "/opt/ml/processing/workspace"
+TRANSIENT_JOB_ERRORS = ["SageMaker.JOB_INTERNAL_ERROR", "SageMaker.CAPACITY_ERROR"]
+
+
+@dataclass(frozen=True)
+class Deployment:
+    pipeline_name: str
+    definition: dict[str, Any]
+    definition_path: Path
+    config_uri: str
+    pipeline_arn: str | None = None
+    execution_arn: str | None = None
+
+
+def _get(name: str) -> dict[str, str]:
+    return {"Get": name}
+
+
+def _join(*values: Any) -> dict[str, Any]:
+    return {"Std:Join": {"On": "", "Values": list(values)}}
+
+
+def pipeline_definition(settings: Settings, *, image_uri: str, config_uri: str) -> dict[str, Any]:
+    """The SageMaker Pipeline definition (JSON schema 2020-12-01) for ``settings``."""
+    if not settings.role_arn:
+        raise ConfigError(
+            "deploy sagemaker needs 'role_arn': the IAM role the processing jobs run as "
+            "(see docs/aws.md for the policy each step needs)."
+        )
+    workspace_uri = _join(
+        f"{settings.s3_prefix}/executions/", _get("Execution.PipelineExecutionId")
+    )
+    parameters = [
+        {"Name": "CustomerIdStart", "Type": "Integer", "DefaultValue": settings.customer_id_start},
+        {"Name": "CustomerIdEnd", "Type": "Integer", "DefaultValue": settings.customer_id_end},
+        {"Name": "LogicalDate", "Type": "String", "DefaultValue": "today"},
+        {
+            "Name": "ProcessingInstanceType",
+            "Type": "String",
+            "DefaultValue": settings.processing_instance_type or "ml.m5.xlarge",
+        },
+    ]
+    steps: list[dict[str, Any]] = []
+    for i, (name, command) in enumerate(STEPS):
+        entrypoint: list[Any] = [
+            "batchscore", "--config", f"{CONFIG_DIR}/pipeline_config.yaml",
+            "--set", f"workspace={WORKSPACE_DIR}",
+            "--set", _join("customer_id_start=", _get("Parameters.CustomerIdStart")),
+            "--set", _join("customer_id_end=", _get("Parameters.CustomerIdEnd")),
+            "step", command, "--run-id", _get("Execution.PipelineExecutionId"),
+        ]  # fmt: skip
+        if command == "data-source":
+            entrypoint += ["--date", _get("Parameters.LogicalDate")]
+        step: dict[str, Any] = {
+            "Name": name,
+            "Type": "Processing",
+            "Arguments": {
+                "ProcessingResources": {
+                    "ClusterConfig": {
+                        "InstanceType": _get("Parameters.ProcessingInstanceType"),
+                        "InstanceCount": 1,
+                        "VolumeSizeInGB": 30,
+                    }
+                },
+                "AppSpecification": {"ImageUri": image_uri, "ContainerEntrypoint": entrypoint},
+                "RoleArn": settings.role_arn,
+                "Environment": {
+                    "AWS_REGION": settings.region or "",
+                    "MLFLOW_DISABLE_TELEMETRY": "true",
+                },
+                "ProcessingInputs": [
+                    {
+                        "InputName": "config",
+                        "S3Input": {
+                            "S3Uri": config_uri,
+                            "LocalPath": CONFIG_DIR,
+                            "S3DataType": "S3Prefix",
+                            "S3InputMode": "File",
+                        },
+                    },
+                    *(
+                        [
+                            {
+                                "InputName": "workspace",
+                                "S3Input": {
+                                    "S3Uri": workspace_uri,
+                                    "LocalPath": WORKSPACE_DIR,
+                                    "S3DataType": "S3Prefix",
+                                    "S3InputMode": "File",
+                                },
+                            }
+                        ]
+                        if i > 0
+                        else []
+                    ),
+                ],
+                "ProcessingOutputConfig": {
+                    "Outputs": [
+                        {
+                            "OutputName": "workspace",
+                            "S3Output": {
+                                "S3Uri": workspace_uri,
+                                "LocalPath": WORKSPACE_DIR,
+                                "S3UploadMode": "EndOfJob",
+                            },
+                        }
+                    ]
+                },
+                "StoppingCondition": {"MaxRuntimeInSeconds": 86_400},
+            },
+            "RetryPolicies": [
+                {
+                    "ExceptionType": TRANSIENT_JOB_ERRORS,
+                    "IntervalSeconds": 60,
+                    "BackoffRate": 2.0,
+                    "MaxAttempts": 3,
+                }
+            ],
+        }
+        if i > 0:
+            step["DependsOn"] = [STEPS[i - 1][0]]
+        steps.append(step)
+    return {
+        "Version": SCHEMA_VERSION,
+        "Metadata": {"GeneratedBy": "batchscore deploy sagemaker"},
+        "Parameters": parameters,
+        "Steps": steps,
+    }
+
+
+def deploy_sagemaker(
+    settings: Settings,
+    config_path: Path | None,
+    *,
+    image_uri: str,
+    output: Path,
+    apply: bool = False,
+) -> Deployment:
+    """Write the definition to ``output``; with ``apply``, upload the config, create or
+    update the pipeline and start an execution."""
+    from batchscore import aws
+
+    if config_path is None or not config_path.exists():
+        raise ConfigError(
+            "deploy sagemaker needs the config file the jobs will read: pass --config "
+            "pipeline_config.yaml."
+        )
+    config_uri = f"{settings.s3_prefix}/pipeline/{settings.pipeline_name}/"
+    definition = pipeline_definition(settings, image_uri=image_uri, config_uri=config_uri)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(definition, indent=2))
+    if not apply:
+        return Deployment(settings.pipeline_name, definition, output, config_uri)
+
+    bucket, key = aws.split_s3(config_uri + "pipeline_config.yaml")
+    aws.client("s3", settings).upload_file(str(config_path), bucket, key)
+    sagemaker = aws.client("sagemaker", settings)
+    arguments = {
+        "PipelineName": settings.pipeline_name,
+        "PipelineDefinition": json.dumps(definition),
+        "RoleArn": settings.role_arn,
+        "PipelineDescription": f"batchscore: {settings.project_name}",
+    }
+    existing = {
+        p["PipelineName"]
+        for p in sagemaker.list_pipelines(PipelineNamePrefix=settings.pipeline_name).get(
+            "PipelineSummaries", []
+        )
+    }
+    if settings.pipeline_name in existing:
+        arn = sagemaker.update_pipeline(**arguments)["PipelineArn"]
+    else:
+        arn = sagemaker.create_pipeline(**arguments)["PipelineArn"]
+    execution = sagemaker.start_pipeline_execution(PipelineName=settings.pipeline_name)
+    return Deployment(
+        settings.pipeline_name,
+        definition,
+        output,
+        config_uri,
+        pipeline_arn=arn,
+        execution_arn=execution["PipelineExecutionArn"],
+    )
