@@ -70,6 +70,12 @@ def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return moto_url
 
 
+def seed_settings_data():
+    """The seed's settings with backend aws, no workspace (for helpers that need S3 names)."""
+    data = yaml.safe_load(SEED_CONFIG)
+    return load_settings(None, overrides={**data, "backend": "aws"}, env={})
+
+
 def seed_settings(tmp_path: Path, **extra: object):
     """The seed's own config file plus ``backend: aws`` (and a local workspace)."""
     data = yaml.safe_load(SEED_CONFIG)
@@ -94,6 +100,13 @@ def offline_store_rows(data: demo.ChurnData) -> pd.DataFrame:
         "is_deleted": True,
     })  # fmt: skip
     return pd.concat([records, markers], ignore_index=True)
+
+
+def offline_store_table(rows: pd.DataFrame) -> pa.Table:
+    """Rows as the offline store's Arrow table: the event time is an ISO-8601 string."""
+    table = pa.Table.from_pandas(rows, preserve_index=False)
+    iso = pa.array(rows["event_time"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"), pa.string())
+    return table.set_column(table.schema.get_field_index("event_time"), "event_time", iso)
 
 
 def create_feature_group(rows: pd.DataFrame, table_format: str = "Glue") -> None:
@@ -124,12 +137,25 @@ def create_feature_group(rows: pd.DataFrame, table_format: str = "Glue") -> None
         },
         RoleArn="arn:aws:iam::123456789012:role/ML-Role-Pipelines",
     )
-    table = pa.Table.from_pandas(rows, preserve_index=False)
-    iso = pa.array(rows["event_time"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"), pa.string())
-    table = table.set_column(table.schema.get_field_index("event_time"), "event_time", iso)
+    table = offline_store_table(rows)
+    offline = sagemaker.describe_feature_group(FeatureGroupName=GROUP)["OfflineStoreConfig"]
+    if table_format == "Iceberg":  # SageMaker keeps an Iceberg offline store in Glue
+        from pyiceberg.catalog import load_catalog
+
+        from batchscore.aws import glue_catalog_properties
+
+        names = offline["DataCatalogConfig"]
+        catalog = load_catalog("offline", **glue_catalog_properties(seed_settings_data()))
+        catalog.create_namespace(names["Database"])
+        iceberg = catalog.create_table(
+            f"{names['Database']}.{names['TableName']}", schema=table.schema
+        )
+        half = table.num_rows // 2
+        iceberg.append(table.slice(0, half))
+        iceberg.append(table.slice(half))
+        return
     # SageMaker writes under the resolved location: <S3Uri>/<account>/…/<group>-<ts>/data,
     # one file per partition and hour; two files here.
-    offline = sagemaker.describe_feature_group(FeatureGroupName=GROUP)["OfflineStoreConfig"]
     resolved = offline["S3StorageConfig"]["ResolvedOutputS3Uri"]
     prefix = resolved.removeprefix(f"s3://{BUCKET}/").rstrip("/")
     s3 = boto3.client("s3", region_name=REGION)
@@ -183,6 +209,16 @@ def test_seed_config_with_backend_aws_runs_end_to_end(sagemaker_world) -> None:
     # Running again replaces the run's rows (the seed's daily job, run twice).
     Pipeline(settings).run()
     assert glue_table_rows(settings).num_rows == len(expected)
+
+    # The seed's Athena query, through batchscore's own reader of the Glue table.
+    from batchscore.tables import open_catalog, run_query
+
+    churners = run_query(
+        open_catalog(settings),
+        "SELECT * FROM ml_metrics.mlops_poc_daily_inference WHERE prediction = 1 "
+        "ORDER BY customer_id LIMIT 100",
+    )
+    assert 0 < churners.num_rows <= 100
 
 
 def test_a_failure_publishes_one_sns_message(aws: str, tmp_path: Path) -> None:
@@ -302,3 +338,28 @@ def test_deploy_sagemaker_definition_is_accepted_by_create_pipeline(
     assert main([*args, "--apply"]) == 0
     executions = sagemaker.list_pipeline_executions(PipelineName=data["pipeline_name"])
     assert len(executions["PipelineExecutionSummaries"]) == 2
+
+
+def test_iceberg_offline_store_reads_like_the_reference_and_pins_its_snapshot(
+    aws: str, tmp_path: Path
+) -> None:
+    rows = offline_store_rows(demo.generate_churn_data(800, seed=3))
+    create_feature_group(rows, table_format="Iceberg")
+    store = open_feature_store(seed_settings(tmp_path))
+    group = store.describe(GROUP)
+    assert group.snapshot_id is not None
+    assert group.table_identifier.startswith(f"sagemaker_featurestore.{GROUP}")
+    got = store.latest_records(GROUP, 100, 700, batch_size=128).to_table().to_pandas()
+    expected = reference_latest(rows, 100, 700)
+    assert sorted(got.customer_id) == sorted(expected.customer_id)
+
+    # Records written after the run began do not change what a resumed run reads.
+    from pyiceberg.catalog import load_catalog
+
+    from batchscore.aws import glue_catalog_properties
+
+    catalog = load_catalog("offline", **glue_catalog_properties(seed_settings_data()))
+    table = catalog.load_table(group.table_identifier)
+    table.append(offline_store_table(rows.head(50).assign(is_deleted=True)))
+    pinned = store.latest_records(GROUP, 100, 700, snapshot_id=group.snapshot_id).to_table()
+    assert pinned.num_rows == len(expected)
