@@ -77,8 +77,10 @@ def measure(command: list[str], env: dict[str, str] | None = None) -> tuple[floa
         return wall, peak, out.read()
 
 
-def setup_size(customers: int, root: Path) -> dict:
-    """Feature group, approved model, the deduplicated rows: everything the contenders share."""
+def setup_size(customers: int, root: Path, reuse: bool = False) -> dict:
+    """Feature group, approved model, the deduplicated rows: everything the contenders share.
+
+    With ``reuse``, a workspace set up by an earlier run of the harness is used as it is."""
     from batchscore.config import load_settings
     from batchscore.feature_store import open_feature_store
     from batchscore.pipeline import Pipeline
@@ -86,6 +88,13 @@ def setup_size(customers: int, root: Path) -> dict:
     from batchscore.training import train_model
 
     workspace = root / f"n{customers}"
+    if reuse and (workspace / "setup.json").exists():
+        import pyarrow.parquet as pq
+
+        setup = json.loads((workspace / "setup.json").read_text())
+        ids = pq.read_table(setup["dedup_dir"], columns=["customer_id"]).column(0)
+        print(f"  reusing {workspace}", flush=True)
+        return {**setup, "ids": ids.to_pylist(), "setup_file": str(workspace / "setup.json")}
     if workspace.exists():
         shutil.rmtree(workspace)
     overrides = {
@@ -243,13 +252,16 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=int(os.environ.get("REPEAT", "3")))
     parser.add_argument("--workdir", default=os.environ.get("BENCH_DIR", "/tmp/batchscore-bench"))
     parser.add_argument("--contenders", default="batchscore,floor,seed,mlflow")
+    parser.add_argument(
+        "--reuse", action="store_true", help="use a size's workspace from an earlier run as is"
+    )
     args = parser.parse_args()
     contenders = args.contenders.split(",")
     root = Path(args.workdir)
     results = []
     for size in (int(float(s)) for s in args.sizes.split(",")):
         print(f"N = {size:,} customers ({2 * size:,} rows)", flush=True)
-        setup = setup_size(size, root)
+        setup = setup_size(size, root, reuse=args.reuse)
         runs: dict[str, list[dict]] = {name: [] for name in contenders}
         for repeat in range(args.repeat):
             for name in contenders:

@@ -289,6 +289,28 @@ def test_models_commands_and_pickle_refusal(sagemaker_world, tmp_path: Path) -> 
     assert loaded.input_columns == ["x"]
 
 
+def test_train_registers_a_sagemaker_package_from_the_cli(aws: str, tmp_path: Path) -> None:
+    from batchscore.cli import main
+
+    create_feature_group(offline_store_rows(demo.generate_churn_data(600, seed=4)))
+    data = yaml.safe_load(SEED_CONFIG)
+    data.update({"backend": "aws", "workspace": str(tmp_path / "ws")})
+    config = tmp_path / "pipeline_config.yaml"
+    config.write_text(yaml.safe_dump(data))
+    args = ["-c", str(config), "train", "--from", "1", "--to", "600", "--registry", "sagemaker"]
+    assert main(args) == 0
+    assert main(["-c", str(config), "models", "approve", "1"]) == 0
+    packages = boto3.client("sagemaker", region_name=REGION).list_model_packages(
+        ModelPackageGroupName=data["model_package_group"]
+    )["ModelPackageSummaryList"]
+    assert [p["ModelApprovalStatus"] for p in packages] == ["Approved"]
+    described = boto3.client("sagemaker", region_name=REGION).describe_model_package(
+        ModelPackageName=packages[0]["ModelPackageArn"]
+    )
+    url = described["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+    assert url.startswith(f"s3://{BUCKET}/{data['prefix']}/models/") and url.endswith(".tar.gz")
+
+
 def test_seed_config_as_of_reads_the_same_as_the_reference(sagemaker_world) -> None:
     settings, rows = sagemaker_world
     as_of = dt.datetime(2025, 6, 1)

@@ -358,6 +358,10 @@ def train(
         str | None, typer.Option(help="Target column (default: target_column).")
     ] = None,
     approve: Annotated[bool, typer.Option(help="Approve the new version right away.")] = False,
+    registry_type: Annotated[
+        str | None,
+        typer.Option("--registry", help="Register in mlflow or sagemaker (default: the config's)."),
+    ] = None,
 ) -> None:
     """Train the reference model on an id range and register it (PendingManualApproval)."""
     from batchscore.feature_store import open_feature_store
@@ -365,6 +369,11 @@ def train(
     from batchscore.training import train_model
 
     settings = state.settings
+    if registry_type is not None:
+        if registry_type not in ("mlflow", "sagemaker"):
+            raise ConfigError(f"--registry {registry_type!r} must be mlflow or sagemaker.")
+        registry_settings = settings.registry.model_copy(update={"type": registry_type})
+        settings = settings.model_copy(update={"registry": registry_settings})
     if id_from > id_to:
         raise ConfigError(f"--from ({id_from}) is greater than --to ({id_to}).")
     registry = open_registry(settings)

@@ -19,6 +19,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ from batchscore.errors import (
 from batchscore.faults import failpoint
 from batchscore.feature_store import FeatureStore, open_feature_store
 from batchscore.locks import run_lock
-from batchscore.registry import LoadedModel, ModelRegistry, open_registry
+from batchscore.registry import LoadedModel, ModelRegistry, ModelVersion, open_registry
+from batchscore.registry.base import check_columns
 from batchscore.steps import batch_inference, data_source, publish
 from batchscore.steps.batch_inference import Lineage
 from batchscore.tables import LogicalRun, open_catalog
@@ -113,6 +115,20 @@ class RunRecord:
 
     def outputs(self, step: str) -> dict[str, Any]:
         return self.steps[step].outputs
+
+
+class ModelLoad:
+    """A model version loading on a background thread; ``result()`` waits for it."""
+
+    def __init__(self, registry: ModelRegistry, version: ModelVersion) -> None:
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="batchscore-model")
+        self._future: Future[LoadedModel] = self._worker.submit(registry.load, version)
+
+    def result(self) -> LoadedModel:
+        return self._future.result()
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False)
 
 
 class PipelineHooks:
@@ -444,9 +460,11 @@ class Pipeline:
         failpoint("run:started")
         if any(step.status == "succeeded" for step in record.steps.values()):
             log.info("resuming run %s at %s", record.run_id, _first_unfinished(record))
-        model: LoadedModel | None = None
+        model: ModelLoad | None = None
         # Model and feature group are checked before DataSource, so a missing model or column
-        # fails at once; each error is put on the step that needs the thing.
+        # fails at once; each error is put on the step that needs the thing. The model itself
+        # (importing scikit-learn, unpacking the estimator: ~3 s) loads on a background thread
+        # while DataSource runs.
         step = "DataSource"
         try:
             if record.steps["BatchInference"].status != "succeeded":
@@ -457,9 +475,12 @@ class Pipeline:
                     record.feature_snapshot_id = group.snapshot_id
                     record.save()
                 step = "BatchInference"
-                model = self._with_retries(step, lambda: self._resolve_model(record))
-                columns = [group.record_identifier, group.event_time_feature, *group.features]
-                model.check_columns(columns, f"feature group {group.name!r}")
+                version = self._with_retries(step, lambda: self._resolve_version(record))
+                declared = self.registry.input_types(version)
+                if declared is not None:
+                    columns = [group.record_identifier, group.event_time_feature, *group.features]
+                    check_columns(version, list(declared), columns, f"feature group {group.name!r}")
+                model = ModelLoad(self.registry, version)
             for step in STEPS[: STEPS.index(through) + 1]:
                 if record.steps[step].status == "succeeded":
                     log.info("%s: done earlier, reusing its outputs", step)
@@ -468,6 +489,9 @@ class Pipeline:
         except BaseException as exc:
             self._fail(record, step, exc)
             raise
+        finally:
+            if model is not None:
+                model.close()
         if through != STEPS[-1]:
             record.save()  # still running: the next step comes as its own job
             return record
@@ -477,8 +501,8 @@ class Pipeline:
         self._call_hooks("after_pipeline_run", record)
         return record
 
-    def _resolve_model(self, record: RunRecord) -> LoadedModel:
-        """The run's model: the version it first resolved, else the newest approved one."""
+    def _resolve_version(self, record: RunRecord) -> ModelVersion:
+        """The run's model version: the one it first resolved, else the newest approved one."""
         s = self.settings
         if record.model_version is not None:
             version = self.registry.get_version(s.model_package_group, record.model_version)
@@ -487,11 +511,10 @@ class Pipeline:
             record.model_name = version.group
             record.model_version = version.version
             record.save()
-        model = self.registry.load(version)
         log.info("model: %s v%d (%s)", version.group, version.version, version.status)
-        return model
+        return version
 
-    def _run_step(self, record: RunRecord, step: str, model: LoadedModel | None) -> None:
+    def _run_step(self, record: RunRecord, step: str, model: ModelLoad | None) -> None:
         step_record = record.steps[step]
         step_record.status = "running"
         step_record.error = None
@@ -501,7 +524,7 @@ class Pipeline:
         self._call_hooks("before_step", record, step)
         log.info("%s: started", step)
         failpoint(f"{step}:start")
-        action: Callable[[RunRecord, LoadedModel | None], dict[str, Any]] = {
+        action: Callable[[RunRecord, ModelLoad | None], dict[str, Any]] = {
             "DataSource": self._data_source,
             "BatchInference": self._batch_inference,
             "Publish": self._publish,
@@ -573,7 +596,7 @@ class Pipeline:
 
     # Steps ------------------------------------------------------------------------------
 
-    def _data_source(self, record: RunRecord, model: LoadedModel | None) -> dict[str, Any]:
+    def _data_source(self, record: RunRecord, model: ModelLoad | None) -> dict[str, Any]:
         args = (record.feature_group, record.id_start, record.id_end)
         output = Path(record.run_dir) / "input"
         as_of = dt.datetime.fromisoformat(record.as_of)
@@ -600,8 +623,9 @@ class Pipeline:
         )
         return result.to_dict()
 
-    def _batch_inference(self, record: RunRecord, model: LoadedModel | None) -> dict[str, Any]:
-        assert model is not None
+    def _batch_inference(self, record: RunRecord, loading: ModelLoad | None) -> dict[str, Any]:
+        assert loading is not None
+        model = loading.result()
         lineage = Lineage(
             run_id=record.run_id,
             pipeline_name=record.pipeline_name,
@@ -637,7 +661,7 @@ class Pipeline:
             )
         return result.to_dict()
 
-    def _publish(self, record: RunRecord, model: LoadedModel | None) -> dict[str, Any]:
+    def _publish(self, record: RunRecord, model: ModelLoad | None) -> dict[str, Any]:
         s = self.settings
         scored = record.outputs("BatchInference")
         result = publish(

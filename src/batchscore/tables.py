@@ -60,6 +60,14 @@ PREDICTIONS_SCHEMA = pa.schema(
     ]
 )
 PARTITION_COLUMN = "inference_date"
+# Full (untruncated) column bounds for the columns `replace` deletes by. pyiceberg's default,
+# truncate(16), cuts "classification-model-batch-inference-pipeline" short, so it cannot prove
+# that a whole file matches and rewrites it instead of dropping it: at 10M customers that read
+# 10M rows back (2.6 s, +1.1 GiB peak) in a commit that needs only metadata.
+TABLE_PROPERTIES = {
+    f"write.metadata.metrics.column.{column}": "full"
+    for column in ("pipeline_name", "id_range", "run_id")
+}
 RUN_ID_PROPERTY = "batchscore.run_id"
 
 
@@ -121,10 +129,17 @@ def ensure_predictions_table(catalog: Catalog, database: str, table_name: str) -
     identifier = f"{database}.{table_name}"
     table = load_table(catalog, identifier)
     if table is not None:
+        missing = {k: v for k, v in TABLE_PROPERTIES.items() if table.properties.get(k) != v}
+        if missing:  # a table made by an earlier version: files added from now on get them
+            with table.transaction() as tx:
+                tx.set_properties(missing)
+            table = catalog.load_table(identifier)
         return table
     ensure_namespace(catalog, database)
     try:
-        table = catalog.create_table(identifier, schema=PREDICTIONS_SCHEMA)
+        table = catalog.create_table(
+            identifier, schema=PREDICTIONS_SCHEMA, properties=TABLE_PROPERTIES
+        )
     except TableAlreadyExistsError:  # another process created it first
         return catalog.load_table(identifier)
     # pyiceberg takes no partition spec with an Arrow schema: add it as a second step.

@@ -319,9 +319,7 @@ def _dedup_batches(
             return
         if isinstance(found, list):
             files = ", ".join(sql_string(p) for p in found)
-            located: str | None = (
-                f"read_parquet([{files}], filename = true, file_row_number = true)"
-            )
+            located: str | None = f"read_parquet([{files}], file_row_number = true)"
         else:  # an Arrow stream (remote files, row-level deletes): one pass, whole rows
             con.register("__source", found)
             located = None
@@ -331,22 +329,34 @@ def _dedup_batches(
         in_range = f"""TRY_CAST(regexp_extract({k}, '([0-9]+)$', 1) AS BIGINT)
                       BETWEEN $id_start AND $id_end {time_filter}"""
         newest_first = f"ORDER BY {e} DESC, api_invocation_time DESC, write_time DESC"
+        params: dict[str, Any] = {"id_start": id_start, "id_end": id_end}
+        if as_of is not None:
+            params["as_of"] = as_of
+        reader: Iterator[pa.RecordBatch]
         if located is not None:
-            # Rank on the key columns alone (a narrow sort), then fetch the winning rows by
-            # file and row number in a second, streaming pass: the wide feature columns are
-            # never sorted. About 1.5x faster than ranking whole rows at 1M customers.
-            sql = f"""
-                WITH ranked AS (
-                    SELECT filename, file_row_number,
-                        row_number() OVER (PARTITION BY {k} {newest_first}) AS __rank,
-                        count(*) OVER (PARTITION BY {k}) AS __versions
+            # Pass 1, in DuckDB over the key columns alone: each id's newest version as a
+            # position (file, row) — a hash aggregate, arg_max by the three times, no sort —
+            # kept in a temporary table (spilled past the memory limit). Pass 2, in pyarrow:
+            # each file streamed once, its winning rows taken by row number. The wide feature
+            # columns are never sorted, hashed or joined, and memory stays bounded by a batch.
+            con.execute(
+                f"""
+                CREATE TEMP TABLE newest AS
+                SELECT CAST(__position >> 40 AS INTEGER) AS file,
+                       CAST(__position & 1099511627775 AS BIGINT) AS row, __versions
+                FROM (
+                    SELECT arg_max(CAST(file_index AS BIGINT) * 1099511627776
+                                       + CAST(file_row_number AS BIGINT),
+                                   ({e}, api_invocation_time, write_time)) AS __position,
+                           count(*) AS __versions
                     FROM {located}
                     WHERE {in_range}
+                    GROUP BY {k}
                 )
-                SELECT {selected}, is_deleted AS __deleted, __versions
-                FROM {located} JOIN (SELECT * FROM ranked WHERE __rank = 1)
-                    USING (filename, file_row_number)
-            """
+                """,
+                params,
+            )
+            reader = _take_winners(con, found, out_columns, batch_size)  # type: ignore[arg-type]
         else:
             sql = f"""
                 SELECT {selected}, is_deleted AS __deleted, __versions FROM (
@@ -358,10 +368,7 @@ def _dedup_batches(
                 )
                 WHERE __rank = 1
             """
-        params: dict[str, Any] = {"id_start": id_start, "id_end": id_end}
-        if as_of is not None:
-            params["as_of"] = as_of
-        reader = con.sql(sql, params=params).to_arrow_reader(batch_size)
+            reader = iter(con.sql(sql, params=params).to_arrow_reader(batch_size))
         for batch in reader:
             deleted = batch.column("__deleted").fill_null(False)
             versions = batch.column("__versions")
@@ -372,9 +379,55 @@ def _dedup_batches(
             live = live.select(out_columns)
             if live.num_rows:
                 stats.records += live.num_rows
+                if live.schema != out_schema:  # e.g. large_string in a file, string in the table
+                    live = pa.Table.from_batches([live]).cast(out_schema).to_batches()[0]
                 yield pa.RecordBatch.from_arrays(live.columns, schema=out_schema)
     finally:
         con.close()
+
+
+def _take_winners(
+    con: Any, files: list[str], columns: list[str], batch_size: int
+) -> Iterator[pa.RecordBatch]:
+    """Stream each file once, keeping the rows ``newest`` names (with ``__deleted`` and
+    ``__versions``). Row numbers come sorted per file, so both sides advance together."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    for index, path in enumerate(files):
+        wanted = con.sql(
+            f"SELECT row, __versions FROM newest WHERE file = {index} ORDER BY row"
+        ).to_arrow_reader(batch_size)
+        rows = np.empty(0, dtype=np.int64)
+        versions = np.empty(0, dtype=np.int64)
+        exhausted = False
+        offset = 0
+        for batch in pq.ParquetFile(path).iter_batches(
+            batch_size=batch_size, columns=[*columns, "is_deleted"]
+        ):
+            end = offset + batch.num_rows
+            # Top up the wanted rows until they reach past this batch.
+            while not exhausted and (len(rows) == 0 or rows[-1] < end):
+                try:
+                    more = wanted.read_next_batch()
+                except StopIteration:
+                    exhausted = True
+                    break
+                rows = np.concatenate([rows, more.column(0).to_numpy(zero_copy_only=False)])
+                versions = np.concatenate([versions, more.column(1).to_numpy(zero_copy_only=False)])
+            here = int(np.searchsorted(rows, end))
+            if here:
+                taken = batch.take(pa.array(rows[:here] - offset))
+                yield pa.RecordBatch.from_arrays(
+                    [
+                        *taken.select(columns).columns,
+                        taken.column("is_deleted"),
+                        pa.array(versions[:here], pa.int64()),
+                    ],
+                    names=[*columns, "__deleted", "__versions"],
+                )
+                rows, versions = rows[here:], versions[here:]
+            offset = end
 
 
 def _feature_types(

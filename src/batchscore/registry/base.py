@@ -68,15 +68,7 @@ class LoadedModel:
 
     def check_columns(self, available: list[str], source: str) -> None:
         """Raise SchemaMismatchError naming the first column the model needs that is missing."""
-        missing = [c for c in self.input_columns if c not in available]
-        if missing:
-            more = (
-                f" (and {len(missing) - 1} more: {', '.join(missing[1:])})" if missing[1:] else ""
-            )
-            raise SchemaMismatchError(
-                f"model {self.version.label} needs column {missing[0]!r}, which {source} does "
-                f"not have{more}. Add the feature, or approve a model trained on these columns."
-            )
+        check_columns(self.version, self.input_columns, available, source)
 
     def frame(self, batch: pa.RecordBatch | pa.Table) -> pd.DataFrame:
         """The model's input columns of a batch, cast to the types it was trained on."""
@@ -113,6 +105,19 @@ class LoadedModel:
         # Binary: the positive (last) class; multi-class: the predicted class' probability.
         probability = proba[:, -1] if proba.shape[1] == 2 else proba.max(axis=1)
         return prediction.astype(np.int32), probability
+
+
+def check_columns(
+    version: ModelVersion, needed: list[str], available: list[str], source: str
+) -> None:
+    """Raise SchemaMismatchError naming the first of ``needed`` that ``available`` lacks."""
+    missing = [c for c in needed if c not in available]
+    if missing:
+        more = f" (and {len(missing) - 1} more: {', '.join(missing[1:])})" if missing[1:] else ""
+        raise SchemaMismatchError(
+            f"model {version.label} needs column {missing[0]!r}, which {source} does "
+            f"not have{more}. Add the feature, or approve a model trained on these columns."
+        )
 
 
 def _is_int_like(value: Any) -> bool:
@@ -185,6 +190,11 @@ class ModelRegistry(abc.ABC):
     @abc.abstractmethod
     def get_version(self, group: str, version: int) -> ModelVersion:
         """One version. Raises ModelError when it does not exist."""
+
+    def input_types(self, version: ModelVersion) -> dict[str, str] | None:
+        """The version's input columns and types as declared (its signature), without loading
+        the estimator; None when only the loaded model can tell."""
+        return None
 
     @abc.abstractmethod
     def load(self, version: ModelVersion) -> LoadedModel:

@@ -146,6 +146,9 @@ class MlflowRegistry(ModelRegistry):
     def load(self, version: ModelVersion) -> LoadedModel:
         return load_model_folder(self._download(version), version, self.trusted_types)
 
+    def input_types(self, version: ModelVersion) -> dict[str, str] | None:
+        return declared_input_types(self._download(version))
+
     # Registering ------------------------------------------------------------------------
 
     def register_sklearn(
@@ -291,3 +294,18 @@ def load_skops(path: Path, version: ModelVersion, trusted_types: list[str]) -> A
         raise ModelLoadError(
             f"model {version.label}: loading {path.name} failed ({type(exc).__name__}: {exc})."
         ) from exc
+
+
+def declared_input_types(folder: Path) -> dict[str, str] | None:
+    """Input columns and types from the MLmodel signature in ``folder``, if it has one."""
+    from mlflow.models import Model
+
+    try:
+        schema = Model.load(str(folder / "MLmodel")).get_input_schema()
+    except Exception:
+        return None  # load() reports what is wrong with the model
+    if schema is None or not schema.has_input_names():
+        return None
+    return {
+        spec.name: getattr(getattr(spec, "type", None), "name", "any") for spec in schema.inputs
+    }

@@ -163,6 +163,15 @@ class SageMakerRegistry(ModelRegistry):
             shutil.rmtree(staging, ignore_errors=True)
         return target
 
+    def input_types(self, version: ModelVersion) -> dict[str, str] | None:
+        from batchscore.registry.mlflow import declared_input_types
+
+        folder = self._download(version)
+        for candidate in (folder, *sorted(p for p in folder.iterdir() if p.is_dir())):
+            if (candidate / "MLmodel").exists():
+                return declared_input_types(candidate)
+        return None
+
     def load(self, version: ModelVersion) -> LoadedModel:
         from batchscore.registry.mlflow import load_model_folder, load_skops
 

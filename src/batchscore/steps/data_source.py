@@ -28,6 +28,25 @@ class DataSourceResult:
         return asdict(self)
 
 
+def return_memory() -> None:
+    """Hand memory freed by the read back to the OS before scoring starts.
+
+    Arrow's allocator (mimalloc) and glibc keep freed pages for reuse; without this, the
+    read's high-water mark and scoring's add up: at 10M customers 2.45 GiB in one process
+    against 1.1 GiB (DataSource) and 1.3 GiB (BatchInference) apart.
+    """
+    import contextlib
+    import ctypes
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def data_source(
     store: FeatureStore,
     feature_group_name: str,
@@ -59,6 +78,7 @@ def data_source(
             parts.write(batch)
     files = parts.files
     stats = latest.stats
+    return_memory()
     if stats.records == 0:
         when = f" as of {as_of.isoformat(sep=' ')}" if as_of else ""
         raise NothingToScoreError(
