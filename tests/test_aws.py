@@ -385,3 +385,37 @@ def test_iceberg_offline_store_reads_like_the_reference_and_pins_its_snapshot(
     table.append(offline_store_table(rows.head(50).assign(is_deleted=True)))
     pinned = store.latest_records(GROUP, 100, 700, snapshot_id=group.snapshot_id).to_table()
     assert pinned.num_rows == len(expected)
+
+
+def test_s3_workspace_carries_a_run_from_machine_to_machine(
+    sagemaker_world, tmp_path: Path
+) -> None:
+    """Each step on its own 'machine' (its own local copy), the run folder kept in S3."""
+    _, rows = sagemaker_world
+    workspace = f"s3://{BUCKET}/mlops/batch_inference/workspace"
+
+    def machine(name: str):
+        return seed_settings(tmp_path, workspace=workspace, local_workspace=str(tmp_path / name))
+
+    first = Pipeline(machine("a")).run_step("DataSource", "exec-7")
+    assert first.steps["DataSource"].status == "succeeded"
+    Pipeline(machine("b")).run_step("BatchInference", "exec-7")
+    done = Pipeline(machine("c")).run_step("Publish", "exec-7")
+    assert done.status == "succeeded"
+    assert done.run_dir == str(tmp_path / "c" / "runs" / "exec-7")  # rebased onto machine c
+
+    s3 = boto3.client("s3", region_name=REGION)
+    listed = s3.list_objects_v2(
+        Bucket=BUCKET, Prefix="mlops/batch_inference/workspace/runs/exec-7/"
+    )
+    keys = {o["Key"].split("exec-7/", 1)[1] for o in listed["Contents"]}
+    assert {"run.json", "run.log", "input/part-00000.parquet"} <= keys
+    assert any(k.startswith("predictions/") for k in keys)
+    record = json.loads(
+        s3.get_object(Bucket=BUCKET, Key="mlops/batch_inference/workspace/runs/exec-7/run.json")[
+            "Body"
+        ].read()
+    )
+    assert record["status"] == "succeeded"
+    published = glue_table_rows(machine("c"))
+    assert published.num_rows == len(reference_latest(rows, 4000, 5000))

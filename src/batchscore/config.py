@@ -122,6 +122,8 @@ class Settings(BaseModel):
     # batchscore's own.
     backend: Literal["local", "aws"] = "local"
     workspace: str = ".batchscore"
+    # With an s3:// workspace: where its working copy lives on this machine.
+    local_workspace: str | None = None
     catalog: dict[str, str] = Field(default_factory=dict)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     feature_store: FeatureStoreSettings = Field(default_factory=FeatureStoreSettings)
@@ -175,7 +177,18 @@ class Settings(BaseModel):
     # Derived locations -------------------------------------------------------------------
 
     @property
+    def remote_workspace(self) -> str | None:
+        """The workspace's S3 URI when ``workspace`` is ``s3://…``, else None."""
+        return self.workspace.rstrip("/") if self.workspace.startswith("s3://") else None
+
+    @property
     def workspace_path(self) -> Path:
+        """The local workspace; for an ``s3://`` workspace, its local working copy
+        (``local_workspace``, default ``~/.cache/batchscore/<bucket>/<key>``)."""
+        if self.remote_workspace:
+            if self.local_workspace:
+                return Path(self.local_workspace).expanduser().resolve()
+            return Path("~/.cache/batchscore").expanduser() / self.remote_workspace[5:]
         return Path(self.workspace).expanduser().resolve()
 
     @property

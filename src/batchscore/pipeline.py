@@ -248,6 +248,12 @@ class Pipeline:
         # Run history and notifications are always on; callers add their own hooks after them.
         self.history = RunHistory.for_settings(settings)
         self.hooks: list[PipelineHooks] = [RunHistoryHook(self.history), Notifier(settings)]
+        self.mirror = None
+        if settings.remote_workspace:  # s3:// workspace: keep every run folder in S3
+            from batchscore.mirror import RunMirror
+
+            self.mirror = RunMirror(settings)
+            self.hooks.insert(0, self.mirror)
         self.hooks.extend(hooks)
 
     @property
@@ -345,6 +351,8 @@ class Pipeline:
             )
         s = self.settings
         run_dir = s.runs_path / run_id
+        if self.mirror is not None:
+            self.mirror.fetch(run_id, s.runs_path)
         if not (run_dir / "run.json").exists():
             if step != "DataSource":
                 raise RunNotFoundError(
@@ -401,6 +409,8 @@ class Pipeline:
             BatchScoreError: no such run, it already succeeded, or a step failed again.
         """
         run_dir = self.settings.runs_path / run_id
+        if self.mirror is not None:
+            self.mirror.fetch(run_id, self.settings.runs_path)
         if not (run_dir / "run.json").exists():
             raise RunNotFoundError(
                 f"no run {run_id!r} in {self.settings.runs_path}. List runs with "

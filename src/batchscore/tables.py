@@ -137,15 +137,42 @@ def ensure_predictions_table(catalog: Catalog, database: str, table_name: str) -
         return table
     ensure_namespace(catalog, database)
     try:
-        table = catalog.create_table(
-            identifier, schema=PREDICTIONS_SCHEMA, properties=TABLE_PROPERTIES
+        # Schema, partition spec and properties in one commit: a concurrent writer never
+        # sees the table half made (unpartitioned, or without the full-bounds properties).
+        return catalog.create_table(
+            identifier,
+            schema=_iceberg_schema(),
+            partition_spec=_partition_spec(),
+            properties=TABLE_PROPERTIES,
         )
     except TableAlreadyExistsError:  # another process created it first
         return catalog.load_table(identifier)
-    # pyiceberg takes no partition spec with an Arrow schema: add it as a second step.
-    with table.update_spec() as spec:
-        spec.add_field(PARTITION_COLUMN, IdentityTransform(), PARTITION_COLUMN)
-    return catalog.load_table(identifier)
+
+
+def _iceberg_schema() -> Any:
+    """PREDICTIONS_SCHEMA as an Iceberg schema, field ids 1..n in column order."""
+    from pyiceberg.io.pyarrow import pyarrow_to_schema
+    from pyiceberg.schema import Schema
+
+    with_ids = pa.schema(
+        [
+            f.with_metadata({b"PARQUET:field_id": str(i).encode()})
+            for i, f in enumerate(PREDICTIONS_SCHEMA, start=1)
+        ]
+    )
+    converted = pyarrow_to_schema(with_ids)
+    return Schema(*converted.fields, schema_id=0)
+
+
+def _partition_spec() -> Any:
+    from pyiceberg.partitioning import PartitionField, PartitionSpec
+
+    source = PREDICTIONS_SCHEMA.get_field_index(PARTITION_COLUMN) + 1
+    return PartitionSpec(
+        PartitionField(
+            source_id=source, field_id=1000, transform=IdentityTransform(), name=PARTITION_COLUMN
+        )
+    )
 
 
 def drop_table(catalog: Catalog, identifier: str) -> None:

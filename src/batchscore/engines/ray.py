@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batchscore.errors import ConfigError, FeatureGroupError, NothingToScoreError
+from batchscore.errors import ConfigError, FeatureGroupError
 from batchscore.feature_store.base import ReadStats
 from batchscore.steps.batch_inference import (
     BatchInferenceResult,
@@ -44,7 +44,7 @@ from batchscore.steps.batch_inference import (
     ScoringTotals,
     check_inputs,
 )
-from batchscore.steps.data_source import DataSourceResult
+from batchscore.steps.data_source import DataSourceResult, data_source_result
 from batchscore.steps.parts import PartWriter
 from batchscore.tables import PREDICTIONS_SCHEMA
 
@@ -228,21 +228,10 @@ def ray_data_source(
                     live = live.select(out_columns).cast(out_schema)
                     for record_batch in live.to_batches(max_chunksize=settings.batch_size):
                         parts.write(record_batch)
-    if stats.records == 0:
-        when = f" as of {as_of.isoformat(sep=' ')}" if as_of else ""
-        raise NothingToScoreError(
-            f"nothing to score: feature group {feature_group_name!r} has no live record with an "
-            f"id in {id_start}–{id_end}{when} ({stats.deleted_records_skipped} deleted). "
-            "Check customer_id_start/customer_id_end, or ingest records first."
-        )
-    return DataSourceResult(
-        rows=stats.records,
-        files=parts.files,
-        snapshot_id=snapshot_id,
-        duplicate_versions_skipped=stats.duplicate_versions_skipped,
-        deleted_records_skipped=stats.deleted_records_skipped,
-        columns=out_schema.names,
-    )
+    return data_source_result(
+        feature_group_name, id_start, id_end, as_of, stats, parts.files, snapshot_id,
+        out_schema.names,
+    )  # fmt: skip
 
 
 # BatchInference ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from batchscore.errors import NothingToScoreError
-from batchscore.feature_store import FeatureStore
+from batchscore.feature_store import FeatureStore, ReadStats
 from batchscore.steps.parts import PartWriter
 
 
@@ -76,9 +76,25 @@ def data_source(
         )
         for batch in latest.batches:
             parts.write(batch)
-    files = parts.files
-    stats = latest.stats
     return_memory()
+    return data_source_result(
+        feature_group_name, id_start, id_end, as_of, latest.stats, parts.files,
+        latest.snapshot_id, latest.schema.names,
+    )  # fmt: skip
+
+
+def data_source_result(
+    feature_group_name: str,
+    id_start: int,
+    id_end: int,
+    as_of: dt.datetime | None,
+    stats: ReadStats,
+    files: list[str],
+    snapshot_id: int | None,
+    columns: list[str],
+) -> DataSourceResult:
+    """The step's result, whichever engine read the records; NothingToScoreError when
+    none was live (nothing is scored or published then)."""
     if stats.records == 0:
         when = f" as of {as_of.isoformat(sep=' ')}" if as_of else ""
         raise NothingToScoreError(
@@ -89,8 +105,8 @@ def data_source(
     return DataSourceResult(
         rows=stats.records,
         files=files,
-        snapshot_id=latest.snapshot_id,
+        snapshot_id=snapshot_id,
         duplicate_versions_skipped=stats.duplicate_versions_skipped,
         deleted_records_skipped=stats.deleted_records_skipped,
-        columns=latest.schema.names,
+        columns=columns,
     )
