@@ -419,3 +419,16 @@ def test_s3_workspace_carries_a_run_from_machine_to_machine(
     assert record["status"] == "succeeded"
     published = glue_table_rows(machine("c"))
     assert published.num_rows == len(reference_latest(rows, 4000, 5000))
+
+
+def test_seed_config_with_backend_aws_puts_the_workspace_on_s3(tmp_path: Path) -> None:
+    data = {**yaml.safe_load(SEED_CONFIG), "backend": "aws"}
+    settings = load_settings(None, overrides=data, env={})
+    assert settings.remote_workspace == "s3://mlbucket-sagemaker/mlops/batch_inference"
+    assert settings.catalog_properties["warehouse"] == (
+        "s3://mlbucket-sagemaker/mlops/batch_inference/warehouse"
+    )
+    assert settings.registry_type == "sagemaker" and settings.feature_store_type == "sagemaker"
+    assert settings.unused_keys() == []
+    local = load_settings(None, overrides={**data, "workspace": str(tmp_path)}, env={})
+    assert local.remote_workspace is None and local.workspace_path == tmp_path

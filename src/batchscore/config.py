@@ -178,8 +178,13 @@ class Settings(BaseModel):
 
     @property
     def remote_workspace(self) -> str | None:
-        """The workspace's S3 URI when ``workspace`` is ``s3://…``, else None."""
-        return self.workspace.rstrip("/") if self.workspace.startswith("s3://") else None
+        """The workspace's S3 URI: ``workspace`` when it is ``s3://…``; with the aws backend
+        and no ``workspace`` set, ``s3://bucket/prefix``; else None (a local workspace)."""
+        if self.workspace.startswith("s3://"):
+            return self.workspace.rstrip("/")
+        if self.backend == "aws" and "workspace" not in self.model_fields_set and self.bucket:
+            return self.s3_prefix
+        return None
 
     @property
     def workspace_path(self) -> Path:
