@@ -26,8 +26,8 @@ from tests.reliability import record
 from tests.test_pipeline import expected_latest, table_rows
 
 DAY = dt.date(2026, 6, 30)
-REPEATS = 4  # kills per failpoint
-RANDOM_KILLS = int(os.environ.get("BATCHSCORE_SOAK", "24"))
+REPEATS = int(os.environ.get("BATCHSCORE_KILL_REPEATS", "3"))  # kills per failpoint
+RANDOM_KILLS = int(os.environ.get("BATCHSCORE_SOAK", "12"))
 
 _context = mp.get_context("forkserver")
 _context.set_forkserver_preload(
