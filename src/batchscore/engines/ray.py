@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batchscore.errors import ConfigError, FeatureGroupError
+from batchscore.errors import ConfigError
 from batchscore.feature_store.base import ReadStats
 from batchscore.steps.batch_inference import (
     BatchInferenceResult,
@@ -178,23 +178,19 @@ def ray_data_source(
     """The DataSource step on Ray Data; see :func:`batchscore.steps.data_source`."""
     from pyiceberg.expressions import AlwaysTrue, LessThanOrEqual
 
+    from batchscore.feature_store.iceberg import pinned_snapshot, utc_naive
+
     ray = _import_ray()
     group = store.describe(feature_group_name)
-    snapshot_id = snapshot_id if snapshot_id is not None else group.snapshot_id
     key, event = group.record_identifier, group.event_time_feature
     out_columns = [key, event, *group.features]
     table = store._table(feature_group_name)
     out_schema = pa.schema([table.schema().as_arrow().field(c) for c in out_columns])
-    if as_of is not None and as_of.tzinfo is not None:
-        as_of = as_of.astimezone(dt.UTC).replace(tzinfo=None)
+    snapshot_id = pinned_snapshot(table, feature_group_name, snapshot_id, group.snapshot_id)
+    as_of = utc_naive(as_of)
     stats = ReadStats()
     with PartWriter(output_dir) as parts:
         if snapshot_id is not None:
-            if table.snapshot_by_id(snapshot_id) is None:
-                raise FeatureGroupError(
-                    f"feature group {feature_group_name!r} has no snapshot {snapshot_id}: it may "
-                    "have been expired. Start a new run instead of resuming this one."
-                )
             ds = ray.data.read_iceberg(
                 table_identifier=group.table_identifier,
                 catalog_kwargs={"name": "batchscore", **settings.catalog_properties},

@@ -155,9 +155,7 @@ class IcebergFeatureStore(FeatureStore):
         table = self._table(name)
         if not record_ids:
             return 0
-        when = event_time or utcnow()
-        if when.tzinfo is not None:
-            when = when.astimezone(dt.UTC).replace(tzinfo=None)
+        when = utc_naive(event_time) or utcnow()
         now = utcnow()
         n = len(record_ids)
         columns: dict[str, pa.Array] = {}
@@ -230,15 +228,8 @@ class IcebergFeatureStore(FeatureStore):
     ) -> LatestRecords:
         group = self.describe(name)
         table = self._table(name)
-        if snapshot_id is None:
-            snapshot_id = group.snapshot_id
-        elif table.snapshot_by_id(snapshot_id) is None:
-            raise FeatureGroupError(
-                f"feature group {name!r} has no snapshot {snapshot_id}: it may have been expired. "
-                "Start a new run instead of resuming this one."
-            )
-        if as_of is not None and as_of.tzinfo is not None:
-            as_of = as_of.astimezone(dt.UTC).replace(tzinfo=None)
+        snapshot_id = pinned_snapshot(table, name, snapshot_id, group.snapshot_id)
+        as_of = utc_naive(as_of)
 
         key, event = group.record_identifier, group.event_time_feature
         out_columns = [key, event, *group.features]
@@ -269,6 +260,31 @@ class IcebergFeatureStore(FeatureStore):
 
 def _role(group: FeatureGroup, column: str) -> str:
     return "record identifier" if column == group.record_identifier else "event time feature"
+
+
+def pinned_snapshot(
+    table: Table, name: str, snapshot_id: int | None, current: int | None
+) -> int | None:
+    """The snapshot a read uses: the run's pinned one, else the table's current one.
+
+    Raises:
+        FeatureGroupError: the pinned snapshot no longer exists (expired).
+    """
+    if snapshot_id is None:
+        return current
+    if table.snapshot_by_id(snapshot_id) is None:
+        raise FeatureGroupError(
+            f"feature group {name!r} has no snapshot {snapshot_id}: it may have been expired. "
+            "Start a new run instead of resuming this one."
+        )
+    return snapshot_id
+
+
+def utc_naive(moment: dt.datetime | None) -> dt.datetime | None:
+    """A time as the store compares it: UTC without a zone (naive times are taken as UTC)."""
+    if moment is not None and moment.tzinfo is not None:
+        return moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return moment
 
 
 def _scan_source(scan: Any) -> list[str] | pa.RecordBatchReader | None:

@@ -163,23 +163,22 @@ class SageMakerFeatureStore(FeatureStore):
         batch_size: int = 100_000,
         temp_dir: Path | None = None,
     ) -> LatestRecords:
-        from batchscore.feature_store.iceberg import _dedup_batches, _scan_source
+        from batchscore.feature_store.iceberg import (
+            _dedup_batches,
+            _scan_source,
+            pinned_snapshot,
+            utc_naive,
+        )
 
         described = self._describe(name)
         offline = described["OfflineStoreConfig"]
         group = self.describe(name)
         key, event = group.record_identifier, group.event_time_feature
-        if as_of is not None and as_of.tzinfo is not None:
-            as_of = as_of.astimezone(dt.UTC).replace(tzinfo=None)
+        as_of = utc_naive(as_of)
         stats = ReadStats()
         if _format(offline) == "Iceberg":
             table = self._iceberg_table(name, offline)
-            snapshot_id = snapshot_id if snapshot_id is not None else group.snapshot_id
-            if snapshot_id is not None and table.snapshot_by_id(snapshot_id) is None:
-                raise FeatureGroupError(
-                    f"feature group {name!r} has no snapshot {snapshot_id}: it may have been "
-                    "expired. Start a new run instead of resuming this one."
-                )
+            snapshot_id = pinned_snapshot(table, name, snapshot_id, group.snapshot_id)
             schema = table.schema().as_arrow()
             if snapshot_id is None:
                 source: Any = lambda: None  # noqa: E731  (never written to)
