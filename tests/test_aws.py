@@ -432,3 +432,151 @@ def test_seed_config_with_backend_aws_puts_the_workspace_on_s3(tmp_path: Path) -
     assert settings.unused_keys() == []
     local = load_settings(None, overrides={**data, "workspace": str(tmp_path)}, env={})
     assert local.remote_workspace is None and local.workspace_path == tmp_path
+
+
+def queue_athena_result(moto_url: str, table: pa.Table, types: dict[str, str]) -> None:
+    """Play Athena's part: moto runs no SQL, so the answer it gives the next query is queued
+    here, shaped as Athena sends it (a header row first, every value as text)."""
+
+    def text(value: object) -> dict[str, str]:
+        return (
+            {}
+            if value is None
+            else {"VarCharValue": repr(value) if isinstance(value, float) else str(value)}
+        )
+
+    rows = [{"Data": [{"VarCharValue": name} for name in table.column_names]}]
+    rows += [{"Data": [text(v) for v in row.values()]} for row in table.to_pylist()]
+    columns = [{"Name": n, "Label": n, "Type": types[n]} for n in table.column_names]
+    body = {"region": REGION, "results": [{"rows": rows, "column_info": columns}]}
+    request = urllib.request.Request(
+        f"{moto_url}/moto-api/static/athena/query-results",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    urllib.request.urlopen(request).close()
+
+
+def athena_executions() -> list[dict]:
+    athena = boto3.client("athena", region_name=REGION)
+    ids = athena.list_query_executions()["QueryExecutionIds"]
+    return [athena.get_query_execution(QueryExecutionId=i)["QueryExecution"] for i in ids]
+
+
+def test_query_goes_through_athena_with_results_in_athena_query_results(
+    sagemaker_world, moto_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batchscore.cli import main
+    from batchscore.tables import open_catalog, query, run_query
+
+    settings, _ = sagemaker_world
+    Pipeline(settings).run()
+    config = tmp_path / "pipeline_config.yaml"  # the seed's file plus backend: aws
+    sql = (
+        "SELECT prediction, count(*) AS customers, round(avg(prediction_probability), 6) AS "
+        "mean_probability FROM mlops_poc_daily_inference GROUP BY prediction ORDER BY prediction"
+    )
+    # The true answer, from the Glue table's own files; Athena (moto) is told to give it back.
+    truth = run_query(open_catalog(settings), sql.replace("FROM ", "FROM ml_metrics."))
+    assert truth.num_rows == 2
+    types = {"prediction": "integer", "customers": "bigint", "mean_probability": "double"}
+    queue_athena_result(moto_url, truth, types)
+
+    capsys.readouterr()
+    assert main(["-c", str(config), "query", sql, "--format", "json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out) == truth.to_pylist()
+    [execution] = athena_executions()
+    assert execution["Query"] == sql
+    assert execution["QueryExecutionContext"]["Database"] == "ml_metrics"
+    location = execution["ResultConfiguration"]["OutputLocation"]
+    seed_results = "s3://mlbucket-sagemaker/athena-query-results/"  # the seed's key
+    assert location.startswith(seed_results) and location in " ".join(out.err.split())
+    bucket, key = location.removeprefix("s3://").split("/", 1)
+    csv = boto3.client("s3", region_name=REGION).get_object(Bucket=bucket, Key=key)
+    assert b'"customers"' in csv["Body"].read()
+
+    # Typed from Athena's column metadata; values travel as Athena execution parameters.
+    queue_athena_result(moto_url, truth.slice(1), types)
+    athena = load_settings(config, overrides={"athena_workgroup": "ml-analytics"}, env={})
+    boto3.client("athena", region_name=REGION).create_work_group(Name="ml-analytics")
+    one = query(athena, sql.replace("GROUP BY", "WHERE prediction = ? GROUP BY"), [1])
+    assert one.schema.types == [pa.int32(), pa.int64(), pa.float64()]
+    assert one.to_pylist() == truth.slice(1).to_pylist()
+    newest = max(athena_executions(), key=lambda e: e["Status"]["SubmissionDateTime"])
+    assert newest["ExecutionParameters"] == ["1"] and newest["WorkGroup"] == "ml-analytics"
+
+    # --via duckdb still reads the Glue table's files on this machine.
+    capsys.readouterr()
+    assert main(["-c", str(config), "query", sql.replace("FROM ", "FROM ml_metrics."),
+                 "--via", "duckdb", "--format", "json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out) == truth.to_pylist()
+
+    # Anything but a SELECT is refused before Athena sees it; the table is untouched.
+    before = len(athena_executions())
+    for statement in ("DROP TABLE mlops_poc_daily_inference",
+                      "/* report */ INSERT INTO mlops_poc_daily_inference SELECT 1"):  # fmt: skip
+        assert main(["-c", str(config), "query", statement]) == 1
+        assert "only SELECT" in capsys.readouterr().err
+    assert len(athena_executions()) == before
+    assert (
+        glue_table_rows(settings).num_rows
+        == truth.column("customers").to_pylist()[0] + (truth.column("customers").to_pylist()[1])
+    )
+
+
+def test_an_athena_query_that_does_not_finish_is_stopped(aws: str, tmp_path: Path) -> None:
+    from batchscore.athena import athena_query
+    from batchscore.errors import QueryError
+
+    # Keep every execution QUEUED (moto's state manager), as a congested workgroup would.
+    body = {
+        "model_name": "athena::execution",
+        "transition": {"progression": "manual", "times": 1000},
+    }
+    request = urllib.request.Request(
+        f"{aws}/moto-api/state-manager/set-transition",
+        data=json.dumps(body).encode(),
+        method="POST",
+    )
+    urllib.request.urlopen(request).close()
+    settings = seed_settings(tmp_path)
+    try:
+        with pytest.raises(QueryError, match=r"still queued after 1 s; it was stopped.*--timeout"):
+            athena_query(settings, "SELECT 1", timeout=1.0)
+    finally:
+        request = urllib.request.Request(
+            f"{aws}/moto-api/state-manager/unset-transition",
+            data=json.dumps({"model_name": "athena::execution"}).encode(),
+            method="POST",
+        )
+        urllib.request.urlopen(request).close()
+    [execution] = athena_executions()
+    assert execution["Status"]["State"] == "CANCELLED"
+
+
+@pytest.mark.parametrize(
+    ("sql", "allowed"),
+    [
+        # Athena-only syntax DuckDB cannot parse: Iceberg time travel is a read.
+        ("SELECT * FROM mlops_poc_daily_inference FOR VERSION AS OF 42", True),
+        ("-- yesterday's run\nSELECT * FROM t FOR TIMESTAMP AS OF TIMESTAMP '2026-11-26'", True),
+        ("OPTIMIZE mlops_poc_daily_inference REWRITE DATA USING BIN_PACK", False),
+        ("UNLOAD (SELECT 1) TO 's3://x/' WITH (format = 'PARQUET')", False),
+        ("/* repair */ MSCK REPAIR TABLE t", False),
+        ("VACUUM mlops_poc_daily_inference", False),  # DuckDB parses this one: its verdict
+        ("CREATE TABLE x WITH (table_type = 'ICEBERG') AS SELECT 1", False),
+    ],
+)
+def test_only_selects_reach_athena(sql: str, allowed: bool) -> None:
+    from batchscore.errors import QueryError
+    from batchscore.tables import check_select
+
+    if allowed:
+        check_select(sql, dialect="athena")
+    else:
+        with pytest.raises(QueryError, match="only SELECT queries are allowed"):
+            check_select(sql, dialect="athena")
+    with pytest.raises(QueryError):  # the embedded DuckDB query takes DuckDB's SQL only
+        check_select(sql)

@@ -11,7 +11,7 @@ from batchscore.errors import BatchScoreError
 from batchscore.feature_store import open_feature_store
 from batchscore.pipeline import Pipeline, PipelineHooks, RunRecord
 from batchscore.registry import open_registry
-from batchscore.tables import open_catalog, run_query
+from batchscore.tables import open_catalog, query, run_query
 from batchscore.training import train_model
 
 __version__ = "0.1.0"
@@ -27,6 +27,7 @@ __all__ = [
     "open_catalog",
     "open_feature_store",
     "open_registry",
+    "query",
     "quickstart",
     "run_query",
     "train_model",

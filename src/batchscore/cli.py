@@ -413,13 +413,36 @@ def train(
 def query(
     sql: Annotated[str, typer.Argument(help="One SELECT over namespace.table names.")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv or json.")] = "table",
+    via: Annotated[
+        str | None,
+        typer.Option(help="duckdb (this machine) or athena (default with backend aws)."),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for Athena before stopping the query.")
+    ] = 600.0,
 ) -> None:
-    """Run a read-only SQL query over the catalog's tables (DuckDB)."""
-    from batchscore.tables import open_catalog, run_query
+    """Run a read-only SQL query over the catalog's tables (DuckDB here, or Athena on AWS)."""
+    from batchscore.tables import QUERY_ENGINES, open_catalog, run_query
 
+    settings = state.settings
     if fmt not in ("table", "csv", "json"):
         raise ConfigError(f"--format {fmt!r} must be table, csv or json.")
-    _print_arrow(run_query(open_catalog(state.settings), sql), fmt)
+    via = via or ("athena" if settings.backend == "aws" else "duckdb")
+    if via not in QUERY_ENGINES:
+        raise ConfigError(f"--via {via!r} must be {' or '.join(QUERY_ENGINES)}.")
+    if via == "duckdb":
+        _print_arrow(run_query(open_catalog(settings), sql), fmt)
+        return
+    from batchscore.athena import athena_query
+
+    result = athena_query(settings, sql, timeout=timeout)
+    _print_arrow(result.table, fmt)
+    err_console.print(
+        f"Athena query {result.query_execution_id}; result CSV: {result.output_location}",
+        style="dim",
+        markup=False,
+        highlight=False,
+    )
 
 
 # Features -------------------------------------------------------------------------------------

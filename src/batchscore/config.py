@@ -116,6 +116,7 @@ class Settings(BaseModel):
     role_arn: str | None = None
     processing_instance_type: str | None = None
     athena_query_results: str | None = None
+    athena_workgroup: str | None = None  # not the seed's: Athena's own default is 'primary'
     sns_topic_arn: str | None = None
     notification_email: str | None = None
 
@@ -257,7 +258,8 @@ class Settings(BaseModel):
         used = set()
         if any(url.startswith("mailto") for url in self.notification_urls):
             used.add("notification_email")  # fills in the mailto URLs' recipient
-        return [k for k in AWS_ONLY_KEYS if getattr(self, k) is not None and k not in used]
+        aws_keys = (*AWS_ONLY_KEYS, "athena_workgroup")
+        return [k for k in aws_keys if getattr(self, k) is not None and k not in used]
 
     def redact(self, text: str) -> str:
         """Replace every value that came from a ``${VAR}`` with '***'."""

@@ -360,6 +360,43 @@ def _register_table(con: object, namespace: str, name: str, table: Table) -> lis
     return []
 
 
+def check_select(sql: str, dialect: str = "duckdb") -> None:
+    """Refuse anything but one SELECT (or WITH … SELECT) statement.
+
+    DuckDB's parser decides. For another engine's SQL (``dialect="athena"``: Trino syntax
+    DuckDB may not parse) a statement DuckDB cannot parse is judged by its first keyword
+    after comments; the engine itself then refuses more than one statement.
+
+    Raises:
+        QueryError: naming what was given instead.
+    """
+    import duckdb
+
+    try:
+        statements = duckdb.connect(":memory:").extract_statements(sql)
+    except duckdb.Error as exc:
+        if dialect == "duckdb":
+            raise QueryError(f"the query does not parse: {exc}") from exc
+        stripped = re.sub(r"--[^\n]*|/\*.*?\*/", " ", sql, flags=re.DOTALL).lstrip(" \t\n(")
+        keyword = (stripped.split(None, 1) or [""])[0].upper()
+        if keyword not in ("SELECT", "WITH"):
+            raise QueryError(
+                f"only SELECT queries are allowed (got {keyword or 'nothing'}); "
+                "batchscore query never modifies a table."
+            ) from None
+        return
+    if len(statements) != 1:
+        raise QueryError(
+            f"give exactly one SQL statement (got {len(statements)}); "
+            "separate queries are run one at a time."
+        )
+    if statements[0].type != duckdb.StatementType.SELECT:
+        raise QueryError(
+            f"only SELECT queries are allowed (got {statements[0].type.name}); "
+            "batchscore query never modifies a table."
+        )
+
+
 def run_query(catalog: Catalog, sql: str, parameters: Sequence[object] | None = None) -> pa.Table:
     """Run one read-only SQL statement over the catalog's tables with DuckDB.
 
@@ -372,22 +409,9 @@ def run_query(catalog: Catalog, sql: str, parameters: Sequence[object] | None = 
     """
     import duckdb
 
+    check_select(sql)
     con = duckdb.connect(":memory:")
     try:
-        try:
-            statements = con.extract_statements(sql)
-        except duckdb.Error as exc:
-            raise QueryError(f"the query does not parse: {exc}") from exc
-        if len(statements) != 1:
-            raise QueryError(
-                f"give exactly one SQL statement (got {len(statements)}); "
-                "separate queries are run one at a time."
-            )
-        if statements[0].type != duckdb.StatementType.SELECT:
-            raise QueryError(
-                f"only SELECT queries are allowed (got {statements[0].type.name}); "
-                "batchscore query never modifies a table."
-            )
         readable: list[str] = []
         for namespace, name in _referenced_tables(catalog, sql):
             validate_identifier(namespace, "namespace", SQL_IDENTIFIER)
@@ -409,3 +433,32 @@ def run_query(catalog: Catalog, sql: str, parameters: Sequence[object] | None = 
             raise QueryError(f"{exc}. Tables in the catalog: {tables or 'none'}.") from exc
     finally:
         con.close()
+
+
+QUERY_ENGINES = ("duckdb", "athena")
+
+
+def query(
+    settings: Settings,
+    sql: str,
+    parameters: Sequence[object] | None = None,
+    via: str | None = None,
+) -> pa.Table:
+    """``batchscore query``: one SELECT over the catalog's tables, as an Arrow table.
+
+    ``via="duckdb"`` reads the Iceberg tables with DuckDB on this machine (the default for the
+    local backend); ``via="athena"`` sends the query to Amazon Athena, results kept in
+    ``athena_query_results`` (the default for the aws backend).
+
+    Raises:
+        QueryError: the SQL is not one SELECT, or the engine rejects or fails it.
+        ConfigError: ``via`` is neither engine.
+    """
+    via = via or ("athena" if settings.backend == "aws" else "duckdb")
+    if via == "duckdb":
+        return run_query(open_catalog(settings), sql, parameters)
+    if via == "athena":
+        from batchscore.athena import athena_query
+
+        return athena_query(settings, sql, parameters).table
+    raise ConfigError(f"query engine {via!r} is not one of {', '.join(QUERY_ENGINES)}.")
