@@ -329,8 +329,10 @@ def test_deploy_sagemaker_definition_is_accepted_by_create_pipeline(
 ) -> None:
     from batchscore.cli import main
 
+    sns = boto3.client("sns", region_name=REGION)
+    topic = sns.create_topic(Name="ml-model-pipeline-failures")["TopicArn"]
     data = yaml.safe_load(SEED_CONFIG)
-    data.update({"backend": "aws", "workspace": str(tmp_path / "ws")})
+    data.update({"backend": "aws", "workspace": str(tmp_path / "ws"), "sns_topic_arn": topic})
     config = tmp_path / "pipeline_config.yaml"
     config.write_text(yaml.safe_dump(data))
     image = "123456789012.dkr.ecr.us-west-2.amazonaws.com/batchscore:latest"
@@ -346,8 +348,20 @@ def test_deploy_sagemaker_definition_is_accepted_by_create_pipeline(
     assert entry[-4:-1] == ["step", "batch-inference", "--run-id"]
     assert {p["Name"] for p in definition["Parameters"]} >= {"CustomerIdStart", "CustomerIdEnd"}
 
-    # --apply: the config goes to S3, create_pipeline accepts the definition, a run starts.
-    assert main([*args, "--apply"]) == 0
+    # --apply: the config goes to S3, create_pipeline accepts the definition, a run starts,
+    # the seed's notification_email is subscribed to its topic, and the EventBridge rule made.
+    schedule = ["--schedule", "0 2 * * *"]  # the seed's cron(0 2 * * ? *)
+    assert main([*args, "--apply", *schedule]) == 0
+    [subscription] = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+    assert (subscription["Protocol"], subscription["Endpoint"]) == (
+        "email", data["notification_email"],
+    )  # fmt: skip
+    events = boto3.client("events", region_name=REGION)
+    rule = events.describe_rule(Name=f"{data['pipeline_name']}-schedule")
+    assert rule["ScheduleExpression"] == "cron(0 2 * * ? *)" and rule["State"] == "ENABLED"
+    [target] = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]
+    assert target["Arn"].endswith(f":pipeline/{data['pipeline_name']}")
+    assert target["RoleArn"] == data["role_arn"]
     sagemaker = boto3.client("sagemaker", region_name=REGION)
     pipeline = sagemaker.describe_pipeline(PipelineName=data["pipeline_name"])
     assert json.loads(pipeline["PipelineDefinition"]) == definition
@@ -356,10 +370,41 @@ def test_deploy_sagemaker_definition_is_accepted_by_create_pipeline(
     key = f"{data['prefix']}/pipeline/{data['pipeline_name']}/pipeline_config.yaml"
     uploaded = boto3.client("s3", region_name=REGION).get_object(Bucket=BUCKET, Key=key)
     assert yaml.safe_load(uploaded["Body"].read())["backend"] == "aws"
-    # Applying again updates the pipeline in place and starts a second execution.
+    # Applying again updates the pipeline in place and starts a second execution; the
+    # e-mail is not subscribed twice.
     assert main([*args, "--apply"]) == 0
     executions = sagemaker.list_pipeline_executions(PipelineName=data["pipeline_name"])
     assert len(executions["PipelineExecutionSummaries"]) == 2
+    assert len(sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]) == 1
+
+    # A topic that does not exist fails the deployment before anything changes.
+    wrong = topic.replace("failures", "falures")
+    assert main(["--set", f"sns_topic_arn={wrong}", *args, "--apply"]) == 2
+    assert len(sagemaker.list_pipeline_executions(PipelineName=data["pipeline_name"])[
+        "PipelineExecutionSummaries"]) == 2  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("cron", "expected"),
+    [
+        ("0 2 * * *", "cron(0 2 * * ? *)"),
+        ("30 6 * * 1-5", "cron(30 6 ? * MON-FRI *)"),
+        ("0 0 1 * *", "cron(0 0 1 * ? *)"),
+        ("15 3 * * 0,6", "cron(15 3 ? * SUN,SAT *)"),
+        ("0 2 1 * 1", None),  # EventBridge cannot say "the 1st and every Monday"
+        ("0 2 * * */2", None),
+        ("not cron", None),
+    ],
+)
+def test_schedule_becomes_an_eventbridge_expression(cron: str, expected: str | None) -> None:
+    from batchscore.deploy import eventbridge_cron
+    from batchscore.errors import ConfigError
+
+    if expected is None:
+        with pytest.raises(ConfigError, match="--schedule"):
+            eventbridge_cron(cron)
+    else:
+        assert eventbridge_cron(cron) == expected
 
 
 def test_iceberg_offline_store_reads_like_the_reference_and_pins_its_snapshot(

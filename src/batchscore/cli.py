@@ -293,12 +293,28 @@ def deploy_sagemaker(
         bool,
         typer.Option(help="Upload the config, create or update the pipeline, start a run."),
     ] = False,
+    schedule: Annotated[
+        str | None,
+        typer.Option(help="Cron in UTC, e.g. '0 2 * * *': with --apply, an EventBridge rule."),
+    ] = None,
+    schedule_role: Annotated[
+        str | None,
+        typer.Option(help="Role EventBridge starts the pipeline as (default: role_arn)."),
+    ] = None,
 ) -> None:
     """Write the SageMaker Pipeline definition: a Processing job per step."""
     from batchscore.deploy import deploy_sagemaker as deploy
 
     config = state.config or _implicit_config()
-    done = deploy(state.settings, config, image_uri=image, output=output, apply=apply)
+    done = deploy(
+        state.settings,
+        config,
+        image_uri=image,
+        output=output,
+        apply=apply,
+        schedule=schedule,
+        schedule_role_arn=schedule_role,
+    )
     rows = [
         ("pipeline", done.pipeline_name),
         ("definition", str(done.definition_path)),
@@ -307,6 +323,18 @@ def deploy_sagemaker(
     ]
     if done.pipeline_arn:
         rows += [("pipeline arn", done.pipeline_arn), ("execution", done.execution_arn)]
+    if done.schedule_expression:
+        where = f"rule {done.schedule_rule}" if done.schedule_rule else "with --apply"
+        rows.append(("schedule", f"{done.schedule_expression} ({where})"))
+    if done.email_subscription:
+        email = state.settings.notification_email
+        note = {"subscribed": "subscribed: confirm the e-mail AWS sent"}
+        rows.append(
+            (
+                "failure e-mail",
+                f"{email}: {note.get(done.email_subscription, done.email_subscription)}",
+            )
+        )
     console.print(_kv_table("deploy sagemaker", rows))
 
 

@@ -17,6 +17,7 @@ fails, which stops the execution.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,10 @@ class Deployment:
     config_uri: str
     pipeline_arn: str | None = None
     execution_arn: str | None = None
+    # notification_email on sns_topic_arn: "confirmed", "pending confirmation" or "subscribed".
+    email_subscription: str | None = None
+    schedule_rule: str | None = None
+    schedule_expression: str | None = None
 
 
 def _get(name: str) -> dict[str, str]:
@@ -161,6 +166,80 @@ def pipeline_definition(settings: Settings, *, image_uri: str, config_uri: str) 
     }
 
 
+WEEKDAYS = ("SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT")
+
+
+def eventbridge_cron(expression: str) -> str:
+    """A five-field cron expression (UTC) as EventBridge's ``cron(min hour dom month dow year)``.
+
+    EventBridge wants ``?`` in one of day-of-month and day-of-week, counts weekdays from 1
+    (names avoid the off-by-one) and has no seconds.
+
+    Raises:
+        ConfigError: naming the field EventBridge cannot express.
+    """
+    from batchscore.config import validate_cron
+
+    validate_cron(expression, "--schedule")
+    fields = expression.split()
+    if len(fields) == 6:
+        if fields[5] != "0":
+            raise ConfigError(
+                f"--schedule {expression!r}: EventBridge schedules have no seconds field; "
+                "use five fields, e.g. '0 2 * * *'."
+            )
+        fields = fields[:5]
+    minute, hour, dom, month, dow = fields
+    if dow == "*":
+        dow = "?"
+    elif dom == "*":
+        dom = "?"
+        if "/" in dow:
+            raise ConfigError(
+                f"--schedule {expression!r}: EventBridge takes no step ('/') in day-of-week; "
+                "list the days instead, e.g. MON,WED,FRI."
+            )
+        dow = re.sub(r"\d+", lambda m: WEEKDAYS[int(m.group()) % 7], dow)
+    else:
+        raise ConfigError(
+            f"--schedule {expression!r}: EventBridge cannot combine a day of the month with a "
+            "day of the week; keep one and make the other '*'."
+        )
+    return f"cron({minute} {hour} {dom} {month} {dow} *)"
+
+
+def ensure_email_subscription(settings: Settings) -> str | None:
+    """Subscribe ``notification_email`` to ``sns_topic_arn`` unless it already is (the seed's
+    failure e-mails). Returns the subscription's state, or None when either key is unset.
+
+    Raises:
+        ConfigError: the topic does not exist (its ARN is wrong, or it was never created).
+    """
+    from batchscore import aws
+
+    topic, email = settings.sns_topic_arn, settings.notification_email
+    if not (topic and email):
+        return None
+    sns = aws.client("sns", settings)
+    try:
+        sns.get_topic_attributes(TopicArn=topic)
+    except sns.exceptions.NotFoundException as exc:
+        name = topic.rsplit(":", 1)[-1]
+        raise ConfigError(
+            f"sns_topic_arn {topic!r} does not exist: create it (aws sns create-topic --name "
+            f"{name}) or fix the ARN."
+        ) from exc
+    for page in sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic):
+        for subscription in page["Subscriptions"]:
+            if subscription["Protocol"] == "email" and subscription["Endpoint"].lower() == (
+                email.lower()
+            ):
+                confirmed = subscription["SubscriptionArn"].startswith("arn:")
+                return "confirmed" if confirmed else "pending confirmation"
+    sns.subscribe(TopicArn=topic, Protocol="email", Endpoint=email)
+    return "subscribed"
+
+
 def deploy_sagemaker(
     settings: Settings,
     config_path: Path | None,
@@ -168,9 +247,12 @@ def deploy_sagemaker(
     image_uri: str,
     output: Path,
     apply: bool = False,
+    schedule: str | None = None,
+    schedule_role_arn: str | None = None,
 ) -> Deployment:
-    """Write the definition to ``output``; with ``apply``, upload the config, create or
-    update the pipeline and start an execution."""
+    """Write the definition to ``output``; with ``apply``, upload the config, subscribe
+    ``notification_email`` to ``sns_topic_arn``, create or update the pipeline, put the
+    EventBridge rule for ``schedule`` (a cron expression in UTC) and start an execution."""
     from batchscore import aws
 
     if config_path is None or not config_path.exists():
@@ -180,11 +262,19 @@ def deploy_sagemaker(
         )
     config_uri = f"{settings.s3_prefix}/pipeline/{settings.pipeline_name}/"
     definition = pipeline_definition(settings, image_uri=image_uri, config_uri=config_uri)
+    expression = eventbridge_cron(schedule) if schedule else None
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(definition, indent=2))
     if not apply:
-        return Deployment(settings.pipeline_name, definition, output, config_uri)
+        return Deployment(
+            settings.pipeline_name,
+            definition,
+            output,
+            config_uri,
+            schedule_expression=expression,
+        )
 
+    email = ensure_email_subscription(settings)  # a wrong topic fails before anything changes
     bucket, key = aws.split_s3(config_uri + "pipeline_config.yaml")
     aws.client("s3", settings).upload_file(str(config_path), bucket, key)
     sagemaker = aws.client("sagemaker", settings)
@@ -204,6 +294,9 @@ def deploy_sagemaker(
         arn = sagemaker.update_pipeline(**arguments)["PipelineArn"]
     else:
         arn = sagemaker.create_pipeline(**arguments)["PipelineArn"]
+    rule = None
+    if expression:
+        rule = _put_schedule(settings, arn, expression, schedule_role_arn or settings.role_arn)
     execution = sagemaker.start_pipeline_execution(PipelineName=settings.pipeline_name)
     return Deployment(
         settings.pipeline_name,
@@ -212,4 +305,33 @@ def deploy_sagemaker(
         config_uri,
         pipeline_arn=arn,
         execution_arn=execution["PipelineExecutionArn"],
+        email_subscription=email,
+        schedule_rule=rule,
+        schedule_expression=expression,
     )
+
+
+def _put_schedule(settings: Settings, pipeline_arn: str, expression: str, role: str | None) -> str:
+    """The seed's EventBridge rule: ``expression`` starts the pipeline (created or updated)."""
+    from batchscore import aws
+
+    name = f"{settings.pipeline_name}-schedule"[:64]
+    events = aws.client("events", settings)
+    events.put_rule(
+        Name=name,
+        ScheduleExpression=expression,
+        State="ENABLED",
+        Description=f"batchscore: runs {settings.pipeline_name}",
+    )
+    events.put_targets(
+        Rule=name,
+        Targets=[
+            {
+                "Id": "batchscore-pipeline",
+                "Arn": pipeline_arn,
+                "RoleArn": role,
+                "SageMakerPipelineParameters": {"PipelineParameterList": []},
+            }
+        ],
+    )
+    return name
