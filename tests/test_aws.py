@@ -565,6 +565,10 @@ def test_query_goes_through_athena_with_results_in_athena_query_results(
         assert main(["-c", str(config), "query", statement]) == 1
         assert "only SELECT" in capsys.readouterr().err
     assert len(athena_executions()) == before
+    local = tmp_path / "local.yaml"
+    local.write_text(yaml.safe_dump({"workspace": str(tmp_path / "local-ws")}))
+    assert main(["-c", str(local), "query", "SELECT 1", "--via", "athena"]) == 1
+    assert "Athena reads tables in the Glue catalog" in capsys.readouterr().err
     assert (
         glue_table_rows(settings).num_rows
         == truth.column("customers").to_pylist()[0] + (truth.column("customers").to_pylist()[1])

@@ -81,10 +81,17 @@ def athena_query(
     ``athena_query_results``. A query still running after ``timeout`` seconds is stopped.
 
     Raises:
-        QueryError: the SQL is not one SELECT; Athena failed or cancelled the query (with
-            Athena's reason); or it did not finish in time.
+        QueryError: the SQL is not one SELECT; the catalog is not Glue; Athena failed or
+            cancelled the query (with Athena's reason); or it did not finish in time.
     """
     check_select(sql, dialect="athena")
+    catalog_type = settings.catalog_properties.get("type")
+    if catalog_type != "glue":
+        raise QueryError(
+            f"Athena reads tables in the Glue catalog, but this config's catalog is "
+            f"{catalog_type!r}: use backend: aws (or catalog: {{type: glue, …}}), or query "
+            "with --via duckdb."
+        )
     athena = client("athena", settings)
     request: dict[str, Any] = {
         "QueryString": sql,
