@@ -450,15 +450,12 @@ def query(
     ] = 600.0,
 ) -> None:
     """Run a read-only SQL query over the catalog's tables (DuckDB here, or Athena on AWS)."""
-    from batchscore.tables import QUERY_ENGINES, open_catalog, run_query
+    from batchscore.tables import open_catalog, query_engine, run_query
 
     settings = state.settings
     if fmt not in ("table", "csv", "json"):
         raise ConfigError(f"--format {fmt!r} must be table, csv or json.")
-    via = via or ("athena" if settings.backend == "aws" else "duckdb")
-    if via not in QUERY_ENGINES:
-        raise ConfigError(f"--via {via!r} must be {' or '.join(QUERY_ENGINES)}.")
-    if via == "duckdb":
+    if query_engine(settings, via) == "duckdb":
         _print_arrow(run_query(open_catalog(settings), sql), fmt)
         return
     from batchscore.athena import athena_query

@@ -454,11 +454,16 @@ def query(
         QueryError: the SQL is not one SELECT, or the engine rejects or fails it.
         ConfigError: ``via`` is neither engine.
     """
-    via = via or ("athena" if settings.backend == "aws" else "duckdb")
-    if via == "duckdb":
+    if query_engine(settings, via) == "duckdb":
         return run_query(open_catalog(settings), sql, parameters)
-    if via == "athena":
-        from batchscore.athena import athena_query
+    from batchscore.athena import athena_query
 
-        return athena_query(settings, sql, parameters).table
-    raise ConfigError(f"query engine {via!r} is not one of {', '.join(QUERY_ENGINES)}.")
+    return athena_query(settings, sql, parameters).table
+
+
+def query_engine(settings: Settings, via: str | None = None) -> str:
+    """``via`` checked, else the backend's engine: Athena for aws, DuckDB for local."""
+    via = via or ("athena" if settings.backend == "aws" else "duckdb")
+    if via not in QUERY_ENGINES:
+        raise ConfigError(f"--via {via!r} must be {' or '.join(QUERY_ENGINES)}.")
+    return via
