@@ -82,6 +82,18 @@ def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
     assert "Did you mean 'customer_id_start'?" in message
 
 
+@pytest.mark.parametrize("key", ["aws_secret_access_key", "AWS_ACCESS_KEY_ID", "aws_profile"])
+def test_credentials_in_the_config_are_refused_without_echoing_them(
+    tmp_path: Path, key: str
+) -> None:
+    path = write(tmp_path, f"backend: aws\n{key}: wJalrXUtnFEMI-not-a-real-secret\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(path, env={})
+    message = str(err.value)
+    assert f"{key!r} in config file" in message and "standard AWS chain" in message
+    assert "wJalrXUtnFEMI" not in message
+
+
 def test_start_after_end_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "customer_id_start: 5000\ncustomer_id_end: 4000\n")
     with pytest.raises(ConfigError, match=r"customer_id_start \(5000\) is greater than"):

@@ -37,6 +37,10 @@ AWS_ONLY_KEYS = (
     "notification_email",
 )
 
+# Keys people put in configs by habit; refused with a pointer to the AWS credential chain.
+CREDENTIAL_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+                   "access_key", "secret_key", "credentials", "profile", "aws_profile")  # fmt: skip
+
 ENV_PREFIX = "BATCHSCORE_"
 DEFAULT_CONFIG_PATH = Path("configs/pipeline_config.yaml")
 
@@ -390,6 +394,13 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
 def _check_unknown_keys(data: Mapping[str, Any], source: str) -> None:
     known = set(Settings.model_fields)
     for key in data:
+        if key.lower() in CREDENTIAL_KEYS:
+            raise ConfigError(
+                f"{key!r} in {source}: AWS credentials are never read from the config file. "
+                "Remove it and use the standard AWS chain: AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment, or an instance, "
+                "task or job role."
+            )
         if key not in known:
             raise ConfigError(
                 f"unknown config key {key!r} in {source}.{did_you_mean(key, known)} "
