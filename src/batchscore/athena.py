@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from batchscore.aws import client
 from batchscore.errors import QueryError
-from batchscore.tables import check_select
+from batchscore.tables import check_select, sql_string
 
 if TYPE_CHECKING:
     from batchscore.config import Settings
@@ -129,7 +129,7 @@ def _parameter(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
-    return "'" + str(value).replace("'", "''") + "'"
+    return sql_string(str(value))
 
 
 def _wait(athena: Any, query_id: str, timeout: float, poll: float) -> dict[str, Any]:
