@@ -242,12 +242,18 @@ def run(
     _print_run(record)
 
 
+FORCE_HELP = "Continue even though the config differs from the run's (recorded in the run)."
+
+
 @app.command()
-def resume(run_id: Annotated[str, typer.Argument(help="The failed run's id.")]) -> None:
+def resume(
+    run_id: Annotated[str, typer.Argument(help="The failed run's id.")],
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
+) -> None:
     """Continue a failed run at its failed step, with the model version it first used."""
     from batchscore.pipeline import Pipeline
 
-    record = Pipeline(state.settings).resume(run_id)
+    record = Pipeline(state.settings).resume(run_id, force=force)
     _print_run(record)
 
 
@@ -268,6 +274,7 @@ def step(
         str | None,
         typer.Option(help="Logical date YYYY-MM-DD (data-source only, when it starts the run)."),
     ] = None,
+    force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
 ) -> None:
     """Run one step of a run, as its own job (SageMaker Processing, Airflow, Kubernetes)."""
     from batchscore.errors import ConfigError
@@ -276,7 +283,7 @@ def step(
     if name not in STEP_NAMES:
         raise ConfigError(f"step {name!r} is not one of {', '.join(STEP_NAMES)}.")
     record = Pipeline(state.settings).run_step(
-        STEP_NAMES[name], run_id, date=_parse_date(date, "--date")
+        STEP_NAMES[name], run_id, date=_parse_date(date, "--date"), force=force
     )
     _print_run(record)
 
@@ -341,12 +348,20 @@ def deploy_sagemaker(
 @app.command()
 def quickstart(
     customers: Annotated[int, typer.Option(help="Synthetic customers to generate.")] = 5000,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            "-y",
+            help="Set up the demo even in a configured (non-embedded) catalog or registry.",
+        ),
+    ] = False,
 ) -> None:
     """Set up the demo from nothing (feature group, approved model) and run the pipeline."""
     from batchscore.demo import quickstart as run_quickstart
 
     settings = state.settings
-    summary = run_quickstart(settings, n_customers=customers)
+    summary = run_quickstart(settings, n_customers=customers, allow_external=yes)
     _print_run(summary.run)
     rows = [
         ("workspace", summary.workspace),
@@ -446,7 +461,7 @@ def query(
         typer.Option(help="duckdb (this machine) or athena (default with backend aws)."),
     ] = None,
     timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for Athena before stopping the query.")
+        float, typer.Option(help="Seconds to wait before stopping the query.")
     ] = 600.0,
 ) -> None:
     """Run a read-only SQL query over the catalog's tables (DuckDB here, or Athena on AWS)."""
@@ -456,7 +471,7 @@ def query(
     if fmt not in ("table", "csv", "json"):
         raise ConfigError(f"--format {fmt!r} must be table, csv or json.")
     if query_engine(settings, via) == "duckdb":
-        _print_arrow(run_query(open_catalog(settings), sql), fmt)
+        _print_arrow(run_query(open_catalog(settings), sql, timeout=timeout), fmt)
         return
     from batchscore.athena import athena_query
 
@@ -908,6 +923,53 @@ def table_drop(
         typer.confirm(f"Drop {settings.output_table} and delete all its predictions?", abort=True)
     drop_table(open_catalog(settings), settings.output_table)
     console.print(f"dropped {settings.output_table}")
+
+
+@table_app.command("snapshots")
+def table_snapshots(
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+) -> None:
+    """The predictions table's snapshots (commits), newest first: the ids rollback takes."""
+    from batchscore.tables import open_catalog, table_snapshots
+
+    settings = state.settings
+    snapshots = table_snapshots(open_catalog(settings), settings.output_table)[:limit]
+    table = Table(
+        Column("snapshot", no_wrap=True),
+        Column("committed", no_wrap=True),
+        "operation",
+        Column("run", no_wrap=True),
+        "added rows",
+        "deleted rows",
+        "current",
+        title=settings.output_table,
+        title_justify="left",
+    )
+    for snap in snapshots:
+        table.add_row(
+            str(snap.snapshot_id),
+            snap.committed.isoformat(timespec="seconds"),
+            snap.operation,
+            snap.run_id or "–",
+            _fmt(snap.added_rows),
+            _fmt(snap.deleted_rows),
+            "yes" if snap.current else "",
+        )
+    console.print(table)
+
+
+@table_app.command("rollback")
+def table_rollback(
+    to_snapshot: Annotated[
+        int, typer.Option("--to-snapshot", help="Snapshot id (see 'batchscore table snapshots').")
+    ],
+) -> None:
+    """Make an earlier snapshot of the predictions table current again (one commit)."""
+    from batchscore.tables import open_catalog, rollback_table
+
+    settings = state.settings
+    rollback_table(open_catalog(settings), settings.output_table, to_snapshot)
+    console.print(f"{settings.output_table} rolled back to snapshot {to_snapshot}")
 
 
 # Entry point ----------------------------------------------------------------------------------

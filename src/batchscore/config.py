@@ -21,9 +21,10 @@ APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 WRITE_MODES = ("replace", "append", "overwrite")
 
 # Names that reach SQL, a catalog or a path. SQL identifiers: letters, digits, underscore.
-SQL_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# Checked with ``fullmatch``: with ``match``, ``$`` also matches before a trailing newline.
+SQL_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # Feature group and model group names follow SageMaker's rules: letters, digits, '-' and '_'.
-RESOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+RESOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 
 # The seed's AWS-only keys: accepted so its config loads unchanged, unused by the local backend.
 AWS_ONLY_KEYS = (
@@ -47,7 +48,7 @@ DEFAULT_CONFIG_PATH = Path("configs/pipeline_config.yaml")
 
 def validate_identifier(value: str, what: str, pattern: re.Pattern[str] = SQL_IDENTIFIER) -> str:
     """Return ``value`` if it is a safe name, else raise InvalidIdentifierError naming ``what``."""
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         allowed = (
             "letters, digits and '_', not starting with a digit"
             if pattern is SQL_IDENTIFIER
@@ -170,6 +171,8 @@ class Settings(BaseModel):
             validate_identifier(self.target_column, "target_column")
         validate_identifier(self.feature_group_name, "feature_group_name", RESOURCE_NAME)
         validate_identifier(self.model_package_group, "model_package_group", RESOURCE_NAME)
+        # It names lock files, S3 keys, unit files and SageMaker / EventBridge resources.
+        validate_identifier(self.pipeline_name, "pipeline_name", RESOURCE_NAME)
         if self.schedule_cron is not None:
             validate_cron(self.schedule_cron, "schedule_cron")
         if self.customer_id_start > self.customer_id_end:

@@ -165,13 +165,43 @@ class QuickstartSummary:
     catalog: dict[str, str]
 
 
-def quickstart(settings: Settings, n_customers: int = 5000, seed: int = 42) -> QuickstartSummary:
+def external_targets(settings: Settings) -> list[str]:
+    """The stores the settings point at that are not the embedded defaults in the workspace."""
+    targets = []
+    if settings.catalog or settings.backend == "aws":
+        shown = settings.catalog_properties.get("uri") or settings.catalog_properties.get("type")
+        targets.append(f"Iceberg catalog {settings.redact(str(shown))}")
+    if settings.registry.tracking_uri or settings.registry_type != "mlflow":
+        where = settings.tracking_uri if settings.registry_type == "mlflow" else "SageMaker"
+        targets.append(f"model registry {settings.redact(where)}")
+    if settings.feature_store_type != "iceberg":
+        targets.append(f"{settings.feature_store_type} feature store")
+    return targets
+
+
+def quickstart(
+    settings: Settings, n_customers: int = 5000, seed: int = 42, *, allow_external: bool = False
+) -> QuickstartSummary:
     """Feature group, trained and approved model, one pipeline run — each only if missing.
 
     Safe to run twice: an existing feature group and approved model are reused, and the run
-    replaces its own earlier rows (write mode ``replace``).
+    replaces its own earlier rows (write mode ``replace``). It writes synthetic data and
+    approves a synthetic model, so it refuses stores other than the embedded defaults unless
+    ``allow_external``.
+
+    Raises:
+        ConfigError: the settings point at a real catalog, registry or feature store.
     """
-    from batchscore.errors import NoApprovedModelError
+    from batchscore.errors import ConfigError, NoApprovedModelError
+
+    external = external_targets(settings)
+    if external and not allow_external:
+        raise ConfigError(
+            "quickstart creates a synthetic feature group and trains and approves a synthetic "
+            f"model, but the config points at {', '.join(external)}, not the embedded "
+            "defaults in the workspace. Run it without those settings, or pass --yes to set "
+            "up the demo there anyway."
+        )
     from batchscore.feature_store import open_feature_store
     from batchscore.pipeline import Pipeline
     from batchscore.registry import open_registry

@@ -20,12 +20,13 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from batchscore.clock import utcnow
 from batchscore.config import Settings
+from batchscore.durable import fsync_dir
 from batchscore.errors import (
     BatchScoreError,
     ConfigError,
@@ -47,6 +48,16 @@ log = logging.getLogger("batchscore")
 
 STEPS = ("DataSource", "BatchInference", "Publish")
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it can name a run folder, else ConfigError (it becomes a path)."""
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        raise ConfigError(
+            f"run id {run_id!r} must be 1-128 letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit (it names the run's folder)."
+        )
+    return run_id
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -93,10 +104,17 @@ class RunRecord:
     ended: str | None = None
     model_name: str | None = None
     model_version: int | None = None
+    # The model group the run resolves its version in (older records: the config's).
+    model_package_group: str | None = None
     feature_snapshot_id: int | None = None  # the feature group snapshot this run reads
     failed_step: str | None = None
     error: dict[str, str] | None = None
     steps: dict[str, StepRecord] = field(default_factory=dict)
+    # The settings that decide what the run reads, scores and publishes (``run_identity``):
+    # resume and step compare them with the current config.
+    config: dict[str, Any] | None = None
+    # Resumes that went ahead with a different config (``--force``): when and which keys.
+    forced: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def path(self) -> Path:
@@ -104,12 +122,18 @@ class RunRecord:
 
     def save(self) -> None:
         tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2, default=str))
+        with open(tmp, "w") as out:
+            out.write(json.dumps(asdict(self), indent=2, default=str))
+            out.flush()
+            os.fsync(out.fileno())  # on disk before anything (a commit) refers to it
         os.replace(tmp, self.path)  # atomic: a reader never sees half a record
+        fsync_dir(self.path.parent)
 
     @classmethod
     def load(cls, run_dir: Path) -> RunRecord:
         data = json.loads((run_dir / "run.json").read_text())
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}  # written by a newer batchscore
         data["steps"] = {name: StepRecord(**step) for name, step in data["steps"].items()}
         return cls(**data)
 
@@ -217,9 +241,38 @@ def ensure_writable_workspace(settings: Settings) -> None:
         ) from exc
 
 
-def config_fingerprint(settings: Settings) -> str:
+# Settings that change how a run is carried out but not what it reads, scores or publishes:
+# a resume may differ in these. Every other key is part of the run's identity.
+OPERATIONAL_KEYS = frozenset({
+    "project_name", "workspace", "local_workspace", "engine", "ray_address", "ray_actors",
+    "ray_cpus_per_actor", "batch_size", "notification_urls", "notify_on", "max_attempts",
+    "retry_backoff_seconds", "schedule_cron", "role_arn", "processing_instance_type",
+    "athena_query_results", "athena_workgroup", "sns_topic_arn", "notification_email",
+    "lock_lease_seconds",
+})  # fmt: skip
+
+
+def run_identity(settings: Settings) -> dict[str, Any]:
+    """The settings a run's result depends on, as plain data with secrets hidden."""
     data = settings.redacted_dict()
+    return {k: v for k, v in sorted(data.items()) if k not in OPERATIONAL_KEYS}
+
+
+def config_fingerprint(settings: Settings) -> str:
+    data = run_identity(settings)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def changed_keys(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two settings dicts."""
+    changed: list[str] = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += changed_keys(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changed.append(f"{prefix}{key}")
+    return changed
 
 
 class Pipeline:
@@ -301,7 +354,7 @@ class Pipeline:
         now = utcnow()
         logical_date = date or now.date()
         as_of = as_of or (end_of_day(date) if date else now)
-        run_id = run_id or new_run_id(now)
+        run_id = check_run_id(run_id) if run_id else new_run_id(now)
         id_range = f"{s.customer_id_start}-{s.customer_id_end}"
         with run_lock(s, s.pipeline_name, logical_date.isoformat(), run_id, id_range):
             record = self._new_record(run_id, logical_date, as_of, now)
@@ -324,6 +377,8 @@ class Pipeline:
             output_table=s.output_table,
             write_mode=s.write_mode,
             config_fingerprint=config_fingerprint(s),
+            config=run_identity(s),
+            model_package_group=s.model_package_group,
             run_dir=str(run_dir),
             log_path=str(run_dir / "run.log"),
             started=now.isoformat(),
@@ -332,23 +387,24 @@ class Pipeline:
         record.save()
         return record
 
-    def run_step(self, step: str, run_id: str, *, date: dt.date | None = None) -> RunRecord:
+    def run_step(
+        self, step: str, run_id: str, *, date: dt.date | None = None, force: bool = False
+    ) -> RunRecord:
         """Run one step of a run, for orchestrators that run each step as its own job (a
         SageMaker Processing job, an Airflow task). ``DataSource`` starts the run ``run_id``
         (logical ``date``, default today) unless it exists; the later steps continue it and
         need the steps before them to have succeeded. Running a step that already succeeded
-        again is a no-op, so an orchestrator's retry is safe.
+        again changes nothing, so an orchestrator's retry is safe. A continued run keeps its
+        own table, model group and id range; a config that differs from the run's in what it
+        reads, scores or publishes is refused unless ``force`` (then recorded).
 
         Raises:
-            BatchScoreError: an earlier step has not succeeded, or the step failed.
+            BatchScoreError: an earlier step has not succeeded, the config differs, or the
+                step failed.
         """
         if step not in STEPS:
             raise ConfigError(f"step {step!r} is not one of {', '.join(STEPS)}.")
-        if not RUN_ID.fullmatch(run_id):
-            raise ConfigError(
-                f"run id {run_id!r} must be 1-128 letters, digits, '.', '_' or '-', starting "
-                "with a letter or digit (it names the run's folder)."
-            )
+        check_run_id(run_id)
         s = self.settings
         run_dir = s.runs_path / run_id
         if self.mirror is not None:
@@ -367,6 +423,9 @@ class Pipeline:
                 if not (run_dir / "run.json").exists():
                     self._new_record(run_id, logical_date, as_of, now)
         record = RunRecord.load(run_dir)
+        if record.steps[step].status == "succeeded":
+            log.info("run %s: %s succeeded earlier; nothing to do", run_id, step)
+            return record
         before = STEPS[: STEPS.index(step)]
         unfinished = [b for b in before if record.steps[b].status != "succeeded"]
         if unfinished:
@@ -377,6 +436,7 @@ class Pipeline:
         id_range = f"{record.id_start}-{record.id_end}"
         with run_lock(s, record.pipeline_name, record.logical_date, run_id, id_range):
             record = RunRecord.load(run_dir)
+            self._check_config(record, force)
             record.status = "running"
             record.error = None
             record.failed_step = None
@@ -389,6 +449,12 @@ class Pipeline:
         """
         if start > end:
             raise ConfigError(f"--from {start} is after --to {end}: give an increasing range.")
+        if self.settings.write_mode == "overwrite":
+            raise ConfigError(
+                "write_mode 'overwrite' is refused in a backfill: it would replace every id "
+                "range of the pipeline on each date. Backfill with write_mode 'replace' (each "
+                "date replaces its own run's rows)."
+            )
         records: list[RunRecord] = []
         day = start
         while day <= end:
@@ -402,12 +468,19 @@ class Pipeline:
             day += dt.timedelta(days=1)
         return records
 
-    def resume(self, run_id: str) -> RunRecord:
+    def resume(self, run_id: str, *, force: bool = False) -> RunRecord:
         """Continue a failed run at its failed step, reusing what earlier steps wrote.
 
+        The run keeps what its record says: its table, model group and version, id range,
+        feature snapshot and write mode. A config that differs from the run's in what it
+        reads, scores or publishes is refused, naming the keys, unless ``force`` (then
+        recorded in the run).
+
         Raises:
-            BatchScoreError: no such run, it already succeeded, or a step failed again.
+            BatchScoreError: no such run, it already succeeded, the config differs, or a step
+                failed again.
         """
+        check_run_id(run_id)
         run_dir = self.settings.runs_path / run_id
         if self.mirror is not None:
             self.mirror.fetch(run_id, self.settings.runs_path)
@@ -422,12 +495,38 @@ class Pipeline:
         id_range = f"{record.id_start}-{record.id_end}"
         with run_lock(self.settings, record.pipeline_name, record.logical_date, run_id, id_range):
             record = RunRecord.load(run_dir)  # as it is now that we hold the lock
+            self._check_config(record, force)
             record.status = "running"
             record.error = None
             record.failed_step = None
             record.ended = None
             record.save()
             return self._execute(record)
+
+    def _check_config(self, record: RunRecord, force: bool) -> None:
+        """Refuse to continue ``record`` with settings that differ in what the run reads,
+        scores or publishes; with ``force``, go on and note it in the record."""
+        if record.config is None:
+            log.warning(
+                "run %s was recorded without its configuration (an earlier batchscore); the "
+                "current config is not compared with it",
+                record.run_id,
+            )
+            return
+        changed = changed_keys(record.config, run_identity(self.settings))
+        if not changed:
+            return
+        if not force:
+            raise ConfigError(
+                f"run {record.run_id} was started with a different configuration: "
+                f"{', '.join(changed)} changed since. Restore those settings to continue it, "
+                "start a new run, or continue anyway with --force (the run keeps its own "
+                "table, model group and id range; the override is recorded)."
+            )
+        log.warning("run %s: continuing with changed settings (--force): %s",
+                    record.run_id, ", ".join(changed))  # fmt: skip
+        record.forced.append({"at": utcnow().isoformat(), "keys": changed})
+        record.save()
 
     # The runner -------------------------------------------------------------------------
 
@@ -514,10 +613,11 @@ class Pipeline:
     def _resolve_version(self, record: RunRecord) -> ModelVersion:
         """The run's model version: the one it first resolved, else the newest approved one."""
         s = self.settings
+        group = record.model_package_group or record.model_name or s.model_package_group
         if record.model_version is not None:
-            version = self.registry.get_version(s.model_package_group, record.model_version)
+            version = self.registry.get_version(group, record.model_version)
         else:
-            version = self.registry.resolve(s.model_package_group, s.model_approval_status)
+            version = self.registry.resolve(group, s.model_approval_status)
             record.model_name = version.group
             record.model_version = version.version
             record.save()
@@ -672,12 +772,12 @@ class Pipeline:
         return result.to_dict()
 
     def _publish(self, record: RunRecord, model: ModelLoad | None) -> dict[str, Any]:
-        s = self.settings
         scored = record.outputs("BatchInference")
+        database, _, table_name = record.output_table.partition(".")
         result = publish(
             self.catalog,
-            s.athena_database,
-            s.athena_output_table,
+            database,
+            table_name,
             scored["files"],
             scored["rows"],
             run_id=record.run_id,
@@ -687,6 +787,7 @@ class Pipeline:
                 id_range=f"{record.id_start}-{record.id_end}",
             ),
             write_mode=record.write_mode,
+            started=dt.datetime.fromisoformat(record.started),
         )
         if result.already_published:
             log.info(

@@ -11,6 +11,7 @@ import datetime as dt
 import os
 import re
 import shutil
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,11 +29,12 @@ from pyiceberg.exceptions import (
     TableAlreadyExistsError,
     ValidationException,
 )
-from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo
+from pyiceberg.expressions import And, BooleanExpression, EqualTo, In
 from pyiceberg.table import Table
 from pyiceberg.transforms import IdentityTransform
 
-from batchscore.config import SQL_IDENTIFIER, Settings, validate_identifier
+from batchscore.clock import utcnow
+from batchscore.config import SQL_IDENTIFIER, WRITE_MODES, Settings, validate_identifier
 from batchscore.errors import (
     BatchScoreError,
     CommitConflictError,
@@ -181,12 +183,7 @@ def drop_table(catalog: Catalog, identifier: str) -> None:
     Raises:
         ConfigError: no such table.
     """
-    namespace, _, name = identifier.partition(".")
-    validate_identifier(namespace, "athena_database")
-    validate_identifier(name, "athena_output_table")
-    table = load_table(catalog, identifier)
-    if table is None:
-        raise ConfigError(f"table {identifier} does not exist; there is nothing to drop.")
+    table = _predictions_table(catalog, identifier)
     location = _local_path(table.location())
     catalog.drop_table(identifier)
     if location is not None and location.exists():
@@ -194,21 +191,210 @@ def drop_table(catalog: Catalog, identifier: str) -> None:
 
 
 @dataclass(frozen=True)
+class SnapshotInfo:
+    """One commit of a table, as ``batchscore table snapshots`` lists it."""
+
+    snapshot_id: int
+    committed: dt.datetime
+    operation: str
+    run_id: str | None
+    added_rows: int | None
+    deleted_rows: int | None
+    current: bool
+
+
+def _predictions_table(catalog: Catalog, identifier: str) -> Table:
+    namespace, _, name = identifier.partition(".")
+    validate_identifier(namespace, "athena_database")
+    validate_identifier(name, "athena_output_table")
+    table = load_table(catalog, identifier)
+    if table is None:
+        raise ConfigError(f"table {identifier} does not exist: no run has published to it yet.")
+    return table
+
+
+def table_snapshots(catalog: Catalog, identifier: str) -> list[SnapshotInfo]:
+    """The table's snapshots in the current history, newest first.
+
+    Raises:
+        ConfigError: no such table.
+    """
+    table = _predictions_table(catalog, identifier)
+    current = table.current_snapshot()
+    found = []
+    for snapshot in table.snapshots():
+        summary = snapshot.summary
+        props = summary.additional_properties if summary is not None else {}
+
+        def count(key: str, props: dict[str, str] = props) -> int | None:
+            return int(props[key]) if key in props else None
+
+        found.append(
+            SnapshotInfo(
+                snapshot_id=snapshot.snapshot_id,
+                committed=dt.datetime.fromtimestamp(snapshot.timestamp_ms / 1000, dt.UTC).replace(
+                    tzinfo=None
+                ),
+                operation=str(summary.operation.value) if summary is not None else "?",
+                run_id=props.get(RUN_ID_PROPERTY),
+                added_rows=count("added-records"),
+                deleted_rows=count("deleted-records"),
+                current=current is not None and snapshot.snapshot_id == current.snapshot_id,
+            )
+        )
+    return sorted(found, key=lambda s: (s.committed, s.current), reverse=True)
+
+
+def rollback_table(catalog: Catalog, identifier: str, snapshot_id: int) -> None:
+    """Make ``snapshot_id`` current again, in one commit.
+
+    Undoes the commits after it (e.g. a publish with the wrong write mode); their snapshots
+    and files stay in the table's history, so rolling forward again works the same way.
+
+    Raises:
+        ConfigError: no such table, or no such snapshot in its history.
+    """
+    table = _predictions_table(catalog, identifier)
+    try:
+        table.manage_snapshots().set_current_snapshot(snapshot_id=snapshot_id).commit()
+    except ValueError as exc:
+        known = ", ".join(str(s.snapshot_id) for s in table_snapshots(catalog, identifier)[:5])
+        raise ConfigError(
+            f"cannot roll {identifier} back to snapshot {snapshot_id}: {exc}. Pick one of its "
+            f"history ('batchscore table snapshots'; newest: {known or 'none'})."
+        ) from exc
+
+
+@dataclass(frozen=True)
 class LogicalRun:
-    """What makes two runs "the same run" for write mode ``replace``."""
+    """What makes two runs "the same run" for write mode ``replace``: pipeline, date, ids."""
 
     pipeline_name: str
     inference_date: dt.date
     id_range: str
 
-    def filter(self) -> BooleanExpression:
+    @property
+    def ids(self) -> tuple[int, int]:
+        return parse_id_range(self.id_range)
+
+    def partition_filter(self) -> BooleanExpression:
+        """This pipeline's rows for the run's date (the ``inference_date`` partition)."""
         return And(
             EqualTo(PARTITION_COLUMN, self.inference_date.isoformat()),
-            And(
-                EqualTo("pipeline_name", self.pipeline_name),
-                EqualTo("id_range", self.id_range),
-            ),
+            EqualTo("pipeline_name", self.pipeline_name),
         )
+
+    def filter(self, id_ranges: Sequence[str] = ()) -> BooleanExpression:
+        """This pipeline's rows for the date whose id range is this run's (or in ``id_ranges``)."""
+        ranges = {self.id_range, *id_ranges}
+        return And(self.partition_filter(), In("id_range", ranges))
+
+
+def parse_id_range(text: str) -> tuple[int, int]:
+    """``"4000-5000"`` -> ``(4000, 5000)``."""
+    start, _, end = text.partition("-")
+    return int(start), int(end)
+
+
+@dataclass(frozen=True)
+class PublishedRun:
+    """An earlier run's rows in the table: its id range, run id and start time."""
+
+    id_range: str
+    run_id: str
+    started: dt.datetime
+
+
+def published_runs(table: Table, logical_run: LogicalRun) -> list[PublishedRun]:
+    """The runs whose rows the table holds for this pipeline and date.
+
+    Read from the data files' column bounds (metadata only: prediction files hold one run
+    each, and the lineage columns keep full bounds); a file whose bounds do not pin one run
+    (written by something else) has those three columns read instead.
+    """
+    from pyiceberg.conversions import from_bytes
+
+    schema = table.schema()
+    fields = {name: schema.find_field(name) for name in ("id_range", "run_id", "timestamp")}
+    found: dict[tuple[str, str], dt.datetime] = {}
+    unclear = False
+    for task in table.scan(row_filter=logical_run.partition_filter()).plan_files():
+        data = task.file
+        values: dict[str, object] = {}
+        for name, spec in fields.items():
+            low = (data.lower_bounds or {}).get(spec.field_id)
+            high = (data.upper_bounds or {}).get(spec.field_id)
+            if low is None or high is None:
+                break
+            low_value = from_bytes(spec.field_type, low)
+            if name != "timestamp" and low_value != from_bytes(spec.field_type, high):
+                break
+            values[name] = low_value
+        else:
+            started = _EPOCH + dt.timedelta(microseconds=int(values["timestamp"]))
+            key = (str(values["id_range"]), str(values["run_id"]))
+            found[key] = min(found.get(key, started), started)
+            continue
+        unclear = True
+    if unclear:  # read the lineage columns themselves, for this pipeline and date only
+        rows = table.scan(
+            row_filter=logical_run.partition_filter(),
+            selected_fields=("id_range", "run_id", "timestamp"),
+        ).to_arrow()
+        groups = rows.group_by(["id_range", "run_id"]).aggregate([("timestamp", "min")])
+        for row in groups.to_pylist():
+            found[(row["id_range"], row["run_id"])] = row["timestamp_min"]
+    return [PublishedRun(ids, run, started) for (ids, run), started in sorted(found.items())]
+
+
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
+def rows_to_replace(
+    table: Table, logical_run: LogicalRun, *, run_id: str, started: dt.datetime, write_mode: str
+) -> BooleanExpression | None:
+    """The rows this run's commit removes, after checking it may remove them.
+
+    ``replace``: earlier runs of the same id range, and of ranges inside this run's (a run
+    for 4000–5000 re-scores every customer of an earlier 4000–4500). ``overwrite``: all of this
+    pipeline's rows for the date. ``append``: none.
+
+    Raises:
+        PublishError: an earlier run's range overlaps this one without lying inside it (a
+            customer would be published twice), or the rows to remove were published by a run
+            that started after this one (an old run resumed late must not replace newer rows).
+    """
+    if write_mode == "append":
+        return None
+    start, end = logical_run.ids
+    replaced: list[PublishedRun] = []
+    for earlier in published_runs(table, logical_run):
+        if earlier.run_id == run_id:
+            continue
+        first, last = parse_id_range(earlier.id_range)
+        inside = start <= first and last <= end
+        if write_mode == "replace" and not inside and first <= end and start <= last:
+            raise PublishError(
+                f"run {earlier.run_id} published ids {earlier.id_range} of pipeline "
+                f"{logical_run.pipeline_name!r} for {logical_run.inference_date}; this run's ids "
+                f"{logical_run.id_range} overlap them, so a customer would appear twice. Score "
+                "the same range, one that covers it or one that does not overlap; or set "
+                "write_mode: overwrite to replace all of this pipeline's rows for the date. "
+                "The table is unchanged."
+            )
+        if write_mode == "overwrite" or inside:
+            replaced.append(earlier)
+    newer = [r for r in replaced if r.started > started]
+    if newer:
+        raise PublishError(
+            f"run {newer[0].run_id} (started {newer[0].started.isoformat()}) published ids "
+            f"{newer[0].id_range} for {logical_run.inference_date} after this run started "
+            f"({started.isoformat()}): publishing now would replace newer predictions with older "
+            "ones. Start a new run for the date instead. The table is unchanged."
+        )
+    if write_mode == "overwrite":
+        return logical_run.partition_filter()
+    return logical_run.filter([r.id_range for r in replaced])
 
 
 def find_run_commit(table: Table, run_id: str) -> int | None:
@@ -254,20 +440,24 @@ def publish_predictions(
     run_id: str,
     logical_run: LogicalRun,
     write_mode: str,
+    started: dt.datetime | None = None,
 ) -> int:
     """Commit prediction files to the table in one Iceberg commit and return its snapshot id.
 
     The files already have the table's schema, so they are linked into the table's data folder
     and registered as they are, not rewritten. ``replace`` first drops the rows of earlier runs
-    of the same logical run, ``overwrite`` drops every row, ``append`` drops nothing; the drop
-    and the add are one commit, so readers see the table before or after, never between.
+    of the same logical run (and of id ranges inside this run's), ``overwrite`` drops this
+    pipeline's rows for the run's date, ``append`` drops nothing (see ``rows_to_replace``); the
+    drop and the add are one commit, so readers see the table before or after, never between.
+    ``started`` (the run's start, default now) keeps an old run from replacing a newer one's.
 
     Raises:
         CommitConflictError: another writer committed first (transient: retry the publish).
-        PublishError: any other failure; the table is unchanged.
+        PublishError: any other failure, or a refusal of ``rows_to_replace``; the table is
+            unchanged.
     """
-    if write_mode not in ("replace", "append", "overwrite"):
-        raise ConfigError(f"write_mode {write_mode!r} must be one of replace, append, overwrite.")
+    if write_mode not in WRITE_MODES:
+        raise ConfigError(f"write_mode {write_mode!r} must be one of {', '.join(WRITE_MODES)}.")
     data_dir = (
         f"{table.location().rstrip('/')}/data/"
         f"{PARTITION_COLUMN}={logical_run.inference_date.isoformat()}"
@@ -275,6 +465,9 @@ def publish_predictions(
     properties = {RUN_ID_PROPERTY: run_id}
     uris: list[str] = []
     try:
+        drop = rows_to_replace(
+            table, logical_run, run_id=run_id, started=started or utcnow(), write_mode=write_mode
+        )
         # Placed files are invisible until the commit names them; a failed commit leaves
         # them as unreferenced files, which no reader sees.
         uris = [
@@ -285,10 +478,8 @@ def publish_predictions(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Delete operation did not match any records")
             with table.transaction() as tx:
-                if write_mode == "replace":
-                    tx.delete(logical_run.filter(), snapshot_properties=properties)
-                elif write_mode == "overwrite":
-                    tx.delete(AlwaysTrue(), snapshot_properties=properties)
+                if drop is not None:
+                    tx.delete(drop, snapshot_properties=properties)
                 if uris:
                     tx.add_files(uris, snapshot_properties=properties)
     except (CommitFailedException, ValidationException) as exc:
@@ -397,20 +588,42 @@ def check_select(sql: str, dialect: str = "duckdb") -> None:
         )
 
 
-def run_query(catalog: Catalog, sql: str, parameters: Sequence[object] | None = None) -> pa.Table:
+QUERY_MEMORY_LIMIT = "2GB"
+
+
+def run_query(
+    catalog: Catalog,
+    sql: str,
+    parameters: Sequence[object] | None = None,
+    *,
+    timeout: float | None = 600.0,
+    memory_limit: str = QUERY_MEMORY_LIMIT,
+) -> pa.Table:
     """Run one read-only SQL statement over the catalog's tables with DuckDB.
 
     Tables are named ``namespace.table`` (e.g. ``ml_metrics.mlops_poc_daily_inference``).
     Only a single SELECT (or WITH … SELECT) is accepted, so a query cannot change anything.
-    Values belong in ``parameters`` (``?`` placeholders), never pasted into the SQL.
+    Values belong in ``parameters`` (``?`` placeholders), never pasted into the SQL. The
+    query may read the tables' data files and nothing else; it spills to a private temporary
+    folder of its own, uses at most ``memory_limit`` and is stopped after ``timeout`` seconds.
 
     Raises:
-        QueryError: the SQL is not one SELECT, or DuckDB rejects it.
+        QueryError: the SQL is not one SELECT, DuckDB rejects it, or it ran out of time.
     """
+    import tempfile
+
     import duckdb
 
     check_select(sql)
-    con = duckdb.connect(":memory:")
+    spill = tempfile.TemporaryDirectory(prefix="batchscore-query-")
+    try:
+        con = duckdb.connect(
+            ":memory:", config={"memory_limit": memory_limit, "temp_directory": spill.name}
+        )
+    except duckdb.Error as exc:
+        spill.cleanup()
+        raise QueryError(f"cannot start the query engine: {exc}") from exc
+    timer = threading.Timer(timeout, con.interrupt) if timeout else None
     try:
         readable: list[str] = []
         for namespace, name in _referenced_tables(catalog, sql):
@@ -422,8 +635,15 @@ def run_query(catalog: Catalog, sql: str, parameters: Sequence[object] | None = 
         con.execute("SET allowed_paths = $paths", {"paths": readable})
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
+        if timer is not None:
+            timer.start()
         try:
             return con.sql(sql, params=list(parameters or [])).to_arrow_table()
+        except duckdb.InterruptException as exc:
+            raise QueryError(
+                f"the query was stopped after {timeout:g} s: give it more time with --timeout, "
+                "or select less (a WHERE on inference_date reads one partition)."
+            ) from exc
         except duckdb.Error as exc:
             tables = ", ".join(
                 f"{ns}.{t}"
@@ -432,7 +652,10 @@ def run_query(catalog: Catalog, sql: str, parameters: Sequence[object] | None = 
             )
             raise QueryError(f"{exc}. Tables in the catalog: {tables or 'none'}.") from exc
     finally:
+        if timer is not None:
+            timer.cancel()
         con.close()
+        spill.cleanup()
 
 
 QUERY_ENGINES = ("duckdb", "athena")
@@ -443,6 +666,7 @@ def query(
     sql: str,
     parameters: Sequence[object] | None = None,
     via: str | None = None,
+    timeout: float = 600.0,
 ) -> pa.Table:
     """``batchscore query``: one SELECT over the catalog's tables, as an Arrow table.
 
@@ -455,10 +679,10 @@ def query(
         ConfigError: ``via`` is neither engine.
     """
     if query_engine(settings, via) == "duckdb":
-        return run_query(open_catalog(settings), sql, parameters)
+        return run_query(open_catalog(settings), sql, parameters, timeout=timeout)
     from batchscore.athena import athena_query
 
-    return athena_query(settings, sql, parameters).table
+    return athena_query(settings, sql, parameters, timeout=timeout).table
 
 
 def query_engine(settings: Settings, via: str | None = None) -> str:

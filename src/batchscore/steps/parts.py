@@ -9,6 +9,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from batchscore.durable import fsync_dir, fsync_file
+
 ROWS_PER_FILE = 5_000_000
 
 
@@ -74,6 +76,7 @@ class PartWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+            fsync_file(self.files[-1])  # on disk before a run record or a commit names it
 
     def close(self) -> None:
         try:
@@ -81,6 +84,7 @@ class PartWriter:
         finally:
             self._worker.submit(self._close_file).result()
             self._worker.shutdown()
+        fsync_dir(self.output_dir)
 
     def __enter__(self) -> PartWriter:
         return self

@@ -6,6 +6,7 @@ unknown looks there first and never publishes a run twice.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def publish(
     run_id: str,
     logical_run: LogicalRun,
     write_mode: str,
+    started: dt.datetime | None = None,
 ) -> PublishResult:
     """Commit ``prediction_files`` to ``database.table_name`` (created when missing).
 
@@ -58,5 +60,6 @@ def publish(
         run_id=run_id,
         logical_run=logical_run,
         write_mode=write_mode,
+        started=started,
     )
     return PublishResult(identifier, snapshot_id, rows)
