@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchscore.config import APPROVAL_STATUSES, RESOURCE_NAME, validate_identifier
 from batchscore.errors import ModelError, ModelLoadError
+from batchscore.registry.archive import extract_archive
 from batchscore.registry.base import (
     DEFAULT_STATUS,
     TRUSTED_SKOPS_TYPES,
@@ -148,13 +149,12 @@ class SageMakerRegistry(ModelRegistry):
                     "object exists and this role may s3:GetObject it."
                 ) from exc
             unpacked = staging / "model"
-            try:
-                with tarfile.open(archive) as tar:
-                    tar.extractall(unpacked, filter="data")  # no links out, no absolute paths
-            except (tarfile.TarError, OSError) as exc:
-                raise ModelLoadError(
-                    f"model {version.label}: {url} is not a readable model.tar.gz ({exc})."
-                ) from exc
+            extract_archive(
+                archive,
+                unpacked,
+                name=f"model {version.label}",
+                max_bytes=self.settings.registry.max_archive_bytes,
+            )
             (unpacked / ".complete").write_text(url)
             if target.exists():
                 shutil.rmtree(target)
