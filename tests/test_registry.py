@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -167,8 +168,10 @@ def test_corrupt_artifact(make, tmp_path) -> None:
     log_external(settings, "corrupt", LogisticRegression().fit(frame, y), frame, "Approved")
     registry = open_registry(settings)
     version = registry.resolve("corrupt")
-    folder = registry._download(version)
-    (folder / "model.skops").write_bytes(b"not a zip file")
+    # Corrupt in the artifact store itself (a corrupted cache copy is repaired instead:
+    # tests/test_model_cache.py).
+    uri = registry.client.get_model_version_download_uri("corrupt", str(version.version))
+    (Path(uri.removeprefix("file://")) / "model.skops").write_bytes(b"not a zip file")
     with pytest.raises(ModelLoadError, match="missing or corrupt"):
         registry.load(version)
     record("model", "a corrupt artifact", outcome="ModelLoadError: missing or corrupt")

@@ -88,6 +88,8 @@ class RegistrySettings(BaseModel):
     trusted_types: list[str] = Field(default_factory=list)
     # SageMaker packages that hold only a pickle (model.joblib/.pkl): loading one runs its code.
     trust_pickle: bool = False
+    # The most a SageMaker model.tar.gz may unpack to (and be), in bytes.
+    max_archive_bytes: int = Field(default=2 * 1024**3, gt=0)
 
 
 class FeatureStoreSettings(BaseModel):

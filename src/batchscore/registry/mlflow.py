@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from batchscore.registry.base import (
     ModelVersion,
     check_classifier,
 )
+from batchscore.registry.cache import ModelCache
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 PROFILE_FILE = "training_profile.json"
@@ -59,6 +59,7 @@ class MlflowRegistry(ModelRegistry):
         self.tracking_uri = tracking_uri
         self.artifact_location = artifact_location.rstrip("/")
         self.cache_dir = cache_dir
+        self.cache = ModelCache(cache_dir)
         self.trusted_types = [*TRUSTED_SKOPS_TYPES, *trusted_types]
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
@@ -110,38 +111,44 @@ class MlflowRegistry(ModelRegistry):
     # Loading ----------------------------------------------------------------------------
 
     def _download(self, version: ModelVersion) -> Path:
-        """The version's MLflow model folder, cached in the workspace once downloaded."""
+        """The version's MLflow model folder, from the workspace's verified model cache.
+
+        The cache key is this registry (tracking URI) and the version's own source (run id
+        and artifact URI), so a recreated registry's v1 is never taken for the old v1.
+        """
+        key = {
+            "registry": "mlflow",
+            "tracking_uri": self.tracking_uri,
+            "group": version.group,
+            "version": str(version.version),
+            "run_id": version.run_id,
+            "source": version.source,
+        }
+        return self.cache.fetch(
+            key,
+            lambda staging: self._fetch_artifacts(version, staging),
+            label=f"model {version.label}",
+        )
+
+    def _fetch_artifacts(self, version: ModelVersion, staging: Path) -> Path:
         import mlflow.artifacts
 
-        target = self.cache_dir / version.group / str(version.version)
-        if (target / "MLmodel").exists():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
         try:
             uri = self.client.get_model_version_download_uri(version.group, str(version.version))
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=uri, dst_path=str(staging), tracking_uri=self.tracking_uri
             )
-            if not (Path(local) / "MLmodel").exists():
-                raise ModelLoadError(
-                    f"model {version.label} has no MLmodel file at {uri}: the artifact is not "
-                    "an MLflow model. Register an MLflow model folder."
-                )
-            # Rename into place so a half-finished download is never taken for a model.
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(local, target)
-        except ModelLoadError:
-            raise
         except Exception as exc:
             raise ModelLoadError(
                 f"cannot download model {version.label} from {version.source}: "
                 f"{type(exc).__name__}: {exc}. Check that its artifacts still exist."
             ) from exc
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target
+        if not (Path(local) / "MLmodel").exists():
+            raise ModelLoadError(
+                f"model {version.label} has no MLmodel file at {uri}: the artifact is not "
+                "an MLflow model. Register an MLflow model folder."
+            )
+        return Path(local)
 
     def load(self, version: ModelVersion) -> LoadedModel:
         return load_model_folder(self._download(version), version, self.trusted_types)

@@ -2,18 +2,17 @@
 
 The newest package whose status is ``Approved`` (by creation time, which is version order)
 is the one a run scores with. Its ``ModelDataUrl`` (a ``model.tar.gz`` on S3) is downloaded
-once into the workspace's model cache and unpacked safely; an MLflow model folder inside it
-(``MLmodel`` at the top or one level down) loads exactly like a model from the MLflow registry
-— through skops, with batchscore's trusted types. A bare ``model.skops`` loads the same way. A
-pickle-only artifact (``model.joblib``, ``model.pkl``) loads only with ``registry.trust_pickle:
-true``, because unpickling runs whatever code the file holds.
+once into the workspace's model cache (``cache``) and unpacked by ``archive``, which refuses
+links, paths outside the folder and archives over the size limits; an MLflow model folder
+inside it (``MLmodel`` at the top or one level down) loads exactly like a model from the MLflow
+registry — through skops, with batchscore's trusted types. A bare ``model.skops`` loads the
+same way. A pickle-only artifact (``model.joblib``, ``model.pkl``) loads only with
+``registry.trust_pickle: true``, because unpickling runs whatever code the file holds.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from batchscore.config import APPROVAL_STATUSES, RESOURCE_NAME, validate_identifier
 from batchscore.errors import ModelError, ModelLoadError
+from batchscore.registry.archive import extract_archive, format_bytes
 from batchscore.registry.base import (
     DEFAULT_STATUS,
     TRUSTED_SKOPS_TYPES,
@@ -29,6 +29,7 @@ from batchscore.registry.base import (
     ModelVersion,
     check_classifier,
 )
+from batchscore.registry.cache import ModelCache
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,10 +48,13 @@ class SageMakerRegistry(ModelRegistry):
     def __init__(self, settings: Settings, cache_dir: Path) -> None:
         from batchscore import aws
 
+        self.region = aws.region_of(settings)
         self.settings = settings
         self.sagemaker = aws.client("sagemaker", settings)
         self.s3 = aws.client("s3", settings)
         self.cache_dir = cache_dir
+        self.cache = ModelCache(cache_dir)
+        self.max_archive_bytes = settings.registry.max_archive_bytes
         self.trusted_types = [*TRUSTED_SKOPS_TYPES, *settings.registry.trusted_types]
         self.trust_pickle = settings.registry.trust_pickle
 
@@ -128,40 +132,55 @@ class SageMakerRegistry(ModelRegistry):
         return url
 
     def _download(self, version: ModelVersion) -> Path:
-        """The package's unpacked model.tar.gz, cached in the workspace once downloaded."""
+        """The package's unpacked model.tar.gz, from the workspace's verified model cache.
+
+        The cache key is the package ARN (region, account, group, version), its ModelDataUrl
+        and the S3 object's ETag/version, so a recreated group's v1 or a replaced object is
+        never taken for what was cached before.
+        """
         from batchscore.aws import split_s3
 
-        target = self.cache_dir / version.group / str(version.version)
-        if (target / ".complete").exists():
-            return target
         url = self._model_data_url(version)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+        bucket, key = split_s3(url)
+        label = f"model {version.label}"
         try:
-            bucket, key = split_s3(url)
+            head = self.s3.head_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot download {label} from {url}: {exc}. Check that the object exists and "
+                "this role may s3:GetObject it."
+            ) from exc
+        size = int(head.get("ContentLength") or 0)
+        if size > self.max_archive_bytes:
+            raise ModelLoadError(
+                f"{label}: {url} is {format_bytes(size)}, over the "
+                f"{format_bytes(self.max_archive_bytes)} limit (registry.max_archive_bytes)."
+            )
+        object_version = head.get("VersionId")
+        cache_key = {
+            "registry": "sagemaker",
+            "region": self.region,
+            "package_arn": version.source,
+            "model_data_url": url,
+            "etag": head.get("ETag"),
+            "object_version": object_version,
+        }
+
+        def fetch(staging: Path) -> Path:
             archive = staging / "model.tar.gz"
+            extra = {"VersionId": object_version} if object_version else None
             try:
-                self.s3.download_file(bucket, key, str(archive))
+                self.s3.download_file(bucket, key, str(archive), ExtraArgs=extra)
             except Exception as exc:
                 raise ModelLoadError(
-                    f"cannot download model {version.label} from {url}: {exc}. Check that the "
-                    "object exists and this role may s3:GetObject it."
+                    f"cannot download {label} from {url}: {exc}. Check that the object exists "
+                    "and this role may s3:GetObject it."
                 ) from exc
             unpacked = staging / "model"
-            try:
-                with tarfile.open(archive) as tar:
-                    tar.extractall(unpacked, filter="data")  # no links out, no absolute paths
-            except (tarfile.TarError, OSError) as exc:
-                raise ModelLoadError(
-                    f"model {version.label}: {url} is not a readable model.tar.gz ({exc})."
-                ) from exc
-            (unpacked / ".complete").write_text(url)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(unpacked, target)  # a half-finished download is never taken for a model
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return target
+            extract_archive(archive, unpacked, name=label, max_bytes=self.max_archive_bytes)
+            return unpacked
+
+        return self.cache.fetch(cache_key, fetch, label=label)
 
     def input_types(self, version: ModelVersion) -> dict[str, str] | None:
         from batchscore.registry.mlflow import declared_input_types
