@@ -16,7 +16,7 @@ import pytest
 from batchscore import demo
 from batchscore.cli import main
 from batchscore.feature_store import open_feature_store
-from batchscore.pipeline import Pipeline
+from batchscore.pipeline import Pipeline, RunRecord
 from tests.conftest import overrides_of
 from tests.reliability import record
 from tests.test_cli import config_for, table_snapshot
@@ -214,11 +214,16 @@ def test_signature_that_does_not_match_the_features(make) -> None:
     from tests.test_registry import log_external, numeric_training_frame
 
     settings = make(model_package_group="wrong-types")
+    # The same logical run published earlier with the good model: its rows must stay.
+    Pipeline(make(athena_output_table=settings.athena_output_table)).run()
+    before = table_snapshot(settings)
+    assert before is not None
     frame, y = numeric_training_frame(settings)
     frame = frame.rename(columns={"age": "contract_type"})  # a string feature, as a number
     log_external(settings, "wrong-types", LogisticRegression().fit(frame, y), frame, "Approved")
     with pytest.raises(SchemaMismatchError, match="column 'contract_type' must be numeric"):
         Pipeline(settings).run()
+    assert table_snapshot(settings) == before
     record(
         "model",
         "a signature that does not match the features",
@@ -242,15 +247,18 @@ def test_catalog_locked_missing_or_corrupt(make, tmp_path: Path, capsys) -> None
     holder.execute("BEGIN EXCLUSIVE")
     try:
         with pytest.raises(Exception, match="locked"):
-            Pipeline(locked).run()
+            Pipeline(locked).run(run_id="locked-throughout")
     finally:
         holder.rollback()
         holder.close()
     assert table_snapshot(base) == before
+    failed = RunRecord.load(base.runs_path / "locked-throughout")
+    assert failed.status == "failed" and "locked" in failed.error["message"]
+    assert failed.steps[failed.failed_step].attempts == 2  # every attempt was made
     record(
         "infrastructure",
-        "a locked catalog database",
-        outcome="retried, then a clear 'locked' error; table untouched",
+        "a catalog database locked for longer than every retry",
+        outcome="every attempt made, then a clear 'locked' error; table untouched",
     )
 
     missing = config_for(
@@ -277,6 +285,52 @@ def test_catalog_locked_missing_or_corrupt(make, tmp_path: Path, capsys) -> None
         "infrastructure",
         "a corrupt catalog database",
         outcome="exit 2: 'file is not a database', names the settings",
+    )
+
+
+def test_catalog_locked_for_a_moment_is_retried(make) -> None:
+    """A real SQLite lock (BEGIN EXCLUSIVE from another connection) taken as Publish starts and
+    released when the pipeline says it is retrying: the retry commits and the run succeeds."""
+    import logging
+
+    from batchscore.pipeline import PipelineHooks
+
+    base = make()
+    db = base.catalog["uri"].removeprefix("sqlite:///")
+    locked = make(
+        catalog={**base.catalog, "uri": f"sqlite:///{db}?timeout=0.2"},
+        max_attempts=5,
+        retry_backoff_seconds=0.1,
+    )
+    holder = sqlite3.connect(db, timeout=5, check_same_thread=False)
+
+    class LockAtPublish(PipelineHooks):
+        def before_step(self, record, step):
+            if step == "Publish":
+                holder.execute("BEGIN EXCLUSIVE")
+
+    class ReleaseOnRetry(logging.Handler):
+        def emit(self, log_record):
+            if "retrying" in log_record.getMessage() and holder.in_transaction:
+                holder.rollback()
+
+    release = ReleaseOnRetry()
+    logging.getLogger("batchscore").addHandler(release)
+    try:
+        run = Pipeline(locked, hooks=[LockAtPublish()]).run()
+    finally:
+        logging.getLogger("batchscore").removeHandler(release)
+        if holder.in_transaction:
+            holder.rollback()
+        holder.close()
+    assert run.status == "succeeded"
+    assert run.steps["Publish"].attempts > 1
+    assert table_snapshot(locked) == run.steps["Publish"].outputs["snapshot_id"]
+    record(
+        "infrastructure",
+        "a catalog database locked for a moment",
+        outcome=f"Publish retried ({run.steps['Publish'].attempts} attempts), then committed; "
+        "run succeeded",
     )
 
 

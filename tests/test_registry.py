@@ -83,11 +83,18 @@ def test_train_registers_pending_and_approval_picks_newest(make) -> None:
 def test_only_rejected_versions(make) -> None:
     from sklearn.linear_model import LogisticRegression
 
+    from tests.test_pipeline import snapshot
+
     settings = make(model_package_group="rejected-only")
+    # The same logical run published earlier with an approved model: its rows must stay.
+    Pipeline(make(athena_output_table=settings.athena_output_table)).run()
+    before = snapshot(settings)
+    assert before is not None
     frame, y = numeric_training_frame(settings)
     log_external(settings, "rejected-only", LogisticRegression().fit(frame, y), frame, "Rejected")
     with pytest.raises(NoApprovedModelError, match=r"versions: v1 Rejected"):
         Pipeline(settings).run()
+    assert snapshot(settings) == before
     record(
         "model",
         "only Rejected versions",
