@@ -165,20 +165,27 @@ def test_odd_but_scoreable_data_is_scored_and_counted(make) -> None:
     assert outputs["rows"] == 30  # one row per id; malformed ids never in range
     assert outputs["non_finite_values"] == {"monthly_charges": 2}
     assert outputs["unseen_categories"] == {"contract_type": 1}
+    import pyarrow.parquet as pq
+
+    scored = pa.concat_tables(pq.read_table(f) for f in outputs["files"]).to_pandas()
+    assert scored.customer_id.is_unique and len(scored) == 30
+    assert not {"CUST_ABC", "4000X"} & set(scored.customer_id)
+    assert scored.prediction_probability.between(0, 1).all()  # ±inf and NaN rows scored too
     record(
         "data",
         "NaN and ±inf in a feature",
-        outcome="scored; ±inf as missing, counted in the run record (non_finite_values)",
+        outcome="scored (a probability for every row); ±inf counted in the run record "
+        "(non_finite_values)",
     )
     record(
         "data",
         "unseen categories",
-        outcome="scored as missing; counted in the run record (unseen_categories)",
+        outcome="scored; counted in the run record (unseen_categories)",
     )
     record(
         "data",
         "duplicate versions with the same event time",
-        outcome="exactly one row per id (ties broken by api_invocation_time, write_time)",
+        outcome="exactly one row per id (two versions with the same event time, ingested together)",
     )
     record("data", "malformed ids (CUST_ABC, 4000X)", outcome="never in any id range; not scored")
 
@@ -267,7 +274,8 @@ def test_catalog_locked_missing_or_corrupt(make, tmp_path: Path, capsys) -> None
         catalog={"type": "sql", "uri": f"sqlite:///{tmp_path}/no/such/dir/c.db"},
     )
     assert main(["-c", str(missing), "run"]) == 2
-    assert "cannot open the Iceberg catalog" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot open the Iceberg catalog" in err and "no/such/dir/c.db" in err
     record(
         "infrastructure",
         "a missing catalog database",
@@ -280,7 +288,8 @@ def test_catalog_locked_missing_or_corrupt(make, tmp_path: Path, capsys) -> None
         base, tmp_path / "corrupt.yaml", catalog={"type": "sql", "uri": f"sqlite:///{corrupt_db}"}
     )
     assert main(["-c", str(corrupt), "run"]) == 2
-    assert "not a database" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not a database" in err and "corrupt.db" in err
     record(
         "infrastructure",
         "a corrupt catalog database",
@@ -340,7 +349,9 @@ def test_workspace_not_writable(make, tmp_path: Path, capsys) -> None:
     settings = make(workspace=str(blocker / "ws"))
     config = config_for(settings, tmp_path / "c.yaml")
     assert main(["-c", str(config), "run"]) == 1
-    assert "is not writable" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is not writable" in err and "set 'workspace' to a folder" in err
+    assert "a-file/ws" in err
     record(
         "infrastructure",
         "a workspace that is not writable",
@@ -379,6 +390,7 @@ def test_full_disk(make) -> None:
 
     failed = RunHistory.for_settings(settings).list_runs(status="failed")
     assert failed and failed[0]["error_type"] == "StorageError"
+    assert failed[0]["error_message"].startswith(f"{failed[0]['failed_step']} could not write")
     assert Pipeline(settings).resume(failed[0]["run_id"]).status == "succeeded"
     record(
         "infrastructure",

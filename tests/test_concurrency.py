@@ -122,7 +122,7 @@ def test_the_same_run_started_twice_publishes_once(make) -> None:
         "concurrency",
         "the same pipeline and date started twice at once",
         trials=trials,
-        outcome="one publish, one refusal naming the running run (exit 4)",
+        outcome="one publish (one run's rows, count exact), one refusal (exit 4)",
     )
 
 

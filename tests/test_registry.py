@@ -161,7 +161,7 @@ def test_a_model_without_predict_proba_is_refused(make) -> None:
         )
     registry = open_registry(settings)
     registry.set_status("no-proba", 1, "Approved")
-    with pytest.raises(ModelLoadError, match="has no predict_proba"):
+    with pytest.raises(ModelLoadError, match=r"\(LinearSVC\) has no predict_proba"):
         Pipeline(settings).run()
     record("model", "a model without predict_proba", outcome="ModelLoadError naming the class")
 
