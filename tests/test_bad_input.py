@@ -16,7 +16,7 @@ import pytest
 from batchscore import demo
 from batchscore.cli import main
 from batchscore.feature_store import open_feature_store
-from batchscore.pipeline import Pipeline
+from batchscore.pipeline import Pipeline, RunRecord
 from tests.conftest import overrides_of
 from tests.reliability import record
 from tests.test_cli import config_for, table_snapshot
@@ -165,20 +165,27 @@ def test_odd_but_scoreable_data_is_scored_and_counted(make) -> None:
     assert outputs["rows"] == 30  # one row per id; malformed ids never in range
     assert outputs["non_finite_values"] == {"monthly_charges": 2}
     assert outputs["unseen_categories"] == {"contract_type": 1}
+    import pyarrow.parquet as pq
+
+    scored = pa.concat_tables(pq.read_table(f) for f in outputs["files"]).to_pandas()
+    assert scored.customer_id.is_unique and len(scored) == 30
+    assert not {"CUST_ABC", "4000X"} & set(scored.customer_id)
+    assert scored.prediction_probability.between(0, 1).all()  # ±inf and NaN rows scored too
     record(
         "data",
         "NaN and ±inf in a feature",
-        outcome="scored; ±inf as missing, counted in the run record (non_finite_values)",
+        outcome="scored (a probability for every row); ±inf counted in the run record "
+        "(non_finite_values)",
     )
     record(
         "data",
         "unseen categories",
-        outcome="scored as missing; counted in the run record (unseen_categories)",
+        outcome="scored; counted in the run record (unseen_categories)",
     )
     record(
         "data",
         "duplicate versions with the same event time",
-        outcome="exactly one row per id (ties broken by api_invocation_time, write_time)",
+        outcome="exactly one row per id (two versions with the same event time, ingested together)",
     )
     record("data", "malformed ids (CUST_ABC, 4000X)", outcome="never in any id range; not scored")
 
@@ -214,11 +221,16 @@ def test_signature_that_does_not_match_the_features(make) -> None:
     from tests.test_registry import log_external, numeric_training_frame
 
     settings = make(model_package_group="wrong-types")
+    # The same logical run published earlier with the good model: its rows must stay.
+    Pipeline(make(athena_output_table=settings.athena_output_table)).run()
+    before = table_snapshot(settings)
+    assert before is not None
     frame, y = numeric_training_frame(settings)
     frame = frame.rename(columns={"age": "contract_type"})  # a string feature, as a number
     log_external(settings, "wrong-types", LogisticRegression().fit(frame, y), frame, "Approved")
     with pytest.raises(SchemaMismatchError, match="column 'contract_type' must be numeric"):
         Pipeline(settings).run()
+    assert table_snapshot(settings) == before
     record(
         "model",
         "a signature that does not match the features",
@@ -242,15 +254,18 @@ def test_catalog_locked_missing_or_corrupt(make, tmp_path: Path, capsys) -> None
     holder.execute("BEGIN EXCLUSIVE")
     try:
         with pytest.raises(Exception, match="locked"):
-            Pipeline(locked).run()
+            Pipeline(locked).run(run_id="locked-throughout")
     finally:
         holder.rollback()
         holder.close()
     assert table_snapshot(base) == before
+    failed = RunRecord.load(base.runs_path / "locked-throughout")
+    assert failed.status == "failed" and "locked" in failed.error["message"]
+    assert failed.steps[failed.failed_step].attempts == 2  # every attempt was made
     record(
         "infrastructure",
-        "a locked catalog database",
-        outcome="retried, then a clear 'locked' error; table untouched",
+        "a catalog database locked for longer than every retry",
+        outcome="every attempt made, then a clear 'locked' error; table untouched",
     )
 
     missing = config_for(
@@ -259,7 +274,8 @@ def test_catalog_locked_missing_or_corrupt(make, tmp_path: Path, capsys) -> None
         catalog={"type": "sql", "uri": f"sqlite:///{tmp_path}/no/such/dir/c.db"},
     )
     assert main(["-c", str(missing), "run"]) == 2
-    assert "cannot open the Iceberg catalog" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot open the Iceberg catalog" in err and "no/such/dir/c.db" in err
     record(
         "infrastructure",
         "a missing catalog database",
@@ -272,11 +288,58 @@ def test_catalog_locked_missing_or_corrupt(make, tmp_path: Path, capsys) -> None
         base, tmp_path / "corrupt.yaml", catalog={"type": "sql", "uri": f"sqlite:///{corrupt_db}"}
     )
     assert main(["-c", str(corrupt), "run"]) == 2
-    assert "not a database" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not a database" in err and "corrupt.db" in err
     record(
         "infrastructure",
         "a corrupt catalog database",
         outcome="exit 2: 'file is not a database', names the settings",
+    )
+
+
+def test_catalog_locked_for_a_moment_is_retried(make) -> None:
+    """A real SQLite lock (BEGIN EXCLUSIVE from another connection) taken as Publish starts and
+    released when the pipeline says it is retrying: the retry commits and the run succeeds."""
+    import logging
+
+    from batchscore.pipeline import PipelineHooks
+
+    base = make()
+    db = base.catalog["uri"].removeprefix("sqlite:///")
+    locked = make(
+        catalog={**base.catalog, "uri": f"sqlite:///{db}?timeout=0.2"},
+        max_attempts=5,
+        retry_backoff_seconds=0.1,
+    )
+    holder = sqlite3.connect(db, timeout=5, check_same_thread=False)
+
+    class LockAtPublish(PipelineHooks):
+        def before_step(self, record, step):
+            if step == "Publish":
+                holder.execute("BEGIN EXCLUSIVE")
+
+    class ReleaseOnRetry(logging.Handler):
+        def emit(self, log_record):
+            if "retrying" in log_record.getMessage() and holder.in_transaction:
+                holder.rollback()
+
+    release = ReleaseOnRetry()
+    logging.getLogger("batchscore").addHandler(release)
+    try:
+        run = Pipeline(locked, hooks=[LockAtPublish()]).run()
+    finally:
+        logging.getLogger("batchscore").removeHandler(release)
+        if holder.in_transaction:
+            holder.rollback()
+        holder.close()
+    assert run.status == "succeeded"
+    assert run.steps["Publish"].attempts > 1
+    assert table_snapshot(locked) == run.steps["Publish"].outputs["snapshot_id"]
+    record(
+        "infrastructure",
+        "a catalog database locked for a moment",
+        outcome=f"Publish retried ({run.steps['Publish'].attempts} attempts), then committed; "
+        "run succeeded",
     )
 
 
@@ -286,7 +349,9 @@ def test_workspace_not_writable(make, tmp_path: Path, capsys) -> None:
     settings = make(workspace=str(blocker / "ws"))
     config = config_for(settings, tmp_path / "c.yaml")
     assert main(["-c", str(config), "run"]) == 1
-    assert "is not writable" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is not writable" in err and "set 'workspace' to a folder" in err
+    assert "a-file/ws" in err
     record(
         "infrastructure",
         "a workspace that is not writable",
@@ -325,6 +390,7 @@ def test_full_disk(make) -> None:
 
     failed = RunHistory.for_settings(settings).list_runs(status="failed")
     assert failed and failed[0]["error_type"] == "StorageError"
+    assert failed[0]["error_message"].startswith(f"{failed[0]['failed_step']} could not write")
     assert Pipeline(settings).resume(failed[0]["run_id"]).status == "succeeded"
     record(
         "infrastructure",

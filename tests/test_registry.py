@@ -84,11 +84,18 @@ def test_train_registers_pending_and_approval_picks_newest(make) -> None:
 def test_only_rejected_versions(make) -> None:
     from sklearn.linear_model import LogisticRegression
 
+    from tests.test_pipeline import snapshot
+
     settings = make(model_package_group="rejected-only")
+    # The same logical run published earlier with an approved model: its rows must stay.
+    Pipeline(make(athena_output_table=settings.athena_output_table)).run()
+    before = snapshot(settings)
+    assert before is not None
     frame, y = numeric_training_frame(settings)
     log_external(settings, "rejected-only", LogisticRegression().fit(frame, y), frame, "Rejected")
     with pytest.raises(NoApprovedModelError, match=r"versions: v1 Rejected"):
         Pipeline(settings).run()
+    assert snapshot(settings) == before
     record(
         "model",
         "only Rejected versions",
@@ -155,7 +162,7 @@ def test_a_model_without_predict_proba_is_refused(make) -> None:
         )
     registry = open_registry(settings)
     registry.set_status("no-proba", 1, "Approved")
-    with pytest.raises(ModelLoadError, match="has no predict_proba"):
+    with pytest.raises(ModelLoadError, match=r"\(LinearSVC\) has no predict_proba"):
         Pipeline(settings).run()
     record("model", "a model without predict_proba", outcome="ModelLoadError naming the class")
 
