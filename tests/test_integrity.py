@@ -66,6 +66,18 @@ def test_resume_refuses_a_changed_config_and_force_keeps_the_runs_table(make) ->
     )
 
 
+def test_a_run_that_failed_before_resolving_a_model_resumes_with_the_configs_group(make) -> None:
+    from batchscore.errors import NoApprovedModelError
+
+    wrong = make(customer_id_end=4100, model_package_group="churn-v2")
+    with pytest.raises(NoApprovedModelError):
+        Pipeline(wrong).run(date=DAY, run_id="wrong-group")
+    right = make(customer_id_end=4100, athena_output_table=wrong.athena_output_table)
+    resumed = Pipeline(right).resume("wrong-group")
+    assert resumed.status == "succeeded" and not resumed.forced
+    assert resumed.model_name == "classification-model-group"
+
+
 def test_steps_score_with_the_runs_model_group(make) -> None:
     settings = make(customer_id_end=4200)
     Pipeline(settings).run_step("DataSource", "stepwise", date=DAY)

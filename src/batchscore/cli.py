@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import click
 import typer
+from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Column, Table
@@ -936,24 +937,23 @@ def table_snapshots(
     snapshots = table_snapshots(open_catalog(settings), settings.output_table)[:limit]
     table = Table(
         Column("snapshot", no_wrap=True),
-        Column("committed", no_wrap=True),
-        "operation",
+        Column("committed (UTC)", no_wrap=True),
         Column("run", no_wrap=True),
-        "added rows",
-        "deleted rows",
-        "current",
-        title=settings.output_table,
+        Column("+rows", justify="right", min_width=5),
+        Column("-rows", justify="right", min_width=5),
+        title=f"{settings.output_table} (* = current)",
         title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
     )
     for snap in snapshots:
         table.add_row(
-            str(snap.snapshot_id),
-            snap.committed.isoformat(timespec="seconds"),
-            snap.operation,
-            snap.run_id or "–",
+            f"{snap.snapshot_id}{'*' if snap.current else ''}",
+            snap.committed.isoformat(sep=" ", timespec="seconds"),
+            snap.run_id or snap.operation,
             _fmt(snap.added_rows),
             _fmt(snap.deleted_rows),
-            "yes" if snap.current else "",
         )
     console.print(table)
 

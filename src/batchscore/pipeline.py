@@ -513,7 +513,14 @@ class Pipeline:
                 record.run_id,
             )
             return
-        changed = changed_keys(record.config, run_identity(self.settings))
+        current = run_identity(self.settings)
+        changed = changed_keys(record.config, current)
+        if record.model_version is None:  # no model resolved yet: the current group decides
+            model_keys = ("model_package_group", "model_approval_status")
+            changed = [key for key in changed if key not in model_keys]
+            record.model_package_group = self.settings.model_package_group
+            record.config.update({key: current[key] for key in model_keys})
+            record.save()
         if not changed:
             return
         if not force:
