@@ -182,6 +182,15 @@ def test_query_formats_and_read_only(settings, tmp_path: Path, capsys) -> None:
     )
 
 
+def test_query_prints_values_and_names_as_they_are(empty_settings, capsys) -> None:
+    ws = ["--set", f"workspace={empty_settings.workspace}"]
+    sql = "SELECT '[not set]' AS a, '[red]x[/red]' AS b, 'a [/] b' AS c, 1 AS \"[bold]n[/bold]\""
+    assert main([*ws, "query", sql]) == 0
+    out = capsys.readouterr().out
+    for shown in ("[not set]", "[red]x[/red]", "a [/] b", "[bold]n[/bold]"):
+        assert shown in out, out
+
+
 def test_features_commands(empty_settings, tmp_path: Path, capsys) -> None:
     schema = tmp_path / "schema.yaml"
     schema.write_text("customer_id: String\nevent_time: String\nspend: Fractional\nplan: String\n")
@@ -211,9 +220,12 @@ def test_train_and_models_commands(make, tmp_path: Path, capsys) -> None:
     config = config_for(settings, tmp_path / "c.yaml", model_package_group="cli-models")
     assert main(["-c", str(config), "train", "--from", "1", "--to", "500"]) == 0
     out = capsys.readouterr().out
-    assert "PendingManualApproval" in out and "batchscore models approve 1" in out
+    assert "PendingManualApproval" in out
+    assert "batchscore models approve 1 --group cli-models" in out
     assert main(["-c", str(config), "models", "approve", "1"]) == 0
-    assert "cli-models v1: Approved" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "'cli-models' v1: PendingManualApproval → Approved" in out
+    assert "the config's model_package_group" in out
     assert main(["-c", str(config), "models", "list"]) == 0
     assert "Approved" in capsys.readouterr().out
     assert main(["-c", str(config), "models", "reject", "1"]) == 0
@@ -236,3 +248,24 @@ def test_config_show_hides_secrets(tmp_path: Path, capsys, monkeypatch) -> None:
 def test_unexpected_usage_errors() -> None:
     assert main(["run", "--date", "yesterday"]) == 2
     assert main(["no-such-command"]) == 2
+
+
+def test_the_approve_hint_approves_in_the_group_it_trained(make, tmp_path: Path, capsys) -> None:
+    from batchscore.registry import open_registry
+
+    settings = make(model_package_group="hint-default")
+    config = config_for(settings, tmp_path / "c.yaml", model_package_group="hint-default")
+    registry = open_registry(settings)
+    assert main(["-c", str(config), "train", "--from", "1", "--to", "300"]) == 0
+    registry.set_status("hint-default", 1, "Rejected")
+    capsys.readouterr()
+    assert (
+        main(["-c", str(config), "--set", "model_package_group=hint-other", "train",
+              "--from", "1", "--to", "300"])
+        == 0
+    )  # fmt: skip
+    hint = capsys.readouterr().out.split("Approve it with: ")[1].split()
+    assert hint[:3] == ["batchscore", "models", "approve"]
+    assert main(["-c", str(config), *hint[1:]]) == 0  # exactly what was printed
+    assert registry.get_version("hint-other", 1).status == "Approved"
+    assert registry.get_version("hint-default", 1).status == "Rejected"  # untouched

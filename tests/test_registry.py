@@ -144,6 +144,29 @@ def test_pickle_models_are_refused(make) -> None:
     record("security", "a pickle/cloudpickle model", outcome="refused: never loaded through pickle")
 
 
+def test_no_approved_model_suggests_only_a_version_that_loads(make) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    settings = make(model_package_group="hints")
+    frame, y = numeric_training_frame(settings)
+    model = LogisticRegression().fit(frame, y)
+    log_external(settings, "hints", model, frame, "PendingManualApproval")  # v1: loads
+    log_external(
+        settings, "hints", model, frame, "PendingManualApproval", serialization_format="cloudpickle"
+    )  # v2: newest, never loads
+    registry = open_registry(settings)
+    with pytest.raises(NoApprovedModelError) as error:
+        registry.resolve("hints")
+    assert "Approve one: batchscore models approve 1 --group hints." in str(error.value)
+
+    registry.set_status("hints", 1, "Rejected")
+    with pytest.raises(NoApprovedModelError) as error:
+        registry.resolve("hints")
+    message = str(error.value)
+    assert "None of them can be loaded (v2:" in message and "cloudpickle" in message
+    assert "approve 2" not in message
+
+
 def test_a_model_without_predict_proba_is_refused(make) -> None:
     import mlflow
     import mlflow.sklearn

@@ -20,6 +20,7 @@ from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Column, Table
+from rich.text import Text
 from typer.exceptions import TyperException
 
 from batchscore.config import Settings, load_settings
@@ -149,9 +150,10 @@ def _print_arrow(result: Any, fmt: str) -> None:
     if fmt == "json":
         console.print_json(json.dumps(rows, default=str))
         return
-    table = Table(*result.column_names)
+    # Text, not strings: a value such as '[red]x[/red]' or '[/]' is data, never Rich markup.
+    table = Table(*(Column(header=Text(name)) for name in result.column_names))
     for row in rows:
-        table.add_row(*("NULL" if v is None else str(v) for v in row.values()))
+        table.add_row(*(Text("NULL" if v is None else str(v)) for v in row.values()))
     console.print(table)
     console.print(f"{result.num_rows} row(s)", style="dim")
 
@@ -450,7 +452,9 @@ def train(
         )
     )
     if not approve:
-        console.print(f"Approve it with: batchscore models approve {version.version}")
+        from batchscore.registry.base import approve_command
+
+        console.print(f"Approve it with: {approve_command(version.group, version.version)}")
 
 
 @app.command()
@@ -630,8 +634,15 @@ def models_list(
 
 def _set_status(version: int, status: str, group: str | None) -> None:
     name = group or state.settings.model_package_group
-    mv = _registry().set_status(name, version, status)
-    console.print(f"{mv.group} v{mv.version}: {mv.status}")
+    registry = _registry()
+    before = registry.get_version(name, version).status
+    mv = registry.set_status(name, version, status)
+    where = "" if group else " (the config's model_package_group; --group to choose another)"
+    console.print(
+        f"model package group {mv.group!r} v{mv.version}: {before} → {mv.status}{where}",
+        markup=False,
+        highlight=False,
+    )
 
 
 @models_app.command("approve")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from batchscore.errors import ModelLoadError, SchemaMismatchError
+from batchscore.errors import ModelError, ModelLoadError, SchemaMismatchError
 
 APPROVAL_TAG = "approval_status"
 DEFAULT_STATUS = "PendingManualApproval"
@@ -107,6 +107,12 @@ class LoadedModel:
         return prediction.astype(np.int32), probability
 
 
+def approve_command(group: str, version: int | str) -> str:
+    """The command that approves ``version`` of ``group`` — always naming the group, so it
+    cannot approve a version of another group."""
+    return f"batchscore models approve {version} --group {group}"
+
+
 def check_columns(
     version: ModelVersion, needed: list[str], available: list[str], source: str
 ) -> None:
@@ -178,14 +184,35 @@ class ModelRegistry(abc.ABC):
         if not versions:
             raise NoApprovedModelError(
                 f"model package group {group!r} has no versions. Train one with "
-                f"'batchscore train', then approve it with 'batchscore models approve'."
+                f"'batchscore train', then approve it with "
+                f"'{approve_command(group, 'VERSION')}'."
             )
         seen = ", ".join(f"v{v.version} {v.status}" for v in versions[:5])
+        candidates = [v for v in versions if v.status != "Rejected"][:5]
+        unloadable: list[str] = []
+        for candidate in candidates:  # suggest only a version that would score
+            reason = self.unloadable_reason(candidate)
+            if reason is None:
+                raise NoApprovedModelError(
+                    f"model package group {group!r} has no version with status {status!r} "
+                    f"(versions: {seen}). Approve one: "
+                    f"{approve_command(group, candidate.version)}."
+                )
+            unloadable.append(f"v{candidate.version}: {reason}")
+        why = f" None of them can be loaded ({'; '.join(unloadable)})." if unloadable else ""
         raise NoApprovedModelError(
             f"model package group {group!r} has no version with status {status!r} "
-            f"(versions: {seen}). Approve one: batchscore models approve "
-            f"{versions[0].version}."
+            f"(versions: {seen}).{why} Register a loadable model with 'batchscore train' or "
+            f"MLflow, then approve it with '{approve_command(group, 'VERSION')}'."
         )
+
+    def unloadable_reason(self, version: ModelVersion) -> str | None:
+        """Why ``version`` cannot be loaded (None when it loads): for hints, not for runs."""
+        try:
+            self.load(version)
+        except ModelError as exc:
+            return str(exc).removeprefix(f"model {version.label} ").removeprefix(": ")
+        return None
 
     @abc.abstractmethod
     def get_version(self, group: str, version: int) -> ModelVersion:
