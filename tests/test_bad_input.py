@@ -30,7 +30,13 @@ CONFIG_CASES = [
         2,
         "Did you mean 'customer_id_start'?",
     ),
-    ("config", "wrong type", ["--set", "batch_size=lots"], 2, "batch_size: Input should be"),
+    (
+        "config",
+        "wrong type",
+        ["--set", "batch_size=lots"],
+        2,
+        "batch_size: must be a whole number such as 100000",
+    ),
     ("config", "start > end", ["--set", "customer_id_start=6000"], 2, "greater than"),
     (
         "config",
@@ -44,7 +50,7 @@ CONFIG_CASES = [
         "non-integer id",
         ["--set", "customer_id_start=4000.5"],
         2,
-        "customer_id_start: Input should be a valid integer",
+        "customer_id_start: must be a whole number such as 100000 (got 4000.5)",
     ),
     (
         "config",

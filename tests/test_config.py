@@ -107,6 +107,11 @@ def test_ids_must_be_non_negative_integers(tmp_path: Path, value: str) -> None:
     assert "got" in str(err.value)
 
 
+@pytest.mark.parametrize("value", ['"100000"', "1e5", "100_000", "100000.0", "1.0e+5"])
+def test_whole_numbers_as_yaml_spells_them(tmp_path: Path, value: str) -> None:
+    assert load_settings(write(tmp_path, f"batch_size: {value}\n"), env={}).batch_size == 100_000
+
+
 def test_wrong_type_names_key_and_value(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"write_mode: .*'replace'.*\(got 'upsert'\)"):
         load_settings(write(tmp_path, "write_mode: upsert\n"), env={})

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
 from batchscore.errors import ConfigError, InvalidIdentifierError, did_you_mean
 
@@ -58,6 +66,30 @@ def validate_identifier(value: str, what: str, pattern: re.Pattern[str] = SQL_ID
             f"{what} {value!r} is not a valid name: use {allowed} (for example 'ml_metrics')."
         )
     return value
+
+
+def _whole_number(value: Any) -> Any:
+    """Accept a whole number however YAML or an override spells it: 100000, "100000",
+    "100_000", 1e5 (YAML reads it as the string '1e5'), 100000.0. Refuse booleans and fractions
+    with a message saying what to write."""
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number, not true/false")
+    if isinstance(value, int):
+        return value
+    number: float | None = None
+    if isinstance(value, float):
+        number = value
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip().replace("_", ""))
+        except ValueError:
+            number = None
+    if number is None or not number.is_integer():
+        raise ValueError("must be a whole number such as 100000")
+    return int(number)
+
+
+WHOLE = BeforeValidator(_whole_number)
 
 
 def validate_cron(expression: str, what: str = "--cron") -> str:
@@ -109,8 +141,8 @@ class Settings(BaseModel):
     project_name: str = "classification-model-batch-inference"
     pipeline_name: str = "classification-model-batch-inference-pipeline"
     feature_group_name: str = "mlops_poc_churn_classification_feature"
-    customer_id_start: Annotated[int, Field(strict=True, ge=0)] = 4000
-    customer_id_end: Annotated[int, Field(strict=True, ge=0)] = 5000
+    customer_id_start: Annotated[int, WHOLE, Field(ge=0)] = 4000
+    customer_id_end: Annotated[int, WHOLE, Field(ge=0)] = 5000
     model_package_group: str = "classification-model-group"
     model_approval_status: Literal["PendingManualApproval", "Approved", "Rejected"] = "Approved"
     athena_database: str = "ml_metrics"
@@ -139,18 +171,18 @@ class Settings(BaseModel):
     event_time_feature: str = "event_time"
     target_column: str | None = "churn"
     write_mode: Literal["replace", "append", "overwrite"] = "replace"
-    batch_size: Annotated[int, Field(strict=True, gt=0, le=10_000_000)] = 100_000
+    batch_size: Annotated[int, WHOLE, Field(gt=0, le=10_000_000)] = 100_000
 
     # Engine: where DataSource and BatchInference run.
     engine: Literal["local", "ray"] = "local"
     ray_address: str | None = None  # host:port of a running cluster; unset = Ray on this machine
-    ray_actors: Annotated[int, Field(strict=True, ge=1)] | None = None  # default: one per CPU
+    ray_actors: Annotated[int, WHOLE, Field(ge=1)] | None = None  # default: one per CPU
     ray_cpus_per_actor: Annotated[float, Field(gt=0, le=64)] = 0.5
 
     # Operations.
     notification_urls: list[str] = Field(default_factory=list)
     notify_on: list[Literal["failure", "success"]] = Field(default_factory=lambda: ["failure"])
-    max_attempts: Annotated[int, Field(strict=True, ge=1, le=20)] = 3
+    max_attempts: Annotated[int, WHOLE, Field(ge=1, le=20)] = 3
     retry_backoff_seconds: Annotated[float, Field(ge=0, le=300)] = 0.5
     schedule_cron: str | None = None
 
