@@ -314,3 +314,12 @@ def test_query_reads_only_the_catalogs_tables(settings) -> None:
         "batchscore query reading other files or writing (read_csv, COPY, ATTACH)",
         outcome="refused: only the catalog tables' own files can be opened",
     )
+
+
+def test_a_future_logical_date_is_warned_about(make, caplog) -> None:
+    import logging
+
+    settings = make(customer_id_end=4050)
+    with caplog.at_level(logging.WARNING, logger="batchscore"):
+        Pipeline(settings).run(date=dt.date(2099, 6, 1))
+    assert any("2099-06-01 is in the future" in r.getMessage() for r in caplog.records)

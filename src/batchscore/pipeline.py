@@ -355,6 +355,13 @@ class Pipeline:
         logical_date = date or now.date()
         as_of = as_of or (end_of_day(date) if date else now)
         run_id = check_run_id(run_id) if run_id else new_run_id(now)
+        if logical_date > now.date():
+            log.warning(
+                "the logical date %s is in the future (today is %s, UTC): the run scores the "
+                "features as they are now and publishes them under that date",
+                logical_date,
+                now.date(),
+            )
         id_range = f"{s.customer_id_start}-{s.customer_id_end}"
         with run_lock(s, s.pipeline_name, logical_date.isoformat(), run_id, id_range):
             record = self._new_record(run_id, logical_date, as_of, now)
