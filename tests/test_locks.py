@@ -9,6 +9,8 @@ import datetime as dt
 import json
 import os
 import signal
+import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -17,14 +19,14 @@ import boto3
 import pytest
 
 from batchscore.config import load_settings
-from batchscore.errors import RunLockedError
+from batchscore.errors import ConfigError, RunLockedError
 from batchscore.leases import Lease, S3LeaseStore, SqlLeaseStore, iso, open_lease_store
 from batchscore.locks import lock_holder, lock_key, run_lock
 from batchscore.pipeline import Pipeline, RunRecord
 from batchscore.runs import RunHistory
 from tests.conftest import overrides_of
 from tests.test_aws import BUCKET, REGION, aws, moto_url  # noqa: F401 - fixtures
-from tests.test_cli import cli, config_for
+from tests.test_cli import BIN, cli, config_for
 from tests.test_faults import _context, start
 from tests.test_pipeline import expected_latest, table_rows
 
@@ -157,6 +159,38 @@ def test_another_machines_lease_holds_until_it_expires(make, tmp_path: Path) -> 
     store.close()
 
 
+def test_a_locked_catalog_database_is_waited_for_not_a_failure(make, tmp_path: Path) -> None:
+    a, _ = two_machines(make, tmp_path)
+    store = open_lease_store(a)
+    store.read("warm-up")  # the table exists
+    holding, held = threading.Event(), threading.Event()
+
+    def hold_the_write_lock() -> None:
+        con = sqlite3.connect(a.catalog["uri"].removeprefix("sqlite:///"), timeout=30)
+        con.execute("BEGIN EXCLUSIVE")
+        holding.set()
+        time.sleep(1.0)
+        con.rollback()
+        con.close()
+        held.set()
+
+    thread = threading.Thread(target=hold_the_write_lock)
+    thread.start()
+    holding.wait()
+    mine, holder = store.acquire("busy-key", Lease.mine("patient", 60))
+    assert held.is_set()  # it got in only once the other writer let go
+    thread.join()
+    assert holder is None and mine.run_id == "patient"
+    store.delete("busy-key", mine)
+    store.close()
+
+
+def test_lock_lease_seconds_must_be_positive() -> None:
+    assert load_settings(overrides={"lock_lease_seconds": 2.5}, env={}).lock_lease_seconds == 2.5
+    with pytest.raises(ConfigError, match="lock_lease_seconds"):
+        load_settings(overrides={"lock_lease_seconds": 0}, env={})
+
+
 # S3 -------------------------------------------------------------------------------------------
 
 
@@ -265,7 +299,11 @@ def test_a_killed_run_is_abandoned_its_log_stops_and_resume_completes_it(
     assert "abandoned" in cli("-c", str(config), "runs", "list", "--status", "abandoned").stdout
     assert "doomed" not in cli("-c", str(config), "runs", "list", "--status", "running").stdout
 
-    followed = cli("-c", str(config), "runs", "logs", "doomed", "--follow")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCORE_")}
+    followed = subprocess.run(
+        [str(BIN), "-c", str(config), "runs", "logs", "doomed", "--follow"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
     assert followed.returncode == 1
     assert "BatchInference: started" in followed.stdout
     assert "run doomed is no longer running (abandoned)" in followed.stderr
