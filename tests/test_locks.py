@@ -351,3 +351,14 @@ def test_history_without_settings_shows_runs_as_recorded(make, tmp_path: Path) -
     bare.record(record)
     assert bare.get("done")["status"] == "running"  # cannot tell without the locks
     assert RunHistory.for_settings(settings).get("done")["status"] == "abandoned"
+
+
+def test_the_shared_lock_lives_where_runs_meet(aws: str, tmp_path: Path) -> None:  # noqa: F811
+    local = load_settings(overrides={"workspace": str(tmp_path / "ws")}, env={})
+    assert open_lease_store(local) is None  # the default catalog is inside the workspace
+    glue = load_settings(
+        overrides={"backend": "aws", "bucket": BUCKET, "workspace": str(tmp_path / "ws")}, env={}
+    )
+    assert open_lease_store(glue).where == f"s3://{BUCKET}/batchscore/locks/"
+    remote = load_settings(overrides={"workspace": f"s3://{BUCKET}/w"}, env={})
+    assert open_lease_store(remote).where == f"s3://{BUCKET}/w/locks/"
