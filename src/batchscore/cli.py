@@ -805,6 +805,9 @@ def runs_list(
             r["failed_step"] or "",
         )
     console.print(table)
+    for r in rows:
+        if r["note"]:
+            console.print(f"{r['run_id']}: {r['status']}: {r['note']}")
 
 
 @runs_app.command("show")
@@ -836,6 +839,8 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
         rows.append(("error", f"{run['failed_step']}: {run['error_type']}: {run['error_message']}"))
     if run["outputs_removed"]:
         rows.append(("outputs", "removed by 'batchscore clean'"))
+    if run["note"]:
+        rows.append(("note", run["note"]))
     console.print(_kv_table(f"run {run_id}", rows))
     steps = Table("step", "status", "seconds", "rows", "rows/s", "attempts", "error")
     for st in run["steps"]:
@@ -891,10 +896,10 @@ def runs_logs(
     ] = False,
     json_lines: Annotated[bool, typer.Option("--json", help="The JSON-lines log.")] = False,
 ) -> None:
-    """Print a run's log."""
+    """Print a run's log; with --follow, until the run ends (exit 1 if its process died)."""
     import time
 
-    from batchscore.runs import RunHistory
+    from batchscore.runs import ABANDONED, RunHistory
 
     history = RunHistory.for_settings(state.settings)
     run = history.get(run_id)
@@ -905,17 +910,24 @@ def runs_logs(
         raise BatchScoreError(
             f"the log of run {run_id} is gone ({path}); 'batchscore clean' may have removed it."
         )
+    status = run["status"]
     with path.open() as handle:
         while True:
             line = handle.readline()
             if line:
                 sys.stdout.write(line)
                 continue
-            if not follow or history.get(run_id)["status"] != "running":
+            if not follow or status != "running":
                 break
             sys.stdout.flush()
             time.sleep(0.5)
+            status = history.get(run_id)["status"]  # then read what it wrote meanwhile
     sys.stdout.flush()
+    if follow and status == ABANDONED:
+        raise BatchScoreError(
+            f"run {run_id} is no longer running (abandoned): its process is gone. Resume it: "
+            f"batchscore resume {run_id}"
+        )
 
 
 @table_app.command("drop")

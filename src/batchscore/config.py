@@ -185,6 +185,9 @@ class Settings(BaseModel):
     max_attempts: Annotated[int, WHOLE, Field(ge=1, le=20)] = 3
     retry_backoff_seconds: Annotated[float, Field(ge=0, le=300)] = 0.5
     schedule_cron: str | None = None
+    # How long a run's shared lock (SQL catalog or S3) stays valid without a heartbeat; the
+    # holder renews it every third of this, so only a dead or cut-off holder lets it expire.
+    lock_lease_seconds: Annotated[float, Field(gt=0, le=86_400)] = 120.0
 
     _secrets: set[str] = PrivateAttr(default_factory=set)
 

@@ -2,6 +2,10 @@
 
 The history is a SQLite mirror of each run's ``run.json``, kept current by a pipeline hook,
 so runs can be listed and filtered like SageMaker's ``list-pipeline-executions``.
+
+A run killed outright (SIGKILL, a lost machine) never records its end: its row still says
+``running``. Reading the history tells the two apart through the run lock — a running run
+holds its logical run's lock — and shows such a run as ``abandoned``, with how to resume it.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import re
 import shutil
 import sqlite3
@@ -21,6 +26,11 @@ from batchscore.clock import utcnow
 from batchscore.config import Settings
 from batchscore.errors import ConfigError, RunNotFoundError, StorageError
 from batchscore.pipeline import STEPS, PipelineHooks, RunRecord
+
+log = logging.getLogger("batchscore")
+
+# Shown instead of 'running' when the run's process is gone (computed, never stored).
+ABANDONED = "abandoned"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -69,8 +79,10 @@ CREATE TABLE IF NOT EXISTS steps (
 class RunHistory:
     """The workspace's ``runs.db``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, settings: Settings | None = None) -> None:
+        """``settings`` locate the run locks; without them, runs are shown as recorded."""
         self.path = path
+        self.settings = settings
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with self._connect() as con:
@@ -83,7 +95,7 @@ class RunHistory:
 
     @classmethod
     def for_settings(cls, settings: Settings) -> RunHistory:
-        return cls(settings.workspace_path / "runs.db")
+        return cls(settings.workspace_path / "runs.db", settings)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -140,20 +152,30 @@ class RunHistory:
     def list_runs(
         self, *, status: str | None = None, pipeline: str | None = None, limit: int = 20
     ) -> list[dict[str, Any]]:
-        """Runs, newest first, optionally only those with a status or of a pipeline."""
+        """Runs, newest first, optionally only those with a status or of a pipeline.
+
+        A run recorded as running whose process is gone has status ``abandoned`` and a
+        ``note`` saying how to resume it.
+        """
         where, params = [], []
         if status:
             where.append("status = ?")
-            params.append(status)
+            params.append("running" if status == ABANDONED else status)
         if pipeline:
             where.append("pipeline_name = ?")
             params.append(pipeline)
         sql = "SELECT * FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY started DESC, run_id DESC LIMIT ?"
+        sql += " ORDER BY started DESC, run_id DESC"
+        if status not in ("running", ABANDONED):  # those are told apart after reading
+            sql += " LIMIT ?"
+            params.append(limit)
         with self._connect() as con:
-            return [dict(row) for row in con.execute(sql, [*params, limit])]
+            runs = [self._with_liveness(dict(row)) for row in con.execute(sql, params)]
+        if status in ("running", ABANDONED):
+            runs = [run for run in runs if run["status"] == status]
+        return runs[:limit]
 
     def get(self, run_id: str) -> dict[str, Any]:
         """One run with its steps (``steps``) and, when its folder exists, its full record."""
@@ -166,10 +188,38 @@ class RunHistory:
             steps = con.execute(
                 "SELECT * FROM steps WHERE run_id = ? ORDER BY position", [run_id]
             ).fetchall()
-        run = dict(row)
+        run = self._with_liveness(dict(row))
         run["steps"] = [dict(s) for s in steps]
         record_path = Path(run["run_dir"]) / "run.json"
         run["record"] = json.loads(record_path.read_text()) if record_path.exists() else None
+        return run
+
+    def _with_liveness(self, run: dict[str, Any]) -> dict[str, Any]:
+        """Mark a run recorded as running whose lock it does not hold as abandoned: a running
+        run holds its logical run's lock until it has recorded its end."""
+        run.setdefault("note", None)
+        if run["status"] != "running" or self.settings is None:
+            return run
+        from batchscore.locks import lock_holder
+
+        try:
+            holder = lock_holder(
+                self.settings,
+                run["pipeline_name"],
+                run["logical_date"],
+                f"{run['id_start']}-{run['id_end']}",
+            )
+        except Exception as exc:  # cannot tell: show it as recorded
+            log.warning("cannot tell whether run %s is alive: %s", run["run_id"], exc)
+            return run
+        if holder is not None and holder.run_id == run["run_id"]:
+            return run
+        run["status"] = ABANDONED
+        taken = f"; run {holder.run_id} holds the lock now" if holder is not None else ""
+        run["note"] = (
+            f"its process is gone (it holds no lock{taken}); resume it: "
+            f"batchscore resume {run['run_id']}"
+        )
         return run
 
     def mark_outputs_removed(self, run_id: str) -> None:
