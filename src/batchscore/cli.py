@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import logging
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +26,7 @@ from typer.exceptions import TyperException
 
 from batchscore.config import Settings, load_settings
 from batchscore.errors import BatchScoreError, ConfigError
+from batchscore.logs import OwnOrWarningFilter, RedactingFormatter
 
 app = typer.Typer(
     help="Batch inference for classification models: feature store in, latest approved "
@@ -64,11 +66,6 @@ class State:
     def settings(self) -> Settings:
         if self._settings is None:
             self._settings = load_settings(self.config, self.overrides)
-            from batchscore.pipeline import RedactFilter
-
-            for handler in log.handlers:
-                if isinstance(handler, RichHandler):
-                    handler.addFilter(RedactFilter(self._settings.redact))
             unused = self._settings.unused_keys()
             if unused:
                 log.info("unused by the %s backend: %s", self._settings.backend, ", ".join(unused))
@@ -104,9 +101,16 @@ def _global_options(
 
 
 def _setup_logging(level: int) -> None:
-    for handler in list(log.handlers):
-        if isinstance(handler, RichHandler):
-            log.removeHandler(handler)
+    """One redacting console handler on the root logger: batchscore's records at ``level``,
+    other libraries' warnings (which would otherwise reach stderr unredacted through
+    logging's last resort) and Python warnings."""
+    root = logging.getLogger()
+    for logger in (root, log):
+        for handler in list(logger.handlers):
+            if isinstance(handler, RichHandler):
+                logger.removeHandler(handler)
+    # rich_tracebacks=False: RichHandler prints self.format(record), traceback included,
+    # so the redacting formatter sees all of it.
     handler = RichHandler(
         console=err_console,
         show_path=False,
@@ -114,9 +118,12 @@ def _setup_logging(level: int) -> None:
         rich_tracebacks=False,
         log_time_format="%H:%M:%S",
     )
-    log.addHandler(handler)
+    handler.setFormatter(RedactingFormatter(logging.Formatter("%(message)s"), _redact))
+    handler.addFilter(OwnOrWarningFilter())
+    root.addHandler(handler)
     log.setLevel(level)
-    log.propagate = False
+    log.propagate = True
+    logging.captureWarnings(True)
 
 
 def _parse_date(value: str | None, option: str) -> dt.date | None:
@@ -1002,6 +1009,12 @@ def _redact(text: str) -> str:
     return state._settings.redact(text) if state._settings is not None else text
 
 
+def _print_traceback(exc: BaseException) -> None:
+    """The traceback as plain text, redacted (Rich's own rendering would escape the filter)."""
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    err_console.print(_redact(text), markup=False, highlight=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return (and, as a console script, exit with) the exit code."""
     try:
@@ -1009,7 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
         code = 0
     except BatchScoreError as exc:
         if state.debug:
-            err_console.print_exception()
+            _print_traceback(exc)
         err_console.print(f"Error: {_redact(str(exc))}", markup=False, highlight=False)
         code = exc.exit_code
     except (typer.Exit, click.exceptions.Exit) as exc:
@@ -1026,9 +1039,10 @@ def main(argv: list[str] | None = None) -> int:
         code = 130
     except Exception as exc:
         if state.debug:
-            raise
+            _print_traceback(exc)
+        hint = "" if state.debug else " (--debug shows the traceback)"
         err_console.print(
-            f"Error: {type(exc).__name__}: {_redact(str(exc))} (--debug shows the traceback)",
+            f"Error: {type(exc).__name__}: {_redact(str(exc))}{hint}",
             markup=False,
             highlight=False,
         )

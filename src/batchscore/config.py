@@ -24,6 +24,8 @@ from pydantic import (
 )
 
 from batchscore.errors import ConfigError, InvalidIdentifierError, did_you_mean
+from batchscore.redaction import is_credential_setting
+from batchscore.redaction import redact as redact_secrets
 
 APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 WRITE_MODES = ("replace", "append", "overwrite")
@@ -306,10 +308,10 @@ class Settings(BaseModel):
         return [k for k in aws_keys if getattr(self, k) is not None and k not in used]
 
     def redact(self, text: str) -> str:
-        """Replace every value that came from a ``${VAR}`` with '***'."""
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            text = text.replace(secret, "***")
-        return text
+        """Replace every secret with '***': values that came from a ``${VAR}`` and credentials
+        set by ``BATCHSCORE_*`` variables, whole, in parts and URL-encoded (see
+        ``batchscore.redaction``)."""
+        return redact_secrets(text, self._secrets)
 
     def redacted_dict(self) -> dict[str, Any]:
         """All settings as plain data, with values read from the environment hidden."""
@@ -333,8 +335,9 @@ def _map_strings(value: Any, fn: Any) -> Any:
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _expand_env(value: Any, env: Mapping[str, str], key: str, secrets: set[str]) -> Any:
-    """Replace ``${VAR}`` in strings with the environment's value; remember those values."""
+def _expand_env(value: Any, env: Mapping[str, str], key: str, secrets: dict[str, str]) -> Any:
+    """Replace ``${VAR}`` in strings with the environment's value; remember those values
+    (``secrets`` maps each to where it came from, e.g. ``${SLACK_URL}``)."""
     if isinstance(value, dict):
         return {
             k: _expand_env(v, env, f"{key}.{k}" if key else k, secrets) for k, v in value.items()
@@ -352,7 +355,7 @@ def _expand_env(value: Any, env: Mapping[str, str], key: str, secrets: set[str])
                 f"Export it (export {name}=...) or remove it from the config."
             )
         if env[name]:
-            secrets.add(env[name])
+            secrets[env[name]] = f"${{{name}}}"
         return env[name]
 
     return _VAR.sub(substitute, value)
@@ -408,14 +411,21 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    """BATCHSCORE_CUSTOMER_ID_START -> customer_id_start; BATCHSCORE_CATALOG__URI -> catalog.uri."""
+def _env_overrides(env: Mapping[str, str], secrets: dict[str, str]) -> dict[str, Any]:
+    """BATCHSCORE_CUSTOMER_ID_START -> customer_id_start; BATCHSCORE_CATALOG__URI -> catalog.uri.
+
+    Values that can be credentials (``redaction.is_credential_setting``) go into ``secrets``.
+    """
     data: dict[str, Any] = {}
     for name, raw in env.items():
         if not name.startswith(ENV_PREFIX) or name == "BATCHSCORE_CONFIG":
             continue
         dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
-        _set_dotted(data, dotted, _parse_scalar(raw))
+        value = _parse_scalar(raw)
+        for item in [raw, *(value if isinstance(value, list) else [])]:
+            if isinstance(item, str) and is_credential_setting(dotted, item):
+                secrets[item] = name
+        _set_dotted(data, dotted, value)
     return data
 
 
@@ -457,7 +467,22 @@ def _check_unknown_keys(data: Mapping[str, Any], source: str) -> None:
                 )
 
 
-def _format_validation_error(exc: ValidationError, data: Mapping[str, Any]) -> str:
+def _holds(value: Any, secret: str) -> bool:
+    """Whether ``value`` (a string, or a list or mapping of them) contains ``secret``."""
+    if isinstance(value, str):
+        return secret in value
+    if isinstance(value, Mapping):
+        return any(_holds(k, secret) or _holds(v, secret) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_holds(v, secret) for v in value)
+    return secret in str(value)
+
+
+def _format_validation_error(
+    exc: ValidationError, data: Mapping[str, Any], secrets: Mapping[str, str]
+) -> str:
+    """One line per error, naming the key and the value given — unless that value is, or
+    holds, a secret: then only where it came from (``(value from ${SLACK_URL} hidden)``)."""
     lines = []
     for error in exc.errors():
         loc = ".".join(str(part) for part in error["loc"])
@@ -467,6 +492,9 @@ def _format_validation_error(exc: ValidationError, data: Mapping[str, Any]) -> s
             for part in error["loc"]:
                 value = value.get(part) if isinstance(value, Mapping) else None
             shown = f" (got {value!r})" if value is not None and error["type"] != "missing" else ""
+            origins = [o for s, o in secrets.items() if shown and _holds(value, s)]
+            if origins:
+                shown = f" (value from {', '.join(sorted(set(origins)))} hidden)"
             lines.append(f"{loc}: {msg}{shown}")
         else:
             lines.append(msg)
@@ -505,7 +533,7 @@ def load_settings(
         path = env["BATCHSCORE_CONFIG"]
     if path is None and DEFAULT_CONFIG_PATH.exists():
         path = DEFAULT_CONFIG_PATH
-    secrets: set[str] = set()
+    secrets: dict[str, str] = {}  # secret value -> where it came from
 
     data: dict[str, Any] = {}
     if path is not None:
@@ -513,7 +541,7 @@ def load_settings(
         _check_unknown_keys(file_data, f"config file {str(path)!r}")
         data = _expand_env(file_data, env, "", secrets)
 
-    from_env = _env_overrides(env)
+    from_env = _env_overrides(env, secrets)
     _check_unknown_keys(from_env, "the environment (BATCHSCORE_* variables)")
     data = _merge(data, from_env)
 
@@ -524,8 +552,9 @@ def load_settings(
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, data)) from None
-    except InvalidIdentifierError:
-        raise
-    settings._secrets = secrets
+        message = _format_validation_error(exc, data, secrets)
+        raise ConfigError(redact_secrets(message, secrets)) from None
+    except ConfigError as exc:  # a validator's own message names the value it refused
+        raise type(exc)(redact_secrets(str(exc), secrets)) from None
+    settings._secrets = set(secrets)
     return settings

@@ -49,7 +49,7 @@ def failure_message(settings: Settings, record: RunRecord, step: str) -> tuple[s
         f"Log: {record.log_path}",
         f"Resume: batchscore resume {record.run_id}",
     ])  # fmt: skip
-    return subject, settings.redact(body)
+    return settings.redact(subject), settings.redact(body)
 
 
 def success_message(settings: Settings, record: RunRecord) -> tuple[str, str]:
@@ -63,7 +63,7 @@ def success_message(settings: Settings, record: RunRecord) -> tuple[str, str]:
         f"Table: {record.output_table}",
         f"Log: {record.log_path}",
     ])  # fmt: skip
-    return subject, settings.redact(body)
+    return settings.redact(subject), settings.redact(body)
 
 
 def send(urls: list[str], subject: str, body: str, *, failure: bool, redact=str) -> bool:

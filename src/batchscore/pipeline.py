@@ -38,6 +38,7 @@ from batchscore.errors import (
 from batchscore.faults import failpoint
 from batchscore.feature_store import FeatureStore, open_feature_store
 from batchscore.locks import run_lock
+from batchscore.logs import run_log_handlers
 from batchscore.registry import LoadedModel, ModelRegistry, ModelVersion, open_registry
 from batchscore.registry.base import check_columns
 from batchscore.steps import batch_inference, data_source, publish
@@ -182,48 +183,6 @@ def is_transient(exc: BaseException) -> bool:
 
 def _first_unfinished(record: RunRecord) -> str:
     return next((s for s in STEPS if record.steps[s].status != "succeeded"), STEPS[-1])
-
-
-class RedactFilter(logging.Filter):
-    """Replaces secret values (from ``${VAR}``) in every log line."""
-
-    def __init__(self, redact: Callable[[str], str]) -> None:
-        super().__init__()
-        self.redact = redact
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = self.redact(message)
-        if redacted != message:
-            record.msg, record.args = redacted, ()
-        return True
-
-
-class JsonLinesFormatter(logging.Formatter):
-    def __init__(self, run_id: str) -> None:
-        super().__init__()
-        self.run_id = run_id
-
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({
-            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
-            "level": record.levelname,
-            "run_id": self.run_id,
-            "message": record.getMessage(),
-        })  # fmt: skip
-
-
-def run_log_handlers(record: RunRecord, redact: Callable[[str], str]) -> list[logging.Handler]:
-    """A human-readable ``run.log`` and a JSON-lines ``run.jsonl``, both redacted."""
-    text = logging.FileHandler(record.log_path)
-    text.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S")
-    )
-    lines = logging.FileHandler(Path(record.log_path).with_suffix(".jsonl"))
-    lines.setFormatter(JsonLinesFormatter(record.run_id))
-    for handler in (text, lines):
-        handler.addFilter(RedactFilter(redact))
-    return [text, lines]
 
 
 def ensure_writable_workspace(settings: Settings) -> None:
@@ -553,8 +512,8 @@ class Pipeline:
 
     def _execute(self, record: RunRecord, through: str = STEPS[-1]) -> RunRecord:
         handlers = run_log_handlers(record, self.settings.redact)
-        for handler in handlers:
-            log.addHandler(handler)
+        for handler in handlers:  # on the root: libraries' warnings reach run.log too
+            logging.getLogger().addHandler(handler)
         previous_level = log.level
         if log.getEffectiveLevel() > logging.INFO:
             log.setLevel(logging.INFO)
@@ -565,7 +524,7 @@ class Pipeline:
                 self._engine_session.close()
                 self._engine_session = None
             for handler in handlers:
-                log.removeHandler(handler)
+                logging.getLogger().removeHandler(handler)
                 handler.close()
             log.setLevel(previous_level)
 
