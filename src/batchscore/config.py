@@ -319,16 +319,16 @@ class Settings(BaseModel):
         data["catalog"] = self.catalog_properties
         data["registry"]["tracking_uri"] = self.tracking_uri
         data["registry"]["artifact_location"] = self.artifact_location
-        return _map_strings(data, self.redact)
+        return map_strings(data, self.redact)
 
 
-def _map_strings(value: Any, fn: Any) -> Any:
+def map_strings(value: Any, fn: Any) -> Any:
     if isinstance(value, str):
         return fn(value)
     if isinstance(value, dict):
-        return {k: _map_strings(v, fn) for k, v in value.items()}
+        return {k: map_strings(v, fn) for k, v in value.items()}
     if isinstance(value, list):
-        return [_map_strings(v, fn) for v in value]
+        return [map_strings(v, fn) for v in value]
     return value
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from batchscore.clock import utcnow
-from batchscore.config import Settings
+from batchscore.config import Settings, map_strings
 from batchscore.durable import fsync_dir
 from batchscore.errors import (
     BatchScoreError,
@@ -212,9 +212,15 @@ OPERATIONAL_KEYS = frozenset({
 
 
 def run_identity(settings: Settings) -> dict[str, Any]:
-    """The settings a run's result depends on, as plain data with secrets hidden."""
-    data = settings.redacted_dict()
-    return {k: v for k, v in sorted(data.items()) if k not in OPERATIONAL_KEYS}
+    """The settings a run's result depends on, as configured (not the defaults derived from
+    the workspace's local path, which differs between the machines an ``s3://`` workspace's
+    steps run on), as plain data with secrets hidden."""
+    data = settings.model_dump(mode="json")
+    return {
+        k: map_strings(v, settings.redact)
+        for k, v in sorted(data.items())
+        if k not in OPERATIONAL_KEYS
+    }
 
 
 def config_fingerprint(settings: Settings) -> str:
