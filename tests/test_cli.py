@@ -269,3 +269,64 @@ def test_the_approve_hint_approves_in_the_group_it_trained(make, tmp_path: Path,
     assert main(["-c", str(config), *hint[1:]]) == 0  # exactly what was printed
     assert registry.get_version("hint-other", 1).status == "Approved"
     assert registry.get_version("hint-default", 1).status == "Rejected"  # untouched
+
+
+@pytest.mark.parametrize(("signum", "code", "name"), [(2, 130, "Ctrl-C"), (15, 143, "SIGTERM")])
+def test_an_interrupted_run_exits_non_zero_and_says_how_to_resume(
+    make, tmp_path: Path, signum: int, code: int, name: str
+) -> None:
+    import signal
+    import time
+
+    from batchscore.pipeline import RunRecord
+
+    settings = make(customer_id_end=4100)
+    config = config_for(settings, tmp_path / "c.yaml", customer_id_end=4100)
+    barrier = tmp_path / "barrier"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCORE_")}
+    # Held inside BatchInference (a barrier nobody else reaches) until the signal comes.
+    env["BATCHSCORE_FAILPOINT"] = f"BatchInference:start=barrier:{barrier}:2"
+    proc = subprocess.Popen(
+        [str(BIN), "-c", str(config), "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list(barrier.glob("*.arrived")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.Signals(signum))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert f"Interrupted ({name})." in err
+    run_id = err.split("batchscore resume ")[-1].split()[0]
+    record = RunRecord.load(settings.runs_path / run_id)
+    assert record.status == "failed" and record.failed_step == "BatchInference"
+    assert record.error["type"] in ("KeyboardInterrupt", "Terminated")
+    assert "interrupted" in record.error["message"]
+    resumed = cli("-c", str(config), "resume", run_id)
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def test_quiet_is_quiet_during_a_run(make, tmp_path: Path) -> None:
+    settings = make(customer_id_end=4050)
+    config = config_for(settings, tmp_path / "c.yaml", customer_id_end=4050)
+    result = cli("-q", "-c", str(config), "run")
+    assert result.returncode == 0, result.stderr
+    assert "DataSource: started" not in result.stderr and "INFO" not in result.stderr
+    run_log = next(settings.runs_path.glob("*/run.log")).read_text()
+    assert "DataSource: started" in run_log  # the run's own log keeps every line
+
+
+def test_tool_variables_are_not_settings_but_typos_are_caught(tmp_path: Path) -> None:
+    ws = ["--set", f"workspace={tmp_path / 'ws'}"]
+    for variable in ("BATCHSCORE_FAILPOINT", "BATCHSCORE_SOAK", "BATCHSCORE_KILL_REPEATS"):
+        shown = cli(*ws, "config", "show", env={variable: "x"})
+        assert shown.returncode == 0, shown.stderr
+    typo = cli(*ws, "config", "show", env={"BATCHSCORE_BATCH_SIZ": "5"})
+    assert typo.returncode == 2
+    assert "BATCHSCORE_BATCH_SIZ names no setting" in typo.stderr
+    assert "Did you mean 'batch_size'?" in typo.stderr

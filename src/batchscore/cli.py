@@ -60,6 +60,7 @@ class State:
     config: Path | None = None
     overrides: list[str] = field(default_factory=list)
     debug: bool = False
+    terminated: bool = False  # SIGTERM arrived
     _settings: Settings | None = None
 
     @property
@@ -120,8 +121,11 @@ def _setup_logging(level: int) -> None:
     )
     handler.setFormatter(RedactingFormatter(logging.Formatter("%(message)s"), _redact))
     handler.addFilter(OwnOrWarningFilter())
+    # The console's level is the handler's: the logger stays at INFO (at least) so run.log
+    # keeps every step line even with -q.
+    handler.setLevel(level)
     root.addHandler(handler)
-    log.setLevel(level)
+    log.setLevel(min(level, logging.INFO))
     log.propagate = True
     logging.captureWarnings(True)
 
@@ -1015,11 +1019,47 @@ def _print_traceback(exc: BaseException) -> None:
     err_console.print(_redact(text), markup=False, highlight=False)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so a stopped pod ends a run the way Ctrl-C does:
+    the step recorded as failed (interrupted), the exit code 143."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    state.terminated = True
+    raise Terminated("SIGTERM")
+
+
+def _interrupted() -> int:
+    """Say what was interrupted and how to continue; the exit code (130 SIGINT, 143 SIGTERM)."""
+    from batchscore.pipeline import last_run
+
+    signal_name = "SIGTERM" if state.terminated else "Ctrl-C"
+    err_console.print(f"Interrupted ({signal_name}).", markup=False, highlight=False)
+    record = last_run()
+    if record is not None and record.status != "succeeded":
+        step = record.failed_step or "its first step"
+        err_console.print(
+            f"Run {record.run_id} stopped at {step}; continue it with: "
+            f"batchscore resume {record.run_id}",
+            markup=False,
+            highlight=False,
+        )
+    return 143 if state.terminated else 130
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return (and, as a console script, exit with) the exit code."""
+    import signal
+
+    state.terminated = False
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        app(args=argv, prog_name="batchscore", standalone_mode=False)
-        code = 0
+        # standalone_mode=False: an interrupted command *returns* 130 (typer turns Ctrl-C
+        # into Exit(130)); an explicit typer.Exit returns its code.
+        returned = app(args=argv, prog_name="batchscore", standalone_mode=False)
+        code = returned if isinstance(returned, int) else 0
+        if code == 130 or state.terminated:
+            code = _interrupted()
     except BatchScoreError as exc:
         if state.debug:
             _print_traceback(exc)
@@ -1035,8 +1075,7 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()  # type: ignore[union-attr]
         code = getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
-        err_console.print("Interrupted.")
-        code = 130
+        code = _interrupted()
     except Exception as exc:
         if state.debug:
             _print_traceback(exc)
@@ -1047,6 +1086,8 @@ def main(argv: list[str] | None = None) -> int:
             highlight=False,
         )
         code = 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if argv is None:
         sys.exit(code)
     return code

@@ -53,6 +53,12 @@ CREDENTIAL_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_to
                    "access_key", "secret_key", "credentials", "profile", "aws_profile")  # fmt: skip
 
 ENV_PREFIX = "BATCHSCORE_"
+ENV_SOURCE = "the environment (BATCHSCORE_* variables)"
+# BATCHSCORE_* variables that are not settings: the config file's path, and the test and
+# fault-injection knobs (faults.py, the Makefile). Any other BATCHSCORE_* must be a setting.
+TOOL_VARIABLES = frozenset(
+    {"BATCHSCORE_CONFIG", "BATCHSCORE_FAILPOINT", "BATCHSCORE_SOAK", "BATCHSCORE_KILL_REPEATS"}
+)
 DEFAULT_CONFIG_PATH = Path("configs/pipeline_config.yaml")
 
 
@@ -418,7 +424,7 @@ def _env_overrides(env: Mapping[str, str], secrets: dict[str, str]) -> dict[str,
     """
     data: dict[str, Any] = {}
     for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX) or name == "BATCHSCORE_CONFIG":
+        if not name.startswith(ENV_PREFIX) or name in TOOL_VARIABLES:
             continue
         dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
         value = _parse_scalar(raw)
@@ -452,6 +458,13 @@ def _check_unknown_keys(data: Mapping[str, Any], source: str) -> None:
                 "task or job role."
             )
         if key not in known:
+            if source == ENV_SOURCE:
+                raise ConfigError(
+                    f"environment variable {ENV_PREFIX}{key.upper()} names no setting "
+                    f"({key!r}).{did_you_mean(key, known)} Unset it, or rename it to a setting "
+                    f"({ENV_PREFIX}<KEY>, e.g. {ENV_PREFIX}BATCH_SIZE). Valid keys: "
+                    f"{', '.join(sorted(known))}."
+                )
             raise ConfigError(
                 f"unknown config key {key!r} in {source}.{did_you_mean(key, known)} "
                 f"Valid keys: {', '.join(sorted(known))}."
@@ -542,7 +555,7 @@ def load_settings(
         data = _expand_env(file_data, env, "", secrets)
 
     from_env = _env_overrides(env, secrets)
-    _check_unknown_keys(from_env, "the environment (BATCHSCORE_* variables)")
+    _check_unknown_keys(from_env, ENV_SOURCE)
     data = _merge(data, from_env)
 
     extra = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)

@@ -51,6 +51,15 @@ STEPS = ("DataSource", "BatchInference", "Publish")
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
+_last_run: RunRecord | None = None
+
+
+def last_run() -> RunRecord | None:
+    """The run this process executed (or is executing) last: what an interrupted command
+    points the user to."""
+    return _last_run
+
+
 def check_run_id(run_id: str) -> str:
     """``run_id`` if it can name a run folder, else ConfigError (it becomes a path)."""
     if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
@@ -517,6 +526,8 @@ class Pipeline:
                 log.exception("hook %s.%s failed (the run goes on)", type(hook).__name__, name)
 
     def _execute(self, record: RunRecord, through: str = STEPS[-1]) -> RunRecord:
+        global _last_run
+        _last_run = record
         handlers = run_log_handlers(record, self.settings.redact)
         for handler in handlers:  # on the root: libraries' warnings reach run.log too
             logging.getLogger().addHandler(handler)
@@ -668,7 +679,12 @@ class Pipeline:
         nothing = isinstance(exc, NothingToScoreError)
         step_record.status = "nothing_to_score" if nothing else "failed"
         step_record.ended = utcnow().isoformat()
-        step_record.error = {"type": type(exc).__name__, "message": self.settings.redact(str(exc))}
+        message = str(exc)
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM raised as one by the CLI
+            message = (
+                f"interrupted ({message or 'Ctrl-C'}); resume it: batchscore resume {record.run_id}"
+            )
+        step_record.error = {"type": type(exc).__name__, "message": self.settings.redact(message)}
         for later in STEPS[STEPS.index(step) + 1 :]:
             if record.steps[later].status == "pending":
                 record.steps[later].status = "skipped"
