@@ -157,7 +157,10 @@ def test_the_ray_engine_uses_the_same_id_rule() -> None:
         pa.table({"customer_id": ids, "event_time": at}),
         key="customer_id", event="event_time", id_start=2900, id_end=3000, as_of=None,
     )  # fmt: skip
-    assert dict(zip(got.column("customer_id").to_pylist(), got.column(NUMBER).to_pylist())) == {
+    numbers = zip(
+        got.column("customer_id").to_pylist(), got.column(NUMBER).to_pylist(), strict=True
+    )
+    assert dict(numbers) == {
         "CUST_002910": 2910,
         "CUST_12AB2905": None,
         "A1B2C3": None,
