@@ -129,7 +129,8 @@ def test_string_in_a_numeric_column_and_null_ids_are_refused_at_ingest(make, tmp
     bad = tmp_path / "bad.csv"
     bad.write_text("customer_id,event_time,tenure_months\nCUST_000001,2026-01-01,twelve\n")
     config = config_for(settings, tmp_path / "c.yaml", feature_group_name="ingest_checks")
-    assert main(["-c", str(config), "features", "ingest", str(bad)]) == 1
+    ingest = ["-c", str(config), "features", "ingest", str(bad), "--allow-missing-columns"]
+    assert main(ingest) == 1
     assert "column 'tenure_months' does not fit" in capsys.readouterr().err
     nulls = pa.table(
         {"customer_id": [None], "event_time": ["2026-01-01"]},
@@ -138,7 +139,7 @@ def test_string_in_a_numeric_column_and_null_ids_are_refused_at_ingest(make, tmp
     from batchscore.errors import FeatureGroupError
 
     with pytest.raises(FeatureGroupError, match="have no 'customer_id'"):
-        store.ingest("ingest_checks", nulls)
+        store.ingest("ingest_checks", nulls, allow_missing_columns=True)
     assert store.describe("ingest_checks").total_rows == 0
     record(
         "data",
@@ -164,8 +165,19 @@ def test_odd_but_scoreable_data_is_scored_and_counted(make) -> None:
         rows.append(row)
     tie = dict(rows[5], tenure_months=99)  # same id, same event time, same ingest
     odd_ids = [dict(rows[6], customer_id="CUST_ABC"), dict(rows[7], customer_id="4000X")]
-    store.ingest("oddities", pa.Table.from_pylist([*rows, tie, *odd_ids]))
+    from batchscore.errors import FeatureGroupError
+
+    with pytest.raises(FeatureGroupError, match="appear more than once"):
+        store.ingest("oddities", pa.Table.from_pylist([*rows, tie, *odd_ids]))
+    store.ingest("oddities", pa.Table.from_pylist([*rows, *odd_ids]))
+    # The same tie written around batchscore's ingest (another writer): the read still copes.
+    table = store._table("oddities")
+    stamped = table.scan().to_arrow().filter(pa.compute.equal(pa.compute.field("customer_id"),
+                                                               rows[5]["customer_id"]))  # fmt: skip
+    table.append(stamped.set_column(stamped.schema.get_field_index("tenure_months"),
+                                    "tenure_months", pa.array([99], pa.int64())))  # fmt: skip
     record_ = Pipeline(settings).run()
+    assert record_.steps["DataSource"].outputs["unmatched_ids"] == 2
     outputs = record_.steps["BatchInference"].outputs
     assert record_.status == "succeeded"
     assert outputs["rows"] == 30  # one row per id; malformed ids never in range
@@ -191,9 +203,13 @@ def test_odd_but_scoreable_data_is_scored_and_counted(make) -> None:
     record(
         "data",
         "duplicate versions with the same event time",
-        outcome="exactly one row per id (two versions with the same event time, ingested together)",
+        outcome="refused in one ingest file; written by another writer, exactly one row per id",
     )
-    record("data", "malformed ids (CUST_ABC, 4000X)", outcome="never in any id range; not scored")
+    record(
+        "data",
+        "malformed ids (CUST_ABC, 4000X)",
+        outcome="never in any id range; not scored; counted in the run record (unmatched_ids)",
+    )
 
 
 def test_missing_model_artifact(make, capsys, tmp_path) -> None:

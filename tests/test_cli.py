@@ -206,12 +206,12 @@ def test_features_commands(empty_settings, tmp_path: Path, capsys) -> None:
     assert main([*ws, "features", "describe"]) == 0
     out = capsys.readouterr().out
     assert "ingested 2 record(s) into shop" in out
-    assert "wrote 1 delete marker(s)" in out
+    assert "deleted 1 record(s) from shop" in out
     assert "spend" in out and "Fractional" in out and "total_rows" in out
     assert main([*ws, "features", "create", "--sample", str(records), "--name", "shop2"]) == 0
     assert main([*ws, "features", "list"]) == 0
     assert capsys.readouterr().out.split()[-2:] == ["shop", "shop2"]
-    assert main([*ws, "features", "ingest", str(tmp_path / "missing.csv")]) == 1
+    assert main([*ws, "features", "ingest", str(tmp_path / "missing.csv")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 

@@ -35,11 +35,14 @@ def store(empty_settings) -> IcebergFeatureStore:
 
 
 def records(rows: list[tuple[str, dt.datetime, float | None]]) -> pa.Table:
+    """Records with every feature of DEFINITION (n and c NULL)."""
     return pa.table(
         {
             "customer_id": [r[0] for r in rows],
             "event_time": pa.array([r[1] for r in rows], pa.timestamp("us")),
             "x": pa.array([r[2] for r in rows], pa.float64()),
+            "n": pa.nulls(len(rows), pa.int64()),
+            "c": pa.nulls(len(rows), pa.string()),
         }
     )
 
@@ -55,7 +58,7 @@ def test_create_describe_and_ingest_stamps_store_columns(store: IcebergFeatureSt
     assert group.record_identifier == "customer_id"
     assert group.features == {"x": "Fractional", "n": "Integral", "c": "String"}
     before = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    assert store.ingest("fg", records([("CUST_000001", T0, 1.0)])) == 1
+    assert store.ingest("fg", records([("CUST_000001", T0, 1.0)])).rows == 1
     row = store._table("fg").scan().to_arrow().to_pylist()[0]
     assert row["write_time"] >= before and row["api_invocation_time"] >= before
     assert row["is_deleted"] is False and row["n"] is None
@@ -68,16 +71,17 @@ def test_ingest_csv_parquet_and_dataframe(store: IcebergFeatureStore, tmp_path: 
         "customer_id,event_time,x,n,c\nCUST_000001,2026-01-01T00:00:00Z,1.5,3,a\n"
         "CUST_000002,2026-01-02 10:00:00,,4,\n"
     )
-    assert store.ingest("fg", csv) == 2
+    assert store.ingest("fg", csv).rows == 2
     parquet = tmp_path / "r.parquet"
     import pyarrow.parquet as pq
 
     pq.write_table(records([("CUST_000003", T0, 2.0)]), parquet)
-    assert store.ingest("fg", parquet) == 1
+    assert store.ingest("fg", parquet).rows == 1
     frame = pd.DataFrame(
         {"customer_id": ["CUST_000004"], "event_time": ["2026-01-03T00:00:00"], "n": [7]}
     )
-    assert store.ingest("fg", frame) == 1
+    result = store.ingest("fg", frame, allow_missing_columns=True)
+    assert result.rows == 1 and result.missing_columns == ["x", "c"]
     got, _ = latest(store)
     assert got.customer_id.tolist() == [f"CUST_00000{i}" for i in range(1, 5)]
     assert got.loc[0, "x"] == 1.5 and got.loc[0, "c"] == "a"
@@ -159,7 +163,7 @@ def test_unknown_column_is_named(store: IcebergFeatureStore) -> None:
 
 def test_string_in_numeric_column_is_named(store: IcebergFeatureStore, tmp_path: Path) -> None:
     csv = tmp_path / "bad.csv"
-    csv.write_text("customer_id,event_time,x\nCUST_000001,2026-01-01,abc\n")
+    csv.write_text("customer_id,event_time,x,n,c\nCUST_000001,2026-01-01,abc,1,a\n")
     with pytest.raises(FeatureGroupError, match="x"):
         store.ingest("fg", csv)
     assert store.describe("fg").snapshot_id is None  # nothing was written
@@ -168,7 +172,7 @@ def test_string_in_numeric_column_is_named(store: IcebergFeatureStore, tmp_path:
 def test_bad_event_time_is_named(store: IcebergFeatureStore) -> None:
     table = pa.table({"customer_id": ["CUST_000001"], "event_time": ["yesterday"]})
     with pytest.raises(FeatureGroupError, match="event time column 'event_time'"):
-        store.ingest("fg", table)
+        store.ingest("fg", table, allow_missing_columns=True)
 
 
 def test_create_twice_is_an_error(store: IcebergFeatureStore) -> None:
@@ -213,9 +217,9 @@ def test_latest_records_match_the_pandas_reference(
     written = []
     for batch in range(3):
         rows = [v for v in history if v[2] == batch]
-        live = [
-            (f"CUST_{n:06d}", T0 + dt.timedelta(days=d), x) for n, d, _, dead, x in rows if not dead
-        ]
+        # One version per (id, event time) in an ingest: repeats in one file are refused.
+        one_each = {(n, d): x for n, d, _, dead, x in rows if not dead}
+        live = [(f"CUST_{n:06d}", T0 + dt.timedelta(days=d), x) for (n, d), x in one_each.items()]
         if live:
             store.ingest(name, records(live))
         for n, d, _, dead, _x in rows:

@@ -204,6 +204,7 @@ def _print_run(record: Any) -> None:
             if data
             else None,
         ),
+        *([("ids not matching", _unmatched(data))] if data and data.get("unmatched_ids") else []),
         (
             "table",
             f"{record.output_table} ({record.write_mode}, snapshot {published.get('snapshot_id')})"
@@ -223,6 +224,11 @@ def _print_run(record: Any) -> None:
             text += f"  ROC AUC {auc:.3f}"
         rows.append(("evaluation", text))
     console.print(_kv_table("summary", rows))
+
+
+def _unmatched(data: dict[str, Any]) -> str:
+    examples = ", ".join(data.get("unmatched_id_examples") or [])
+    return f"{data['unmatched_ids']} (never scored; e.g. {examples})"
 
 
 def _round(value: Any) -> Any:
@@ -563,11 +569,43 @@ def _sample_schema(path: Path) -> Any:
 def features_ingest(
     file: Annotated[Path, typer.Argument(help="CSV or Parquet file of records.")],
     name: Annotated[str | None, typer.Option(help="Feature group.")] = None,
+    allow_missing_columns: Annotated[
+        bool,
+        typer.Option(
+            help="Write records lacking some features (stored NULL; as the newest version, "
+            "those NULLs win)."
+        ),
+    ] = False,
+    ignore_extra_columns: Annotated[
+        bool, typer.Option(help="Drop columns the feature group has no feature for.")
+    ] = False,
+    delimiter: Annotated[
+        str | None, typer.Option(help="CSV field separator (default ',').")
+    ] = None,
 ) -> None:
     """Append records; write_time and api_invocation_time are stamped now."""
+    if not file.is_file():
+        raise ConfigError(f"ingest file {str(file)!r} does not exist.")
     group = name or state.settings.feature_group_name
-    rows = _store().ingest(group, file)
-    console.print(f"ingested {rows} record(s) into {group}")
+    result = _store().ingest(
+        group,
+        file,
+        allow_missing_columns=allow_missing_columns,
+        ignore_extra_columns=ignore_extra_columns,
+        delimiter=delimiter,
+    )
+    console.print(f"ingested {result.rows} record(s) into {group}")
+    if result.missing_columns:
+        console.print(
+            f"{result.rows} record(s) lack {', '.join(result.missing_columns)}: stored NULL"
+        )
+    if result.ignored_columns:
+        console.print(f"ignored column(s) {', '.join(result.ignored_columns)}")
+    if result.future_event_times:
+        console.print(
+            f"{result.future_event_times} record(s) have event times in the future "
+            f"(latest {result.max_event_time})"
+        )
 
 
 @features_app.command("delete")
@@ -586,19 +624,54 @@ def features_delete(
         except ValueError:
             raise ConfigError(f"--event-time {event_time!r} is not ISO 8601.") from None
     group = name or state.settings.feature_group_name
-    n = _store().delete_records(group, record_ids, event_time=when)
-    console.print(f"wrote {n} delete marker(s) to {group}")
+    result = _store().delete_records(group, record_ids, event_time=when)
+
+    def some(ids: list[str]) -> str:
+        return ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+
+    parts = [f"deleted {result.deleted} record(s) from {group}"]
+    if result.unknown_ids:
+        parts.append(f"{len(result.unknown_ids)} id(s) unknown: {some(result.unknown_ids)}")
+    if result.stale_ids:
+        parts.append(
+            f"{len(result.stale_ids)} marker(s) older than the record's newest version: "
+            f"{some(result.stale_ids)} (nothing deleted)"
+        )
+    if result.already_deleted_ids:
+        parts.append(
+            f"{len(result.already_deleted_ids)} already deleted: {some(result.already_deleted_ids)}"
+        )
+    console.print("; ".join(parts))
 
 
 @features_app.command("describe")
 def features_describe(
     name: Annotated[str | None, typer.Argument(help="Feature group.")] = None,
 ) -> None:
-    """Show a feature group's definition and offline store."""
-    group = _store().describe(name or state.settings.feature_group_name)
+    """Show a feature group's definition, offline store, live records and their ranges."""
+    store = _store()
+    group = store.describe(name or state.settings.feature_group_name)
     info = group.describe()
     features = info.pop("features")
-    console.print(_kv_table(f"feature group {group.name}", list(info.items())))
+    rows = list(info.items())
+    summary = store.record_summary(group.name)
+    if summary is not None:
+        rows += [
+            ("live_records", summary.live_records),
+            (
+                "id_range",
+                f"{summary.id_min}–{summary.id_max}" if summary.id_min is not None else None,
+            ),
+            (
+                "event_time_range",
+                f"{summary.event_time_min} – {summary.event_time_max}"
+                if summary.event_time_min is not None
+                else None,
+            ),
+        ]
+        if summary.unmatched_ids:
+            rows.append(("ids_not_matching", f"{summary.unmatched_ids} (never scored)"))
+    console.print(_kv_table(f"feature group {group.name}", rows))
     table = Table("feature", "type")
     for feature, kind in features.items():
         table.add_row(feature, kind)

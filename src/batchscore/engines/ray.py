@@ -59,6 +59,7 @@ LABEL = "__label"
 STATS = "__stats"
 VERSIONS = "__versions"
 DELETED = "__deleted"
+NUMBER = "__number"
 
 
 def _import_ray() -> Any:
@@ -129,18 +130,33 @@ def _actors(settings: Settings, ray: Any) -> int:
 def _in_range(
     batch: pa.Table, *, key: str, event: str, id_start: int, id_end: int, as_of: Any
 ) -> pa.Table:
-    """Rows whose id's trailing digits fall in the range (and, with as_of, not later)."""
-    digits = pc.extract_regex(batch.column(key).cast(pa.string()), r"(?P<n>[0-9]+)$")
-    number = pc.struct_field(digits, "n")
-    # Like DuckDB's TRY_CAST: ids too long for an integer are out of range, not an error.
-    ok = pc.and_kleene(pc.less_equal(pc.utf8_length(number), 18), pc.is_valid(number))
-    number = pc.if_else(ok, number, pa.scalar(None, pa.string())).cast(pa.int64())
-    keep = pc.and_(pc.greater_equal(number, id_start), pc.less_equal(number, id_end))
+    """Rows whose id's number is in the range (and, with as_of, not later), ids trimmed, with
+    the number as ``__number``; rows whose id has no number are kept (``__number`` NULL) to be
+    counted after ranking. The rule is the local read's, in the same SQL
+    (:mod:`batchscore.feature_store.ids`)."""
+    import duckdb
+
+    from batchscore.feature_store.iceberg import _sql_name
+    from batchscore.feature_store.ids import id_number_sql, trimmed_id_sql
+
+    k, e = _sql_name(key), _sql_name(event)
+    number = id_number_sql(k)
+    params: dict[str, Any] = {"id_start": id_start, "id_end": id_end}
+    time_filter = ""
     if as_of is not None:
-        keep = pc.and_(
-            keep, pc.less_equal(batch.column(event), pa.scalar(as_of, pa.timestamp("us")))
-        )
-    return batch.filter(pc.fill_null(keep, False))
+        time_filter = f"AND {e} <= $as_of"
+        params["as_of"] = as_of
+    con = duckdb.connect(":memory:")
+    try:
+        con.register("__batch", batch)
+        return con.sql(
+            f"""SELECT * REPLACE ({trimmed_id_sql(k)} AS {k}), {number} AS {NUMBER}
+                FROM __batch
+                WHERE ({number} BETWEEN $id_start AND $id_end OR {number} IS NULL) {time_filter}""",
+            params=params,
+        ).to_arrow_table()
+    finally:
+        con.close()
 
 
 def _latest_in_block(block: pa.Table, *, key: str, event: str) -> pa.Table:
@@ -213,6 +229,13 @@ def ray_data_source(
                 fn_kwargs={"key": key, "event": event},
             )
             for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                no_number = pc.is_null(batch.column(NUMBER))
+                if pc.any(no_number).as_py():
+                    # Counted when live, as the local read does.
+                    live = pc.invert(batch.column("is_deleted").fill_null(False))
+                    shown = pc.filter(batch.column(key), pc.and_(no_number, live))
+                    stats.add_unmatched(shown.to_pylist())
+                    batch = batch.filter(pc.invert(no_number))
                 versions = pc.sum(batch.column(VERSIONS)).as_py() or 0
                 stats.duplicate_versions_skipped += versions - batch.num_rows
                 deleted = batch.column("is_deleted").fill_null(False)

@@ -72,6 +72,65 @@ class ReadStats:
     records: int = 0
     duplicate_versions_skipped: int = 0
     deleted_records_skipped: int = 0
+    # Ids without a number (see feature_store.ids): never scored, counted, a few kept to show.
+    unmatched_ids: int = 0
+    unmatched_id_examples: list[str] = field(default_factory=list)
+
+    def add_unmatched(self, ids: list[str]) -> None:
+        self.unmatched_ids += len(ids)
+        room = UNMATCHED_EXAMPLES - len(self.unmatched_id_examples)
+        if room > 0:
+            self.unmatched_id_examples += ids[:room]
+
+
+UNMATCHED_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What an ingest wrote.
+
+    ``missing_columns``: features the input lacked (only with ``allow_missing_columns``): all
+    ``rows`` were written with them NULL, and as the newest versions those NULLs win.
+    ``ignored_columns``: input columns the group has no feature for (only with
+    ``ignore_extra_columns``). ``future_event_times``: rows whose event time is after now.
+    """
+
+    rows: int
+    missing_columns: list[str] = field(default_factory=list)
+    ignored_columns: list[str] = field(default_factory=list)
+    future_event_times: int = 0
+    max_event_time: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """What a delete took effect on. A marker is appended for every id either way (the store is
+    append-only); only ``deleted`` ids disappear from reads.
+
+    ``unknown_ids``: no record with that id. ``stale_ids``: the id's newest version is later
+    than the marker, which therefore deletes nothing. ``already_deleted_ids``: its newest
+    version was a delete marker already.
+    """
+
+    markers_written: int
+    deleted: int
+    unknown_ids: list[str] = field(default_factory=list)
+    stale_ids: list[str] = field(default_factory=list)
+    already_deleted_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RecordSummary:
+    """The live records of a feature group (the newest version per id, not a delete marker):
+    how many, their id numbers' range and their event times' range."""
+
+    live_records: int
+    id_min: int | None
+    id_max: int | None
+    event_time_min: dt.datetime | None
+    event_time_max: dt.datetime | None
+    unmatched_ids: int = 0
 
 
 @dataclass
@@ -124,19 +183,38 @@ class FeatureStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    def ingest(self, name: str, data: pa.Table | Any | str | Path) -> int:
-        """Append records (a table, DataFrame, CSV or Parquet path); return rows written.
+    def ingest(
+        self,
+        name: str,
+        data: pa.Table | Any | str | Path,
+        *,
+        allow_missing_columns: bool = False,
+        ignore_extra_columns: bool = False,
+        delimiter: str | None = None,
+    ) -> IngestResult:
+        """Append records (a table, DataFrame, CSV or Parquet path) in one commit.
+
+        Args:
+            allow_missing_columns: write records that lack some features (stored NULL, and
+                as the newest version those NULLs win); by default that is refused.
+            ignore_extra_columns: drop input columns the group has no feature for; by default
+                they are refused.
+            delimiter: the CSV field separator (default ``,``).
 
         Raises:
-            FeatureGroupError: a required column is missing, a column is unknown, or a value
-                does not fit its feature type.
+            FeatureGroupError: the file is missing or unreadable, a column is missing or unknown,
+                a value does not fit its feature type, or an (id, event time) pair repeats.
         """
 
     @abc.abstractmethod
     def delete_records(
         self, name: str, record_ids: list[str], event_time: dt.datetime | None = None
-    ) -> int:
-        """Append one delete marker per id (SageMaker's DeleteRecord); return markers written."""
+    ) -> DeleteResult:
+        """Append one delete marker per id (SageMaker's DeleteRecord); say what took effect."""
+
+    def record_summary(self, name: str) -> RecordSummary | None:
+        """Live records, id range and event-time range (None: this store cannot say cheaply)."""
+        return None
 
     @abc.abstractmethod
     def latest_records(

@@ -8,6 +8,7 @@ DuckDB over the table's Parquet files (out of core, streaming), never in pandas.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import TableAlreadyExistsError
-from pyiceberg.expressions import AlwaysTrue, LessThanOrEqual
+from pyiceberg.expressions import AlwaysTrue, In, LessThanOrEqual
 from pyiceberg.table import Table
 
 from batchscore.clock import utcnow
@@ -25,12 +26,17 @@ from batchscore.config import RESOURCE_NAME, validate_identifier
 from batchscore.errors import FeatureGroupError, did_you_mean
 from batchscore.feature_store.base import (
     FEATURE_TYPES,
+    UNMATCHED_EXAMPLES,
+    DeleteResult,
     FeatureGroup,
     FeatureStore,
+    IngestResult,
     LatestRecords,
     ReadStats,
+    RecordSummary,
     feature_type_of,
 )
+from batchscore.feature_store.ids import ID_WHITESPACE, id_number_sql, trim_ids, trimmed_id_sql
 from batchscore.tables import ensure_namespace, load_table, sql_string
 
 NAMESPACE = "feature_store"
@@ -38,6 +44,8 @@ PROP_MARKER = "batchscore.feature_group"
 PROP_RECORD_ID = "batchscore.record_identifier"
 PROP_EVENT_TIME = "batchscore.event_time_feature"
 PROP_TYPES = "batchscore.feature_types"
+
+log = logging.getLogger("batchscore")
 
 INGEST_CHUNK_ROWS = 1_000_000
 DUCKDB_MEMORY_LIMIT = "512MB"
@@ -133,35 +141,57 @@ class IcebergFeatureStore(FeatureStore):
 
     # Writing ----------------------------------------------------------------------------
 
-    def ingest(self, name: str, data: Any) -> int:
+    def ingest(
+        self,
+        name: str,
+        data: Any,
+        *,
+        allow_missing_columns: bool = False,
+        ignore_extra_columns: bool = False,
+        delimiter: str | None = None,
+    ) -> IngestResult:
         group = self.describe(name)
         table = self._table(name)
         target = table.schema().as_arrow()
-        written = 0
-        chunks = [self._conform(group, target, chunk) for chunk in _read_chunks(data, group)]
+        checks = _IngestChecks(group, allow_missing_columns, ignore_extra_columns)
+        chunks = [
+            self._conform(group, target, checks.columns(chunk))
+            for chunk in _read_chunks(data, group, delimiter)
+        ]
         if not chunks:
-            return 0
+            return IngestResult(rows=0)
+        _refuse_duplicates(group, chunks)
+        result = checks.result(chunks)
+        if result.future_event_times:
+            log.warning(
+                "%d record(s) for feature group %r have event times in the future (latest %s): "
+                "they count only in runs as of that time or later.",
+                result.future_event_times,
+                name,
+                result.max_event_time,
+            )
         # One commit for the whole ingest: readers see all of it or none of it.
         with table.transaction() as tx:
             for chunk in chunks:
                 tx.append(chunk)
-                written += chunk.num_rows
-        return written
+        return result
 
     def delete_records(
         self, name: str, record_ids: list[str], event_time: dt.datetime | None = None
-    ) -> int:
+    ) -> DeleteResult:
         group = self.describe(name)
         table = self._table(name)
-        if not record_ids:
-            return 0
+        ids = list(dict.fromkeys(str(i).strip(ID_WHITESPACE) for i in record_ids))
+        if not ids:
+            return DeleteResult(markers_written=0, deleted=0)
         when = utc_naive(event_time) or utcnow()
+        outcome = self._delete_outcome(group, table, ids, when)
         now = utcnow()
-        n = len(record_ids)
+        n = len(ids)
         columns: dict[str, pa.Array] = {}
         for f in table.schema().as_arrow():
             if f.name == group.record_identifier:
-                columns[f.name] = pa.array([str(i) for i in record_ids], pa.string())
+                columns[f.name] = pa.array(ids, pa.string())
             elif f.name == group.event_time_feature:
                 columns[f.name] = pa.array([when] * n, pa.timestamp("us"))
             elif f.name in ("write_time", "api_invocation_time"):
@@ -171,26 +201,37 @@ class IcebergFeatureStore(FeatureStore):
             else:
                 columns[f.name] = pa.nulls(n, f.type)
         table.append(pa.table(columns, schema=table.schema().as_arrow()))
-        return n
+        return outcome
+
+    def _delete_outcome(
+        self, group: FeatureGroup, table: Table, ids: list[str], when: dt.datetime
+    ) -> DeleteResult:
+        """What markers at ``when`` do to ``ids``, judged by each id's newest version now."""
+        key, event = group.record_identifier, group.event_time_feature
+        newest: dict[str, tuple[Any, ...]] = {}
+        if table.current_snapshot() is not None:
+            versions = table.scan(
+                row_filter=In(key, ids),
+                selected_fields=(key, event, "api_invocation_time", "write_time", "is_deleted"),
+            ).to_arrow()
+            for row in versions.to_pylist():
+                order = (row[event], row["api_invocation_time"], row["write_time"])
+                if row[key] not in newest or order > newest[row[key]][0]:
+                    newest[row[key]] = (order, bool(row["is_deleted"]))
+        unknown, stale, already = [], [], []
+        for i in ids:
+            if i not in newest:
+                unknown.append(i)
+            elif newest[i][0][0] > when:  # on a tie the marker, written later, wins
+                stale.append(i)
+            elif newest[i][1]:
+                already.append(i)
+        deleted = len(ids) - len(unknown) - len(stale) - len(already)
+        return DeleteResult(len(ids), deleted, unknown, stale, already)
 
     def _conform(self, group: FeatureGroup, target: pa.Schema, data: pa.Table) -> pa.Table:
         """Cast incoming records to the group's schema and stamp the store's columns."""
         present = set(data.column_names)
-        for required in (group.record_identifier, group.event_time_feature):
-            if required not in present:
-                raise FeatureGroupError(
-                    f"records for feature group {group.name!r} lack column {required!r} "
-                    f"(its {_role(group, required)}). "
-                    f"Columns given: {', '.join(data.column_names)}."
-                )
-        known = {group.record_identifier, group.event_time_feature, *group.features}
-        unknown = [c for c in data.column_names if c not in known]
-        if unknown:
-            raise FeatureGroupError(
-                f"feature group {group.name!r} has no feature {unknown[0]!r}"
-                f"{did_you_mean(unknown[0], known)} Its features: {', '.join(group.features)}. "
-                "Drop the column or create a feature group that has it."
-            )
         n = data.num_rows
         now = utcnow()
         columns: dict[str, pa.Array] = {}
@@ -205,13 +246,58 @@ class IcebergFeatureStore(FeatureStore):
                 columns[f.name] = _cast_column(data.column(f.name), f.type, f.name)
             else:
                 columns[f.name] = pa.nulls(n, f.type)
-        ids = columns[group.record_identifier]
-        if ids.null_count:
+        key = group.record_identifier
+        ids = trim_ids(columns[key])
+        empty = pc.sum(pc.equal(pc.utf8_length(ids), 0).cast(pa.int64())).as_py() or 0
+        if ids.null_count or empty:
             raise FeatureGroupError(
-                f"{ids.null_count} record(s) have no {group.record_identifier!r}: every record "
-                "needs its identifier."
+                f"{ids.null_count + empty} record(s) have no {key!r} (empty or blank): every "
+                "record needs its identifier. Fill it in or drop those rows."
             )
+        columns[key] = ids
         return pa.table(columns, schema=target)
+
+    def record_summary(self, name: str) -> RecordSummary:
+        """Live records, their id numbers' and event times' ranges: one DuckDB pass over the
+        id, time and delete-marker columns of the current snapshot."""
+        import duckdb
+
+        group = self.describe(name)
+        table = self._table(name)
+        if group.snapshot_id is None:
+            return RecordSummary(0, None, None, None, None)
+        found = _scan_source(table.scan(snapshot_id=group.snapshot_id))
+        if found is None:
+            return RecordSummary(0, None, None, None, None)
+        k, e = _sql_name(group.record_identifier), _sql_name(group.event_time_feature)
+        con = duckdb.connect(":memory:", config={"memory_limit": DUCKDB_MEMORY_LIMIT})
+        try:
+            if isinstance(found, list):
+                source = f"read_parquet([{', '.join(sql_string(p) for p in found)}])"
+            else:
+                con.register("__source", found)
+                source = "__source"
+            row = con.execute(
+                f"""
+                SELECT count(*) FILTER (WHERE NOT __deleted AND __number IS NOT NULL),
+                       min(__number) FILTER (WHERE NOT __deleted),
+                       max(__number) FILTER (WHERE NOT __deleted),
+                       min(__event) FILTER (WHERE NOT __deleted AND __number IS NOT NULL),
+                       max(__event) FILTER (WHERE NOT __deleted AND __number IS NOT NULL),
+                       count(*) FILTER (WHERE NOT __deleted AND __number IS NULL)
+                FROM (
+                    SELECT {id_number_sql(k)} AS __number,
+                           coalesce(arg_max(is_deleted, ({e}, api_invocation_time, write_time)),
+                                    false) AS __deleted,
+                           max({e}) AS __event
+                    FROM {source}
+                    GROUP BY {trimmed_id_sql(k)}
+                )
+                """
+            ).fetchall()[0]
+        finally:
+            con.close()
+        return RecordSummary(*row)
 
     # Reading ----------------------------------------------------------------------------
 
@@ -342,8 +428,10 @@ def _dedup_batches(
         selected = ", ".join(_sql_name(c) for c in out_columns)
         k, e = _sql_name(key), _sql_name(event)
         time_filter = f"AND {e} <= $as_of" if as_of is not None else ""
-        in_range = f"""TRY_CAST(regexp_extract({k}, '([0-9]+)$', 1) AS BIGINT)
-                      BETWEEN $id_start AND $id_end {time_filter}"""
+        number = id_number_sql(k)
+        # Ids without a number are kept through the ranking so they can be counted, then
+        # dropped: never scored, but never silently.
+        in_range = f"({number} BETWEEN $id_start AND $id_end OR {number} IS NULL) {time_filter}"
         newest_first = f"ORDER BY {e} DESC, api_invocation_time DESC, write_time DESC"
         params: dict[str, Any] = {"id_start": id_start, "id_end": id_end}
         if as_of is not None:
@@ -358,37 +446,62 @@ def _dedup_batches(
             con.execute(
                 f"""
                 CREATE TEMP TABLE newest AS
-                SELECT CAST(__position >> 40 AS INTEGER) AS file,
-                       CAST(__position & 1099511627775 AS BIGINT) AS row, __versions
+                SELECT __id, CAST(__position >> 40 AS INTEGER) AS file,
+                       CAST(__position & 1099511627775 AS BIGINT) AS row, __versions, __number,
+                       coalesce(__gone, false) AS __gone
                 FROM (
-                    SELECT arg_max(CAST(file_index AS BIGINT) * 1099511627776
+                    SELECT {trimmed_id_sql(k)} AS __id,
+                           arg_max(CAST(file_index AS BIGINT) * 1099511627776
                                        + CAST(file_row_number AS BIGINT),
                                    ({e}, api_invocation_time, write_time)) AS __position,
-                           count(*) AS __versions
+                           count(*) AS __versions, min({number}) AS __number,
+                           arg_max(is_deleted, ({e}, api_invocation_time, write_time)) AS __gone
                     FROM {located}
                     WHERE {in_range}
-                    GROUP BY {k}
+                    GROUP BY __id
                 )
                 """,
                 params,
             )
+            # Counted when live: an id whose newest version is a marker would not be scored.
+            unmatched = con.execute(
+                "SELECT count(*) FROM newest WHERE __number IS NULL AND NOT __gone"
+            ).fetchall()[0]
+            if unmatched[0]:
+                examples = con.execute(
+                    "SELECT __id FROM newest WHERE __number IS NULL AND NOT __gone ORDER BY __id "
+                    f"LIMIT {UNMATCHED_EXAMPLES}"
+                ).fetchall()
+                stats.unmatched_ids = unmatched[0]
+                stats.unmatched_id_examples = [r[0] for r in examples]
+            con.execute("DELETE FROM newest WHERE __number IS NULL")
             reader = _take_winners(con, found, out_columns, batch_size)  # type: ignore[arg-type]
         else:
             sql = f"""
-                SELECT {selected}, is_deleted AS __deleted, __versions FROM (
+                SELECT {selected}, is_deleted AS __deleted, __versions, __number FROM (
                     SELECT *,
                         row_number() OVER (PARTITION BY {k} {newest_first}) AS __rank,
                         count(*) OVER (PARTITION BY {k}) AS __versions
-                    FROM __source
-                    WHERE {in_range}
+                    FROM (
+                        SELECT * REPLACE ({trimmed_id_sql(k)} AS {k}), {number} AS __number
+                        FROM __source
+                        WHERE {in_range}
+                    )
                 )
                 WHERE __rank = 1
             """
             reader = iter(con.sql(sql, params=params).to_arrow_reader(batch_size))
         for batch in reader:
+            if "__number" in batch.schema.names:
+                no_number = pc.is_null(batch.column("__number"))
+                if pc.any(no_number).as_py():
+                    live = pc.invert(batch.column("__deleted").fill_null(False))
+                    shown = pc.filter(batch.column(key), pc.and_(no_number, live))
+                    stats.add_unmatched(shown.to_pylist())
+                    batch = batch.filter(pc.invert(no_number))
             deleted = batch.column("__deleted").fill_null(False)
             versions = batch.column("__versions")
-            stats.duplicate_versions_skipped += pc.sum(versions).as_py() - batch.num_rows
+            stats.duplicate_versions_skipped += (pc.sum(versions).as_py() or 0) - batch.num_rows
             n_deleted = pc.sum(deleted.cast(pa.int64())).as_py() or 0
             stats.deleted_records_skipped += n_deleted
             live = batch.filter(pc.invert(deleted)) if n_deleted else batch
@@ -406,16 +519,18 @@ def _take_winners(
     con: Any, files: list[str], columns: list[str], batch_size: int
 ) -> Iterator[pa.RecordBatch]:
     """Stream each file once, keeping the rows ``newest`` names (with ``__deleted`` and
-    ``__versions``). Row numbers come sorted per file, so both sides advance together."""
+    ``__versions``; the id, the first column, as ``newest`` holds it: trimmed). Row numbers
+    come sorted per file, so both sides advance together."""
     import numpy as np
     import pyarrow.parquet as pq
 
     for index, path in enumerate(files):
         wanted = con.sql(
-            f"SELECT row, __versions FROM newest WHERE file = {index} ORDER BY row"
+            f"SELECT row, __versions, __id FROM newest WHERE file = {index} ORDER BY row"
         ).to_arrow_reader(batch_size)
         rows = np.empty(0, dtype=np.int64)
         versions = np.empty(0, dtype=np.int64)
+        ids = pa.array([], pa.string())
         exhausted = False
         offset = 0
         for batch in pq.ParquetFile(path).iter_batches(
@@ -431,18 +546,20 @@ def _take_winners(
                     break
                 rows = np.concatenate([rows, more.column(0).to_numpy(zero_copy_only=False)])
                 versions = np.concatenate([versions, more.column(1).to_numpy(zero_copy_only=False)])
+                ids = pa.concat_arrays([ids, more.column(2).cast(pa.string())])
             here = int(np.searchsorted(rows, end))
             if here:
                 taken = batch.take(pa.array(rows[:here] - offset))
                 yield pa.RecordBatch.from_arrays(
                     [
-                        *taken.select(columns).columns,
+                        ids.slice(0, here),
+                        *taken.select(columns[1:]).columns,
                         taken.column("is_deleted"),
                         pa.array(versions[:here], pa.int64()),
                     ],
                     names=[*columns, "__deleted", "__versions"],
                 )
-                rows, versions = rows[here:], versions[here:]
+                rows, versions, ids = rows[here:], versions[here:], ids.slice(here)
             offset = end
 
 
@@ -478,7 +595,103 @@ def _feature_types(
     return types
 
 
-def _read_chunks(data: Any, group: FeatureGroup) -> Iterator[pa.Table]:
+class _IngestChecks:
+    """The column checks of one ingest, and what it reports once its chunks are conformed."""
+
+    def __init__(
+        self, group: FeatureGroup, allow_missing_columns: bool, ignore_extra_columns: bool
+    ) -> None:
+        self.group = group
+        self.allow_missing = allow_missing_columns
+        self.ignore_extra = ignore_extra_columns
+        self.missing: list[str] = []
+        self.ignored: list[str] = []
+
+    def columns(self, data: pa.Table) -> pa.Table:
+        """``data`` with its columns checked (extra ones dropped when allowed).
+
+        Raises:
+            FeatureGroupError: the id or event time column is missing; features are missing
+                (unless allowed); columns are unknown (unless ignored).
+        """
+        group = self.group
+        given = data.column_names
+        for required in (group.record_identifier, group.event_time_feature):
+            if required not in given:
+                raise FeatureGroupError(
+                    f"records for feature group {group.name!r} lack column {required!r} "
+                    f"(its {_role(group, required)}). Columns given: {', '.join(given)}."
+                )
+        known = {group.record_identifier, group.event_time_feature, *group.features}
+        extra = [c for c in given if c not in known]
+        if extra and not self.ignore_extra:
+            hint = did_you_mean(extra[0], known) if len(extra) == 1 else ""
+            raise FeatureGroupError(
+                f"feature group {group.name!r} has no feature {_names(extra)}.{hint} Its "
+                f"features: {', '.join(group.features)}. Drop the column(s), pass "
+                "--ignore-extra-columns (ignore_extra_columns=True) to skip them, or create a "
+                "feature group that has them."
+            )
+        missing = [f for f in group.features if f not in given]
+        if missing and not self.allow_missing:
+            raise FeatureGroupError(
+                f"records for feature group {group.name!r} lack feature {_names(missing)}: "
+                "ingested, each record would become its id's newest version with those features "
+                "NULL, and be scored as missing them. Add the column(s), or pass "
+                "--allow-missing-columns (allow_missing_columns=True) if NULL is meant."
+            )
+        self.missing = missing
+        self.ignored = extra
+        return data.drop_columns(extra) if extra else data
+
+    def result(self, chunks: list[pa.Table]) -> IngestResult:
+        event = self.group.event_time_feature
+        now = utcnow()
+        future, latest = 0, None
+        for chunk in chunks:
+            times = chunk.column(event)
+            later = pc.greater(times, pa.scalar(now, times.type))
+            future += pc.sum(later.cast(pa.int64())).as_py() or 0
+            top = pc.max(times).as_py()
+            latest = top if latest is None or (top is not None and top > latest) else latest
+        return IngestResult(
+            rows=sum(c.num_rows for c in chunks),
+            missing_columns=self.missing,
+            ignored_columns=self.ignored,
+            future_event_times=future,
+            max_event_time=latest if future else None,
+        )
+
+
+def _names(columns: list[str]) -> str:
+    quoted = ", ".join(repr(c) for c in columns)
+    return f"column(s) {quoted}" if len(columns) > 1 else quoted
+
+
+def _refuse_duplicates(group: FeatureGroup, chunks: list[pa.Table]) -> None:
+    """Two rows of one ingest with the same id and event time tie on every ordering column
+    (their write times are equal too), so neither would reliably win: refuse them.
+
+    Raises:
+        FeatureGroupError: naming up to five of the repeated ids.
+    """
+    key, event = group.record_identifier, group.event_time_feature
+    pairs = pa.concat_tables(c.select([key, event]) for c in chunks)
+    counts = pairs.group_by([key, event]).aggregate([([], "count_all")])
+    repeated = counts.filter(pc.greater(counts.column("count_all"), 1))
+    if repeated.num_rows:
+        ids = list(dict.fromkeys(repeated.column(key).to_pylist()))
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        raise FeatureGroupError(
+            f"{repeated.num_rows} (id, {event}) pair(s) appear more than once in the records for "
+            f"feature group {group.name!r}: {shown}. Two versions with the same event time "
+            "cannot be ordered; keep one row per id and event time."
+        )
+
+
+def _read_chunks(
+    data: Any, group: FeatureGroup, delimiter: str | None = None
+) -> Iterator[pa.Table]:
     """Incoming records as Arrow tables of at most INGEST_CHUNK_ROWS rows."""
     import pandas as pd
 
@@ -489,7 +702,7 @@ def _read_chunks(data: Any, group: FeatureGroup) -> Iterator[pa.Table]:
             yield pa.Table.from_batches([batch])
         return
     path = Path(data)
-    if not path.exists():
+    if not path.is_file():
         raise FeatureGroupError(f"input file {str(path)!r} does not exist.")
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
@@ -500,14 +713,21 @@ def _read_chunks(data: Any, group: FeatureGroup) -> Iterator[pa.Table]:
     elif suffix in (".csv", ".txt", ".gz"):
         from pyarrow import csv
 
-        # Everything is read as text and cast per column by _conform, so a bad value is
+        if delimiter is not None and len(delimiter) != 1:
+            raise FeatureGroupError(
+                f"delimiter {delimiter!r} must be one character, e.g. ';' or a tab."
+            )
+        # Every column is read as text and cast per column by _conform, so a bad value is
         # reported with its column's name.
+        if delimiter is None:
+            _refuse_other_separators(path)
         names = [group.record_identifier, group.event_time_feature, *group.features]
         types = dict.fromkeys(names, pa.string())
         try:
             reader = csv.open_csv(
                 path,
                 convert_options=csv.ConvertOptions(column_types=types, strings_can_be_null=True),
+                parse_options=csv.ParseOptions(delimiter=delimiter or ","),
                 read_options=csv.ReadOptions(block_size=64 << 20),
             )
             for batch in reader:
@@ -515,12 +735,32 @@ def _read_chunks(data: Any, group: FeatureGroup) -> Iterator[pa.Table]:
         except pa.ArrowInvalid as exc:
             raise FeatureGroupError(
                 f"cannot read {str(path)!r} as CSV for feature group {group.name!r}: {exc}. "
-                "Check that each column holds values of its feature type."
+                "Check the delimiter (--delimiter) and that every row has the header's columns."
             ) from exc
     else:
         raise FeatureGroupError(
             f"input file {str(path)!r} has an unknown format: use .csv or .parquet."
         )
+
+
+def _refuse_other_separators(path: Path) -> None:
+    """A header that would read as one column holding ';' (or a tab): the file is separated
+    by that, and saying so beats pyarrow's row-length complaint.
+
+    Raises:
+        FeatureGroupError: naming the delimiter to pass.
+    """
+    with pa.input_stream(str(path), compression="detect") as stream:
+        header = stream.read(1 << 16).decode("utf-8", errors="replace").splitlines()[:1]
+    if not header or "," in header[0]:
+        return
+    for sep, shown in ((";", "semicolon-separated: pass --delimiter ';'"),
+                       ("\t", "tab-separated: pass --delimiter $'\\t'")):  # fmt: skip
+        if sep in header[0]:
+            raise FeatureGroupError(
+                f"{str(path)!r} looks {shown} (delimiter= in Python); its header reads as one "
+                f"column, {header[0][:60]!r}."
+            )
 
 
 def _cast_column(column: pa.ChunkedArray, target: pa.DataType, name: str) -> pa.ChunkedArray:
@@ -529,9 +769,10 @@ def _cast_column(column: pa.ChunkedArray, target: pa.DataType, name: str) -> pa.
     try:
         if pa.types.is_string(target) and not pa.types.is_string(column.type):
             return pc.cast(column, target)
-        if pa.types.is_integer(target) and pa.types.is_floating(column.type):
-            # Integral features may arrive as floats (pandas NaN); whole numbers only.
-            return pc.cast(column, target, safe=True)
+        if pa.types.is_integer(target) and (
+            pa.types.is_floating(column.type) or pa.types.is_string(column.type)
+        ):
+            return _whole_numbers(column, target, name)
         return pc.cast(column, target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise FeatureGroupError(
@@ -540,17 +781,53 @@ def _cast_column(column: pa.ChunkedArray, target: pa.DataType, name: str) -> pa.
         ) from exc
 
 
+def _whole_numbers(column: pa.ChunkedArray, target: pa.DataType, name: str) -> pa.ChunkedArray:
+    """Integral values that arrive as floats or text: pandas writes an integer column with
+    missing values as ``25.0``. A zero fraction is cast; a real one is refused."""
+    if pa.types.is_string(column.type):
+        try:
+            return pc.cast(column, target)
+        except pa.ArrowInvalid:
+            column = pc.cast(column, pa.float64())  # raises naming a value that is no number
+    whole = pc.equal(pc.floor(column), column)
+    bad = pc.invert(pc.fill_null(whole, True))
+    if pc.any(bad).as_py():
+        value = pc.filter(column, bad)[0].as_py()
+        raise FeatureGroupError(
+            f"column {name!r} is Integral but holds {value!r}, which is not a whole number. "
+            f"Round the values in {name!r}, or define the feature as Fractional."
+        )
+    return pc.cast(column, target)
+
+
+# Epoch numbers below this are seconds (up to the year 5138); from it up to EPOCH_MILLIS_END
+# they are milliseconds (March 1973 to the year 5138). A column must use one unit.
+EPOCH_MILLIS_START = 100_000_000_000
+EPOCH_MILLIS_END = 100_000_000_000_000
+_NUMBER = r"^\s*[+-]?[0-9]+(\.[0-9]*)?\s*$"
+
+
 def _to_timestamp(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
-    """Event times as naive UTC microseconds, from timestamps, ISO strings or epoch seconds."""
+    """Event times as naive UTC microseconds, from timestamps, dates, ISO 8601 strings (with or
+    without a zone; naive ones are UTC) or epoch seconds/milliseconds (numbers or digits)."""
     import pandas as pd
 
     kind = column.type
     try:
         if pa.types.is_timestamp(kind) and kind.tz is None:
             return pc.cast(column, pa.timestamp("us"))
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            numeric = pc.match_substring_regex(column, _NUMBER)
+            if pc.all(pc.fill_null(numeric, True)).as_py() and len(column) > column.null_count:
+                return _epoch(pc.cast(pc.utf8_trim_whitespace(column), pa.float64()), name)
+            if pc.any(pc.fill_null(numeric, False)).as_py():
+                value = pc.filter(column, pc.fill_null(numeric, False))[0].as_py()
+                raise FeatureGroupError(
+                    f"event time column {name!r} mixes epoch numbers ({value!r}) with other "
+                    "values: use one form for the whole file."
+                )
         if pa.types.is_integer(kind) or pa.types.is_floating(kind):
-            micros = pc.cast(pc.multiply(pc.cast(column, pa.float64()), 1_000_000), pa.int64())
-            return pc.cast(micros, pa.timestamp("us"))
+            return _epoch(pc.cast(column, pa.float64()), name)
         if pa.types.is_date(kind):
             return pc.cast(column, pa.timestamp("us"))
         # Zoned timestamps and ISO 8601 strings, with or without offsets, mixed: pandas parses
@@ -563,5 +840,29 @@ def _to_timestamp(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, TypeError) as exc:
         raise FeatureGroupError(
             f"event time column {name!r} holds values that are not times: {exc}. Use ISO 8601 "
-            "(2026-01-31T12:00:00Z), a timestamp, or epoch seconds."
+            "(2026-01-31T12:00:00Z; without a zone it is UTC), a timestamp, or epoch seconds "
+            f"(below {EPOCH_MILLIS_START:,}) or milliseconds (from it)."
         ) from exc
+
+
+def _epoch(seconds_or_millis: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
+    """Epoch numbers as timestamps, the unit told by magnitude (see EPOCH_MILLIS_START)."""
+    magnitude = pc.abs(seconds_or_millis)
+    millis = pc.greater_equal(magnitude, EPOCH_MILLIS_START)
+    n_millis = pc.sum(millis.cast(pa.int64())).as_py() or 0
+    n_valid = len(seconds_or_millis) - seconds_or_millis.null_count
+    too_big = pc.greater_equal(magnitude, EPOCH_MILLIS_END)
+    if pc.any(too_big).as_py():
+        value = pc.filter(seconds_or_millis, too_big)[0].as_py()
+        raise FeatureGroupError(
+            f"event time column {name!r} holds {value!r}, too large for epoch seconds or "
+            "milliseconds (micro- or nanoseconds?): convert to seconds or ISO 8601."
+        )
+    if 0 < n_millis < n_valid:
+        raise FeatureGroupError(
+            f"event time column {name!r} mixes epoch seconds and milliseconds (numbers from "
+            f"{EPOCH_MILLIS_START:,} on are read as milliseconds): use one unit for the file."
+        )
+    scale = 1_000 if n_millis else 1_000_000
+    micros = pc.cast(pc.round(pc.multiply(seconds_or_millis, scale)), pa.int64())
+    return pc.cast(micros, pa.timestamp("us"))

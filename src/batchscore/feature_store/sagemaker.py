@@ -144,10 +144,10 @@ class SageMakerFeatureStore(FeatureStore):
     def create_feature_group(self, name: str, features: Any, **kwargs: Any) -> FeatureGroup:
         raise FeatureGroupError(_READ_ONLY)
 
-    def ingest(self, name: str, data: Any) -> int:
+    def ingest(self, name: str, data: Any, **kwargs: Any) -> Any:
         raise FeatureGroupError(_READ_ONLY)
 
-    def delete_records(self, name: str, ids: Any, **kwargs: Any) -> int:
+    def delete_records(self, name: str, ids: Any, **kwargs: Any) -> Any:
         raise FeatureGroupError(_READ_ONLY)
 
     # Reading ----------------------------------------------------------------------------

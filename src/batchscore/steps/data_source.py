@@ -7,12 +7,15 @@ resumed run never goes back to the feature store.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass
+import logging
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from batchscore.errors import NothingToScoreError
 from batchscore.feature_store import FeatureStore, ReadStats
 from batchscore.steps.parts import PartWriter
+
+log = logging.getLogger("batchscore")
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,9 @@ class DataSourceResult:
     duplicate_versions_skipped: int
     deleted_records_skipped: int
     columns: list[str]
+    # Ids without a number (feature_store.ids): never scored; how many, and up to five.
+    unmatched_ids: int = 0
+    unmatched_id_examples: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -95,6 +101,14 @@ def data_source_result(
 ) -> DataSourceResult:
     """The step's result, whichever engine read the records; NothingToScoreError when
     none was live (nothing is scored or published then)."""
+    if stats.unmatched_ids:
+        log.warning(
+            "%d id(s) in feature group %r are not an optional non-digit prefix and digits "
+            "(e.g. %s): never scored",
+            stats.unmatched_ids,
+            feature_group_name,
+            ", ".join(repr(i) for i in stats.unmatched_id_examples),
+        )
     if stats.records == 0:
         when = f" as of {as_of.isoformat(sep=' ')}" if as_of else ""
         raise NothingToScoreError(
@@ -109,4 +123,6 @@ def data_source_result(
         duplicate_versions_skipped=stats.duplicate_versions_skipped,
         deleted_records_skipped=stats.deleted_records_skipped,
         columns=columns,
+        unmatched_ids=stats.unmatched_ids,
+        unmatched_id_examples=list(stats.unmatched_id_examples),
     )
