@@ -179,3 +179,12 @@ def test_unknown_env_key_is_refused() -> None:
 def test_override_without_equals_sign() -> None:
     with pytest.raises(ConfigError, match="key=value"):
         load_settings(overrides=["write_mode"], env={})
+
+
+def test_the_ray_engine_with_the_sagemaker_feature_store_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"engine 'ray' .* set engine: local"):
+        load_settings(
+            None, {"backend": "aws", "bucket": "b", "region": "us-east-1", "engine": "ray"}, env={}
+        )
+    settings = load_settings(None, {"engine": "ray"}, env={})  # Iceberg feature groups: fine
+    assert settings.engine == "ray"

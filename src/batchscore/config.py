@@ -220,6 +220,13 @@ class Settings(BaseModel):
         validate_identifier(self.pipeline_name, "pipeline_name", RESOURCE_NAME)
         if self.schedule_cron is not None:
             validate_cron(self.schedule_cron, "schedule_cron")
+        if self.engine == "ray" and self.feature_store_type != "iceberg":
+            # The Ray engine reads the feature group's Iceberg table itself (read_iceberg).
+            raise ValueError(
+                f"engine 'ray' reads feature groups stored as Iceberg tables in the catalog "
+                f"(feature_store.type: iceberg), not the {self.feature_store_type} feature "
+                "store: set engine: local with it."
+            )
         if self.customer_id_start > self.customer_id_end:
             raise ValueError(
                 f"customer_id_start ({self.customer_id_start}) is greater than customer_id_end "
