@@ -258,7 +258,9 @@ def test_schedule_units(settings) -> None:
     Path("configs").mkdir()
     Path("configs/x.yaml").write_text("{}\n")
     crontab = schedule_unit("crontab", "0 2 * * *", settings, Path("configs/x.yaml"))
-    assert "0 2 * * * mkdir -p " in crontab and " -c " in crontab and crontab.rstrip().endswith("2>&1")
+    assert (
+        "0 2 * * * mkdir -p " in crontab and " -c " in crontab and crontab.rstrip().endswith("2>&1")
+    )
     assert "OnCalendar=*-*-* 02:00:00 UTC" in schedule_unit("systemd", "0 2 * * *", settings, None)
     assert systemd_on_calendar("*/15 8-18 * * 1-5") == "Mon..Fri *-*-* 08..18:00/15:00 UTC"
     assert systemd_on_calendar("30 6 1 */3 0") == "Sun *-01/3-01 06:30:00 UTC"
@@ -274,7 +276,8 @@ def test_schedule_units(settings) -> None:
 
 # A unit runs the configuration it was printed with: a config file, a --set pair, a
 # BATCHSCORE_* variable and a ${VAR} secret the config names.
-UNIT_SETS = ("--set", "customer_id_end=4100")
+# The second pair needs quoting everywhere: a space, a quote, cron's '%', systemd's '$'.
+UNIT_SETS = ("--set", "customer_id_end=4100", "--set", 'registry.trusted_types=["a.B %d $HOME"]')
 UNIT_TOKEN = "tok-s3cr3t-4711"
 
 
@@ -292,6 +295,7 @@ def _expected_config(config: Path, env: dict[str, str], *extra: str) -> str:
     shown = cli("-c", str(config), *UNIT_SETS, *extra, "config", "show", env=env)
     assert shown.returncode == 0 and shown.stderr == "", shown.stderr
     assert "customer_id_end: 4100" in shown.stdout and "write_mode: append" in shown.stdout
+    assert "- a.B %d $HOME" in shown.stdout
     return shown.stdout
 
 
