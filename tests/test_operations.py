@@ -305,6 +305,41 @@ def _bare_env(**values: str) -> dict[str, str]:
     return {k: os.environ[k] for k in keep if k in os.environ} | {"COLUMNS": "200", **values}
 
 
+def _cron_command(line: str) -> str:
+    """What cron hands to /bin/sh: the sixth field on, '\\%' made '%', cut at a bare '%'."""
+    command = line.split(" ", 5)[5]
+    out, i = [], 0
+    while i < len(command):
+        if command.startswith("\\%", i):
+            out.append("%")
+            i += 2
+            continue
+        if command[i] == "%":  # the rest would be the command's standard input
+            break
+        out.append(command[i])
+        i += 1
+    return "".join(out)
+
+
+def _systemd_argv(exec_start: str, env: dict[str, str]) -> list[str]:
+    """ExecStart= as systemd splits it: quoted words, $VAR/${VAR} expanded, $$ and %% unescaped."""
+    words = []
+    for word in shlex.split(exec_start):
+        parts = re.split(r"(\$\$|%%|\$\{\w+\}|\$\w+|%.)", word)
+        expanded = ""
+        for part in parts:
+            if part in ("$$", "%%"):
+                expanded += part[0]
+            elif part.startswith("$"):
+                expanded += env.get(part.strip("${}"), "")
+            elif part.startswith("%"):
+                raise AssertionError(f"systemd would expand the specifier {part!r} in {word!r}")
+            else:
+                expanded += part
+        words.append(expanded)
+    return words
+
+
 def _declared_names(unit: str) -> list[str]:
     return re.findall(r"^#   ([A-Za-z_][A-Za-z0-9_]*)=$", unit, flags=re.M)
 
@@ -324,7 +359,7 @@ def test_crontab_unit_runs_the_printed_configuration(settings, tmp_path: Path) -
     env_file.write_text("".join(f"{n}={env[n]}\n" for n in _declared_names(unit)))
     # Run the crontab line as cron would: drop the five time fields, undo cron's '\%', sh -c.
     (line,) = [x for x in unit.splitlines() if x.startswith("0 2 * * * ")]
-    command = line.split(" ", 5)[5].replace("\\%", "%")
+    command = _cron_command(line)
     assert command.count(" run >> ") == 1
     log_file = Path(shlex.split(command.split(" >> ")[1])[0])
     shown = subprocess.run(
@@ -350,13 +385,13 @@ def test_systemd_unit_runs_the_printed_configuration(settings, tmp_path: Path) -
     assert names == ["BATCHSCORE_WRITE_MODE", "TOKEN"]
     fields = dict(re.findall(r"^(WorkingDirectory|EnvironmentFile|ExecStart)=(.*)$", unit, re.M))
     assert fields["EnvironmentFile"].endswith(".env")
-    # systemd's ExecStart: shell-like words; $$ and %% stand for $ and %.
-    argv = [a.replace("$$", "$").replace("%%", "%") for a in shlex.split(fields["ExecStart"])]
+    unit_env = _bare_env(**{n: env[n] for n in names}, HOME=env["HOME"])  # + EnvironmentFile=
+    argv = _systemd_argv(fields["ExecStart"], unit_env)
     assert argv[-1] == "run"
     shown = subprocess.run(
         [*argv[:-1], "config", "show"],
         cwd=fields["WorkingDirectory"],
-        env=_bare_env(**{n: env[n] for n in names}),  # what EnvironmentFile= gives it
+        env=unit_env,
         capture_output=True,
         text=True,
         timeout=120,
