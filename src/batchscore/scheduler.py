@@ -272,7 +272,7 @@ def schedule_unit(
             "",
             "[Service]",
             "Type=oneshot",
-            f"WorkingDirectory={_systemd_quote(workdir)}",
+            f"WorkingDirectory={workdir.replace('%', '%%')}",  # taken literally: no quotes
             *([f"EnvironmentFile={env_file}"] if names else []),
             "ExecStart=" + " ".join(_systemd_quote(a) for a in command),
             "",
