@@ -15,8 +15,9 @@ import pytest
 
 from batchscore import demo
 from batchscore.cli import main
+from batchscore.errors import TransientStoreError
 from batchscore.feature_store import open_feature_store
-from batchscore.pipeline import Pipeline, RunRecord
+from batchscore.pipeline import Pipeline
 from tests.conftest import overrides_of
 from tests.reliability import record
 from tests.test_cli import config_for, table_snapshot
@@ -275,19 +276,20 @@ def test_catalog_locked_missing_or_corrupt(make, tmp_path: Path, capsys) -> None
     holder = sqlite3.connect(db, timeout=0, check_same_thread=False)
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        with pytest.raises(Exception, match="locked"):
+        # The run's shared lock lives in the catalog database: it cannot even start.
+        with pytest.raises(TransientStoreError, match="stayed locked through 8 tries") as err:
             Pipeline(locked).run(run_id="locked-throughout")
     finally:
         holder.rollback()
         holder.close()
+    assert "\n" not in str(err.value) and "nothing was started" in str(err.value)
     assert table_snapshot(base) == before
-    failed = RunRecord.load(base.runs_path / "locked-throughout")
-    assert failed.status == "failed" and "locked" in failed.error["message"]
-    assert failed.steps[failed.failed_step].attempts == 2  # every attempt was made
+    assert not (base.runs_path / "locked-throughout").exists()  # no half-started run
     record(
         "infrastructure",
         "a catalog database locked for longer than every retry",
-        outcome="every attempt made, then a clear 'locked' error; table untouched",
+        outcome="the run's lock (kept in the catalog) retried 8 times, then one clear "
+        "'locked' error before anything starts; table untouched",
     )
 
     missing = config_for(

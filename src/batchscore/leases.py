@@ -31,7 +31,13 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchscore.errors import BatchScoreError, StorageError, TransientStoreError, is_busy_error
+from batchscore.errors import (
+    BatchScoreError,
+    ConfigError,
+    StorageError,
+    TransientStoreError,
+    is_busy_error,
+)
 
 if TYPE_CHECKING:
     from batchscore.config import Settings
@@ -210,9 +216,12 @@ class SqlLeaseStore(LeaseStore):
         import sqlalchemy as sa
 
         self.where = "the catalog database (table batchscore_run_locks)"
+        self.uri = uri
         self.attempts = attempts
         sqlite = uri.startswith("sqlite")
-        self.engine = sa.create_engine(uri, connect_args={"timeout": 30} if sqlite else {})
+        # A busy timeout of 30 s unless the catalog's URI sets its own (``?timeout=…``).
+        waits = sqlite and "timeout=" not in uri
+        self.engine = sa.create_engine(uri, connect_args={"timeout": 30} if waits else {})
         if sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_wal)
         self.table = sa.Table(
@@ -244,10 +253,22 @@ class SqlLeaseStore(LeaseStore):
                 return call()
             except Exception as exc:
                 if not is_busy_error(exc):
+                    import sqlalchemy as sa
+
+                    if isinstance(exc, sa.exc.OperationalError | sa.exc.DatabaseError):
+                        first_line = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+                        raise ConfigError(
+                            f"cannot open the Iceberg catalog database {self.uri} for the "
+                            f"run's lock ({first_line}). Check the 'catalog' settings; they "
+                            "are pyiceberg catalog properties."
+                        ) from exc
                     raise
                 if attempt == self.attempts - 1:
+                    first_line = str(getattr(exc, "orig", None) or exc).splitlines()[0]
                     raise TransientStoreError(
-                        f"{self.where} stayed locked through {self.attempts} tries: {exc}"
+                        f"{self.where} stayed locked through {self.attempts} tries "
+                        f"({first_line}): the run's lock lives there. Wait for the process "
+                        "holding the catalog database, then run again; nothing was started."
                     ) from exc
                 time.sleep(min(0.05 * 2**attempt, 1.0))
         raise AssertionError("unreachable")
