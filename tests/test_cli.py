@@ -323,7 +323,8 @@ def test_quiet_is_quiet_during_a_run(make, tmp_path: Path) -> None:
 
 def test_tool_variables_are_not_settings_but_typos_are_caught(tmp_path: Path) -> None:
     ws = ["--set", f"workspace={tmp_path / 'ws'}"]
-    for variable in ("BATCHSCORE_FAILPOINT", "BATCHSCORE_SOAK", "BATCHSCORE_KILL_REPEATS"):
+    for variable in ("BATCHSCORE_FAILPOINT", "BATCHSCORE_SOAK", "BATCHSCORE_KILL_REPEATS",
+                     "BATCHSCORE_PROGRESS_INTERVAL"):  # fmt: skip
         shown = cli(*ws, "config", "show", env={variable: "x"})
         assert shown.returncode == 0, shown.stderr
     typo = cli(*ws, "config", "show", env={"BATCHSCORE_BATCH_SIZ": "5"})

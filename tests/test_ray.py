@@ -23,6 +23,7 @@ import ray
 from batchscore.pipeline import Pipeline
 from batchscore.tables import load_table, open_catalog
 from tests.test_cli import cli, config_for
+from tests.test_progress import RecordingProgress
 
 RAY = Path(sys.executable).parent / "ray"
 DAY = dt.date(2025, 6, 1)  # mid-data: as_of excludes later versions, some deletes are past
@@ -54,8 +55,13 @@ def test_ray_engine_gives_the_local_engines_table(make, local_ray) -> None:
         customer_id_start=1, customer_id_end=5000, engine="ray", ray_actors=2, batch_size=700
     )
     first = Pipeline(local).run(date=DAY)
-    second = Pipeline(on_ray).run(date=DAY)
+    progress = RecordingProgress()
+    second = Pipeline(on_ray, progress=progress).run(date=DAY)
     assert second.status == "succeeded"
+    # Progress per block reaching the driver, adding up to the rows.
+    for task in ("DataSource", "BatchInference"):
+        steps = [c[2] for c in progress.of(task) if c[0] == "advance"]
+        assert len(steps) > 1 and sum(steps) == second.steps[task].rows, task
 
     # Same records chosen: latest version as of the date, deletes dropped after ranking.
     ds_local, ds_ray = first.outputs("DataSource"), second.outputs("DataSource")

@@ -6,14 +6,16 @@ code; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import sys
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
@@ -27,6 +29,9 @@ from typer.exceptions import TyperException
 from batchscore.config import Settings, load_settings
 from batchscore.errors import BatchScoreError, ConfigError
 from batchscore.logs import OwnOrWarningFilter, RedactingFormatter
+
+if TYPE_CHECKING:
+    from batchscore.progress import Progress
 
 app = typer.Typer(
     help="Batch inference for classification models: feature store in, latest approved "
@@ -245,6 +250,22 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+@contextlib.contextmanager
+def _progress() -> Iterator[Progress]:
+    """Where a command's progress goes: Rich bars on stderr when it is a terminal (and the
+    console shows INFO: not with -q); else log lines at most every
+    $BATCHSCORE_PROGRESS_INTERVAL seconds, which -q keeps off the console (a run's own log
+    keeps them). Results are printed after the block, when the bars are gone."""
+    from batchscore.progress import LoggingProgress, RichProgress
+
+    shown = [h.level for h in logging.getLogger().handlers if isinstance(h, RichHandler)]
+    if err_console.is_terminal and min(shown, default=logging.INFO) <= logging.INFO:
+        with RichProgress(err_console) as bars:
+            yield bars
+    else:
+        yield LoggingProgress()
+
+
 @app.command()
 def run(
     date: Annotated[
@@ -258,7 +279,8 @@ def run(
     """Run DataSource → BatchInference → Publish once."""
     from batchscore.pipeline import Pipeline
 
-    record = Pipeline(state.settings).run(date=_parse_date(date, "--date"))
+    with _progress() as progress:
+        record = Pipeline(state.settings, progress=progress).run(date=_parse_date(date, "--date"))
     _print_run(record)
 
 
@@ -273,7 +295,8 @@ def resume(
     """Continue a failed run at its failed step, with the model version it first used."""
     from batchscore.pipeline import Pipeline
 
-    record = Pipeline(state.settings).resume(run_id, force=force)
+    with _progress() as progress:
+        record = Pipeline(state.settings, progress=progress).resume(run_id, force=force)
     _print_run(record)
 
 
@@ -302,9 +325,10 @@ def step(
 
     if name not in STEP_NAMES:
         raise ConfigError(f"step {name!r} is not one of {', '.join(STEP_NAMES)}.")
-    record = Pipeline(state.settings).run_step(
-        STEP_NAMES[name], run_id, date=_parse_date(date, "--date"), force=force
-    )
+    with _progress() as progress:
+        record = Pipeline(state.settings, progress=progress).run_step(
+            STEP_NAMES[name], run_id, date=_parse_date(date, "--date"), force=force
+        )
     _print_run(record)
 
 
@@ -381,7 +405,10 @@ def quickstart(
     from batchscore.demo import quickstart as run_quickstart
 
     settings = state.settings
-    summary = run_quickstart(settings, n_customers=customers, allow_external=yes)
+    with _progress() as progress:
+        summary = run_quickstart(
+            settings, n_customers=customers, allow_external=yes, progress=progress
+        )
     _print_run(summary.run)
     rows = [
         ("workspace", summary.workspace),
@@ -439,18 +466,24 @@ def train(
         settings = settings.model_copy(update={"registry": registry_settings})
     if id_from > id_to:
         raise ConfigError(f"--from ({id_from}) is greater than --to ({id_to}).")
-    registry = open_registry(settings)
-    result = train_model(
-        settings,
-        open_feature_store(settings),
-        registry,
-        id_start=id_from,
-        id_end=id_to,
-        target_column=target,
-    )
-    version = result.version
-    if approve:
-        version = registry.set_status(version.group, version.version, "Approved")
+    from batchscore.progress import tracked
+
+    with _progress() as progress:
+        with tracked(progress, "train: opening the model registry and feature store"):
+            registry = open_registry(settings)
+            store = open_feature_store(settings)
+        result = train_model(
+            settings,
+            store,
+            registry,
+            id_start=id_from,
+            id_end=id_to,
+            target_column=target,
+            progress=progress,
+        )
+        version = result.version
+        if approve:
+            version = registry.set_status(version.group, version.version, "Approved")
     m = result.metrics
     console.print(
         _kv_table(
@@ -781,7 +814,8 @@ def backfill(
 
     start, end = _parse_date(date_from, "--from"), _parse_date(date_to, "--to")
     assert start is not None and end is not None
-    records = Pipeline(state.settings).backfill(start, end)
+    with _progress() as progress:
+        records = Pipeline(state.settings, progress=progress).backfill(start, end)
     table = Table("date", "run", "status", "rows", title="backfill", title_justify="left")
     for r in records:
         table.add_row(r.logical_date, r.run_id, r.status, _fmt(r.steps["BatchInference"].rows))

@@ -54,11 +54,13 @@ CREDENTIAL_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_to
 
 ENV_PREFIX = "BATCHSCORE_"
 ENV_SOURCE = "the environment (BATCHSCORE_* variables)"
-# BATCHSCORE_* variables that are not settings: the config file's path, and the test and
-# fault-injection knobs (faults.py, the Makefile). Any other BATCHSCORE_* must be a setting.
-TOOL_VARIABLES = frozenset(
-    {"BATCHSCORE_CONFIG", "BATCHSCORE_FAILPOINT", "BATCHSCORE_SOAK", "BATCHSCORE_KILL_REPEATS"}
-)
+# BATCHSCORE_* variables that are not settings: the config file's path, the test and
+# fault-injection knobs (faults.py, the Makefile) and how often progress is logged
+# (progress.py). Any other BATCHSCORE_* must be a setting.
+TOOL_VARIABLES = frozenset({
+    "BATCHSCORE_CONFIG", "BATCHSCORE_FAILPOINT", "BATCHSCORE_SOAK", "BATCHSCORE_KILL_REPEATS",
+    "BATCHSCORE_PROGRESS_INTERVAL",
+})  # fmt: skip
 DEFAULT_CONFIG_PATH = Path("configs/pipeline_config.yaml")
 
 

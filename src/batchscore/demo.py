@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from batchscore.config import Settings
+from batchscore.progress import NO_PROGRESS, Progress, tracked
 
 FEATURES: dict[str, str] = {
     "customer_id": "String",
@@ -180,9 +181,16 @@ def external_targets(settings: Settings) -> list[str]:
 
 
 def quickstart(
-    settings: Settings, n_customers: int = 5000, seed: int = 42, *, allow_external: bool = False
+    settings: Settings,
+    n_customers: int = 5000,
+    seed: int = 42,
+    *,
+    allow_external: bool = False,
+    progress: Progress = NO_PROGRESS,
 ) -> QuickstartSummary:
     """Feature group, trained and approved model, one pipeline run — each only if missing.
+    Its phases (generating data, ingesting, training, approving, running) and those of
+    training and the run are reported to ``progress``.
 
     Safe to run twice: an existing feature group and approved model are reused, and the run
     replaces its own earlier rows (write mode ``replace``). It writes synthetic data and
@@ -208,38 +216,47 @@ def quickstart(
     from batchscore.tables import load_table, open_catalog, run_query
     from batchscore.training import train_model
 
-    store = open_feature_store(settings)
+    with tracked(progress, "quickstart: opening the feature store"):
+        store = open_feature_store(settings)
     name = settings.feature_group_name
     created = name not in store.list_feature_groups()
     if created:
-        data = generate_churn_data(n_customers, seed)
-        store.create_feature_group(
-            name,
-            FEATURES,
-            record_identifier=settings.record_identifier,
-            event_time_feature=settings.event_time_feature,
-        )
-        store.ingest(name, data.records)
-        store.delete_records(name, data.deleted_ids, event_time=DELETE_TIME)
-        store.delete_records(name, data.stale_delete_ids, event_time=STALE_DELETE_TIME)
+        with tracked(progress, f"quickstart: generating {n_customers:,} customers"):
+            data = generate_churn_data(n_customers, seed)
+        with tracked(progress, f"quickstart: ingesting {data.records.num_rows:,} records"):
+            store.create_feature_group(
+                name,
+                FEATURES,
+                record_identifier=settings.record_identifier,
+                event_time_feature=settings.event_time_feature,
+            )
+            store.ingest(name, data.records)
+            store.delete_records(name, data.deleted_ids, event_time=DELETE_TIME)
+            store.delete_records(name, data.stale_delete_ids, event_time=STALE_DELETE_TIME)
     group = store.describe(name)
 
-    registry = open_registry(settings)
     metrics = None
     try:
-        version = registry.resolve(settings.model_package_group, "Approved")
+        with tracked(progress, "quickstart: looking for an approved model"):
+            registry = open_registry(settings)
+            version = registry.resolve(settings.model_package_group, "Approved")
         trained = False
     except NoApprovedModelError:
-        result = train_model(
-            settings, store, registry, id_start=TRAIN_RANGE[0], id_end=TRAIN_RANGE[1], seed=seed
-        )
-        version = registry.set_status(
-            settings.model_package_group, result.version.version, "Approved"
-        )
+        with tracked(progress, "quickstart: training a model"):
+            result = train_model(
+                settings, store, registry, id_start=TRAIN_RANGE[0], id_end=TRAIN_RANGE[1],
+                seed=seed, progress=progress,
+            )  # fmt: skip
+        with tracked(progress, f"quickstart: approving v{result.version.version}"):
+            version = registry.set_status(
+                settings.model_package_group, result.version.version, "Approved"
+            )
         metrics = result.metrics
         trained = True
 
-    record = Pipeline(settings, feature_store=store, registry=registry).run()
+    with tracked(progress, "quickstart: running the pipeline"):
+        pipeline = Pipeline(settings, feature_store=store, registry=registry, progress=progress)
+        record = pipeline.run()
     catalog = open_catalog(settings)
     table = load_table(catalog, settings.output_table)
     assert table is not None

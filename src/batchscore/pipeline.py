@@ -39,6 +39,7 @@ from batchscore.faults import failpoint
 from batchscore.feature_store import FeatureStore, open_feature_store
 from batchscore.locks import run_lock
 from batchscore.logs import run_log_handlers
+from batchscore.progress import NO_PROGRESS, Progress, tracked
 from batchscore.registry import LoadedModel, ModelRegistry, ModelVersion, open_registry
 from batchscore.registry.base import check_columns
 from batchscore.steps import batch_inference, data_source, publish
@@ -161,6 +162,9 @@ class ModelLoad:
     def result(self) -> LoadedModel:
         return self._future.result()
 
+    def ready(self) -> bool:
+        return self._future.done()
+
     def close(self) -> None:
         self._worker.shutdown(wait=False)
 
@@ -253,6 +257,8 @@ class Pipeline:
     """Runs and resumes the batch inference pipeline for one set of settings.
 
     Backends default to what the settings choose; pass them to share or substitute them.
+    The steps report what they are doing to ``progress`` (``batchscore.progress``): rows
+    written by DataSource, rows scored of the snapshot's by BatchInference.
     """
 
     def __init__(
@@ -262,8 +268,10 @@ class Pipeline:
         feature_store: FeatureStore | None = None,
         registry: ModelRegistry | None = None,
         hooks: Sequence[PipelineHooks] = (),
+        progress: Progress = NO_PROGRESS,
     ) -> None:
         self.settings = settings
+        self.progress = progress
         self._feature_store = feature_store
         self._registry = registry
         self._catalog: Any = None
@@ -713,12 +721,12 @@ class Pipeline:
             self._ray()
             result = ray_data_source(
                 self.settings, self.feature_store, *args, output, as_of=as_of,
-                snapshot_id=snapshot_id,
+                snapshot_id=snapshot_id, progress=self.progress,
             )  # fmt: skip
         else:
             result = data_source(
                 self.feature_store, *args, output, as_of=as_of, snapshot_id=snapshot_id,
-                batch_size=self.settings.batch_size,
+                batch_size=self.settings.batch_size, progress=self.progress,
             )  # fmt: skip
         log.info(
             "DataSource: %d records (skipped %d older versions, %d deleted)",
@@ -730,7 +738,11 @@ class Pipeline:
 
     def _batch_inference(self, record: RunRecord, loading: ModelLoad | None) -> dict[str, Any]:
         assert loading is not None
-        model = loading.result()
+        if loading.ready():
+            model = loading.result()
+        else:
+            with tracked(self.progress, "BatchInference: loading the model"):
+                model = loading.result()
         lineage = Lineage(
             run_id=record.run_id,
             pipeline_name=record.pipeline_name,
@@ -750,11 +762,14 @@ class Pipeline:
             from batchscore.engines.ray import ray_batch_inference
 
             self._ray()
-            result = ray_batch_inference(self.settings, files, model, output, **common)
+            result = ray_batch_inference(
+                self.settings, files, model, output, progress=self.progress, **common
+            )
         else:
             result = batch_inference(
-                files, model, output, batch_size=self.settings.batch_size, **common
-            )
+                files, model, output, batch_size=self.settings.batch_size,
+                progress=self.progress, **common,
+            )  # fmt: skip
         if result.evaluation:
             e = result.evaluation
             log.info(

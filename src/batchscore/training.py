@@ -20,6 +20,7 @@ from batchscore.config import Settings
 from batchscore.errors import FeatureGroupError, NothingToScoreError
 from batchscore.feature_store import FeatureStore
 from batchscore.metrics import classification_metrics
+from batchscore.progress import NO_PROGRESS, Progress, tracked
 from batchscore.registry import ModelRegistry, ModelVersion
 
 
@@ -128,24 +129,28 @@ def train_model(
     target_column: str | None = None,
     as_of: dt.datetime | None = None,
     seed: int = 0,
+    progress: Progress = NO_PROGRESS,
 ) -> TrainResult:
     """Train on the latest records of an id range and register a PendingManualApproval version.
+
+    Reports its phases to ``progress``: reading features, fitting, evaluating, registering.
 
     Raises:
         FeatureGroupError: no such feature group, or it lacks the target column.
         NothingToScoreError: the id range has no records to train on.
     """
-    from sklearn.model_selection import train_test_split
-
     target = target_column or settings.target_column
-    group = store.describe(settings.feature_group_name)
-    if not target or target not in group.features:
-        raise FeatureGroupError(
-            f"target column {target!r} is not a feature of {group.name!r} "
-            f"(features: {', '.join(group.features)}). Set target_column."
-        )
-    latest = store.latest_records(group.name, id_start, id_end, as_of=as_of)
-    records = latest.to_table()
+    with tracked(progress, f"train: reading features of ids {id_start}–{id_end}"):
+        from sklearn.model_selection import train_test_split  # ~1.5 s: inside the phase
+
+        group = store.describe(settings.feature_group_name)
+        if not target or target not in group.features:
+            raise FeatureGroupError(
+                f"target column {target!r} is not a feature of {group.name!r} "
+                f"(features: {', '.join(group.features)}). Set target_column."
+            )
+        latest = store.latest_records(group.name, id_start, id_end, as_of=as_of)
+        records = latest.to_table()
     labelled = records.filter(records.column(target).is_valid())
     if labelled.num_rows < 20:
         raise NothingToScoreError(
@@ -162,10 +167,12 @@ def train_model(
     x_train, x_valid, y_train, y_valid = train_test_split(
         frame, y, test_size=0.2, random_state=seed, stratify=stratify
     )
-    pipeline = build_pipeline(numeric, categorical, seed).fit(x_train, y_train)
-    proba = pipeline.predict_proba(x_valid)
-    predicted = pipeline.classes_[proba.argmax(axis=1)]
-    metrics = classification_metrics(y_valid, predicted, proba[:, -1])
+    with tracked(progress, f"train: fitting on {len(x_train):,} rows"):
+        pipeline = build_pipeline(numeric, categorical, seed).fit(x_train, y_train)
+    with tracked(progress, f"train: evaluating on {len(x_valid):,} rows"):
+        proba = pipeline.predict_proba(x_valid)
+        predicted = pipeline.classes_[proba.argmax(axis=1)]
+        metrics = classification_metrics(y_valid, predicted, proba[:, -1])
     profile = training_profile(
         frame,
         y,
@@ -180,12 +187,13 @@ def train_model(
         validation_metrics=metrics,
     )
     logged = {k: v for k, v in metrics.items() if isinstance(v, float)}
-    version = registry.register_sklearn(
-        settings.model_package_group,
-        pipeline,
-        x_train.head(200),
-        profile=profile,
-        metrics={f"validation_{k}": v for k, v in logged.items()},
-        description=f"trained on {group.name} ids {id_start}-{id_end}, target {target}",
-    )
+    with tracked(progress, f"train: registering in {settings.model_package_group!r}"):
+        version = registry.register_sklearn(
+            settings.model_package_group,
+            pipeline,
+            x_train.head(200),
+            profile=profile,
+            metrics={f"validation_{k}": v for k, v in logged.items()},
+            description=f"trained on {group.name} ids {id_start}-{id_end}, target {target}",
+        )
     return TrainResult(version=version, rows=labelled.num_rows, metrics=metrics, features=features)

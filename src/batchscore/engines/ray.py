@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 
 from batchscore.errors import ConfigError
 from batchscore.feature_store.base import ReadStats
+from batchscore.progress import NO_PROGRESS, Progress, tracked
 from batchscore.steps.batch_inference import (
     BatchInferenceResult,
     Lineage,
@@ -43,6 +44,7 @@ from batchscore.steps.batch_inference import (
     Scorer,
     ScoringTotals,
     check_inputs,
+    snapshot_rows,
 )
 from batchscore.steps.data_source import DataSourceResult, data_source_result
 from batchscore.steps.parts import PartWriter
@@ -190,6 +192,7 @@ def ray_data_source(
     *,
     as_of: dt.datetime | None = None,
     snapshot_id: int | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> DataSourceResult:
     """The DataSource step on Ray Data; see :func:`batchscore.steps.data_source`."""
     from pyiceberg.expressions import AlwaysTrue, LessThanOrEqual
@@ -205,7 +208,7 @@ def ray_data_source(
     snapshot_id = pinned_snapshot(table, feature_group_name, snapshot_id, group.snapshot_id)
     as_of = utc_naive(as_of)
     stats = ReadStats()
-    with PartWriter(output_dir) as parts:
+    with tracked(progress, "DataSource", unit="rows"), PartWriter(output_dir) as parts:
         if snapshot_id is not None:
             ds = ray.data.read_iceberg(
                 table_identifier=group.table_identifier,
@@ -247,6 +250,7 @@ def ray_data_source(
                     live = live.select(out_columns).cast(out_schema)
                     for record_batch in live.to_batches(max_chunksize=settings.batch_size):
                         parts.write(record_batch)
+                    progress.advance("DataSource", live.num_rows)
     return data_source_result(
         feature_group_name, id_start, id_end, as_of, stats, parts.files, snapshot_id,
         out_schema.names,
@@ -345,8 +349,10 @@ def ray_batch_inference(
     lineage: Lineage,
     target_column: str | None,
     source_label: str,
+    progress: Progress = NO_PROGRESS,
 ) -> BatchInferenceResult:
-    """The BatchInference step on Ray Data; see :func:`batchscore.steps.batch_inference`."""
+    """The BatchInference step on Ray Data; see :func:`batchscore.steps.batch_inference`.
+    Progress advances per scored block as it reaches the driver."""
     import pyarrow.parquet as pq
 
     ray = _import_ray()
@@ -379,13 +385,17 @@ def ray_batch_inference(
     )
     totals = ScoringTotals()
     nodes: set[str] = set()
-    with PartWriter(output_dir) as parts:
+    with (
+        tracked(progress, "BatchInference", snapshot_rows(input_files), "rows"),
+        PartWriter(output_dir) as parts,
+    ):
         for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             if table.num_rows == 0:
                 continue
             scored = _unpack(table, nodes)
             parts.write(scored.predictions)
             totals.add(scored)
+            progress.advance("BatchInference", scored.predictions.num_rows)
     log.info("BatchInference: scored by %d actor(s) on %d node(s)", actors, len(nodes))
     result = totals.result(parts.files, ignored, target_column, output_dir.parent)
     return dataclasses.replace(result, engine="ray", nodes=sorted(nodes))

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from batchscore.faults import failpoint
 from batchscore.metrics import classification_metrics
+from batchscore.progress import NO_PROGRESS, Progress, tracked
 from batchscore.registry import LoadedModel
 from batchscore.steps.parts import PartWriter
 from batchscore.tables import PREDICTIONS_SCHEMA
@@ -53,6 +54,11 @@ class BatchInferenceResult:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+def snapshot_rows(files: Sequence[str | Path]) -> int:
+    """Rows in the Parquet files, from their footers (no data is read)."""
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in files)
 
 
 def iter_batches(files: Sequence[str | Path], batch_size: int) -> Iterator[pa.RecordBatch]:
@@ -242,8 +248,10 @@ def batch_inference(
     target_column: str | None,
     source_label: str,
     batch_size: int = 100_000,
+    progress: Progress = NO_PROGRESS,
 ) -> BatchInferenceResult:
-    """Score every row of ``input_files`` with ``model``.
+    """Score every row of ``input_files`` with ``model``, reporting the task
+    ``BatchInference`` to ``progress``: rows scored of the rows in the files, per batch.
 
     Raises:
         SchemaMismatchError: the snapshot lacks a column the model needs, or a value does not
@@ -261,10 +269,14 @@ def batch_inference(
         model, record_identifier=record_identifier, lineage=lineage, target_column=target_column
     )
     totals = ScoringTotals()
-    with PartWriter(output_dir) as parts:
+    with (
+        tracked(progress, "BatchInference", snapshot_rows(input_files), "rows"),
+        PartWriter(output_dir) as parts,
+    ):
         for batch in iter_batches(input_files, batch_size):
             scored = scorer(batch)
             parts.write(scored.predictions)
             failpoint("BatchInference:batch")
             totals.add(scored)
+            progress.advance("BatchInference", batch.num_rows)
     return totals.result(parts.files, ignored, target_column, output_dir.parent)

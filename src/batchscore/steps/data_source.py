@@ -13,6 +13,7 @@ from pathlib import Path
 
 from batchscore.errors import NothingToScoreError
 from batchscore.feature_store import FeatureStore, ReadStats
+from batchscore.progress import NO_PROGRESS, Progress, tracked
 from batchscore.steps.parts import PartWriter
 
 log = logging.getLogger("batchscore")
@@ -63,14 +64,18 @@ def data_source(
     as_of: dt.datetime | None = None,
     snapshot_id: int | None = None,
     batch_size: int = 100_000,
+    progress: Progress = NO_PROGRESS,
 ) -> DataSourceResult:
     """Write the latest live records of ids ``id_start``–``id_end`` to ``output_dir``.
+
+    Reports the task ``DataSource`` to ``progress``: rows written (the total is known only
+    at the end: ranking the versions comes before the first row).
 
     Raises:
         FeatureGroupError: the feature group (or the snapshot to resume from) does not exist.
         NothingToScoreError: no live record in the range; nothing is written.
     """
-    with PartWriter(output_dir) as parts:
+    with tracked(progress, "DataSource", unit="rows"), PartWriter(output_dir) as parts:
         latest = store.latest_records(
             feature_group_name,
             id_start,
@@ -82,6 +87,7 @@ def data_source(
         )
         for batch in latest.batches:
             parts.write(batch)
+            progress.advance("DataSource", batch.num_rows)
     return_memory()
     return data_source_result(
         feature_group_name, id_start, id_end, as_of, latest.stats, parts.files,
