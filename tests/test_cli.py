@@ -460,7 +460,7 @@ def test_refused_query_and_unknown_version_are_usage_errors(settings, tmp_path, 
     assert main(["-c", str(config), "query", "SELECT * FROM ml_metrics.nope"]) == 1  # engine
     assert main(["-c", str(config), "models", "approve", "7"]) == 2
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 4 and all(line.startswith("Error: ") for line in lines)
+    assert len(lines) == 3 and all(line.startswith("Error: ") for line in lines)
     assert "has no version 7" in lines[-1]
 
 
