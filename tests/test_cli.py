@@ -169,9 +169,9 @@ def test_query_formats_and_read_only(settings, tmp_path: Path, capsys) -> None:
     assert main(["-c", str(config), "query", sql]) == 0
     assert "2 row(s)" in capsys.readouterr().out
     before = table_snapshot(settings)
-    assert main(["-c", str(config), "query", f"DROP TABLE {settings.output_table}"]) == 1
+    assert main(["-c", str(config), "query", f"DROP TABLE {settings.output_table}"]) == 2
     assert "only SELECT queries are allowed" in capsys.readouterr().err
-    assert main(["-c", str(config), "query", "SELECT 1; SELECT 2"]) == 1
+    assert main(["-c", str(config), "query", "SELECT 1; SELECT 2"]) == 2
     assert main(["-c", str(config), "query", "SELECT * FROM ml_metrics.nope"]) == 1
     assert "Tables in the catalog" in capsys.readouterr().err
     assert table_snapshot(settings) == before
@@ -231,7 +231,7 @@ def test_train_and_models_commands(make, tmp_path: Path, capsys) -> None:
     assert main(["-c", str(config), "models", "reject", "1"]) == 0
     assert main(["-c", str(config), "run"]) == 1
     assert "no version with status 'Approved'" in capsys.readouterr().err
-    assert main(["-c", str(config), "models", "approve", "7"]) == 1
+    assert main(["-c", str(config), "models", "approve", "7"]) == 2
     assert "has no version 7" in capsys.readouterr().err
 
 
@@ -331,3 +331,207 @@ def test_tool_variables_are_not_settings_but_typos_are_caught(tmp_path: Path) ->
     assert typo.returncode == 2
     assert "BATCHSCORE_BATCH_SIZ names no setting" in typo.stderr
     assert "Did you mean 'batch_size'?" in typo.stderr
+
+
+# Issue 12: output a newcomer can read, errors that say what to do -------------------------
+
+
+def test_runs_tables_fit_80_columns_and_print_json_and_csv(settings, tmp_path: Path) -> None:
+    import csv
+    import io
+
+    config = config_for(settings, tmp_path / "c.yaml", customer_id_end=4100)
+    assert main(["-q", "-c", str(config), "run"]) == 0
+    run_id = json.loads(cli("-c", str(config), "runs", "list", "--format", "json").stdout)[0][
+        "run_id"
+    ]
+    for columns in ("80", "200"):
+        listed = cli("-c", str(config), "runs", "list", env={"COLUMNS": columns})
+        assert listed.returncode == 0, listed.stderr
+        row = next(line for line in listed.stdout.splitlines() if run_id in line)
+        assert "succeeded" in row and "2026-" in row and "…" not in row, listed.stdout
+        assert max(len(line) for line in listed.stdout.splitlines()) <= int(columns)
+        shown = cli("-c", str(config), "runs", "show", run_id, env={"COLUMNS": columns})
+        assert shown.returncode == 0, shown.stderr
+        assert "…" not in shown.stdout, shown.stdout  # paths fold, never cut
+        assert "unseen categories" in shown.stdout and "non-finite values" in shown.stdout
+    assert "model" in listed.stdout and "pipeline" in listed.stdout  # all of it at 200
+
+    as_csv = cli("-c", str(config), "runs", "list", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert [(r["run_id"], r["status"], r["rows"]) for r in rows] == [
+        (run_id, "succeeded", str(json.loads(cli("-c", str(config), "runs", "show", run_id,
+                                                  "-f", "json").stdout)["rows"]))
+    ]  # fmt: skip
+    shown = json.loads(cli("-c", str(config), "runs", "show", run_id, "--format", "json").stdout)
+    assert shown["status"] == "succeeded" and shown["unseen_categories"] == {}
+    assert [s["step"] for s in shown["steps"]] == ["DataSource", "BatchInference", "Publish"]
+    assert shown["evaluation"]["rows"] > 0 and shown["table_snapshot"] == table_snapshot(settings)
+    flat = list(csv.DictReader(io.StringIO(cli("-c", str(config), "runs", "show", run_id,
+                                               "--format", "csv").stdout)))  # fmt: skip
+    assert len(flat) == 1 and flat[0]["steps.Publish.status"] == "succeeded"
+    bad = cli("-c", str(config), "runs", "list", "--format", "yaml")
+    assert bad.returncode == 2 and "Error: --format 'yaml' must be table, json or csv" in bad.stderr
+
+
+def test_models_show_list_formats_and_status_history(make, tmp_path: Path, capsys) -> None:
+    import csv
+    import io
+
+    settings = make(model_package_group="show-models")
+    config = config_for(settings, tmp_path / "c.yaml", model_package_group="show-models")
+    assert main(["-q", "-c", str(config), "train", "--from", "1", "--to", "400"]) == 0
+    assert main(["-q", "-c", str(config), "models", "approve", "1"]) == 0
+    capsys.readouterr()
+    assert main(["-c", str(config), "models", "show", "1", "--format", "json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["status"] == "Approved"
+    assert [c["status"] for c in shown["status_history"]] == ["PendingManualApproval", "Approved"]
+    assert shown["input_types"]["contract_type"] == "string"
+    assert shown["input_types"]["tenure_months"] == "double"
+    assert 0 < shown["metrics"]["validation_roc_auc"] <= 1
+    assert shown["training"]["id_range"] == [1, 400]
+    assert main(["-c", str(config), "models", "show", "1"]) == 0
+    out = capsys.readouterr().out
+    for text in ("signature", "contract_type", "month-to-month", "PendingManualApproval (",
+                 "→ Approved", "validation_roc_auc", "trained on"):  # fmt: skip
+        assert text in out, out
+    assert main(["-c", str(config), "models", "list", "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["version"], r["status"]) for r in rows] == [("1", "Approved")]
+    assert main(["-c", str(config), "models", "list", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["group"] == "show-models"
+    assert main(["-c", str(config), "features", "list", "--format", "json"]) == 0
+    names = [g["name"] for g in json.loads(capsys.readouterr().out)]
+    assert settings.feature_group_name in names
+    assert main(["-c", str(config), "features", "list", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "name"
+    # An unknown version is a usage error (exit 2) naming the versions there are.
+    assert main(["-c", str(config), "models", "show", "7"]) == 2
+    assert "has no version 7 (versions: v1)" in capsys.readouterr().err
+
+
+def test_table_list_shows_the_catalogs_tables(settings, tmp_path: Path, capsys) -> None:
+    config = config_for(settings, tmp_path / "c.yaml", customer_id_end=4050)
+    assert main(["-q", "-c", str(config), "run"]) == 0
+    capsys.readouterr()
+    assert main(["-c", str(config), "table", "list", "--format", "json"]) == 0
+    tables = {t["table"]: t for t in json.loads(capsys.readouterr().out)}
+    mine = tables[settings.output_table]
+    assert mine["snapshot_id"] == table_snapshot(settings) and mine["rows"] > 0
+    assert mine["last_run_id"] and mine["last_commit"]
+    assert f"feature_store.{settings.feature_group_name}" in tables
+    listed = cli("-c", str(config), "table", "list", env={"COLUMNS": "80"})
+    assert listed.returncode == 0, listed.stderr
+    assert settings.output_table in listed.stdout and f"{mine['rows']:,}" in listed.stdout
+
+
+def test_flags_show_as_flags_in_help() -> None:
+    for args in (["--help"], ["train", "--help"], ["runs", "logs", "--help"]):
+        shown = cli(*args)
+        assert shown.returncode == 0, shown.stderr
+        assert "<bool>" not in shown.stdout, shown.stdout
+    assert "--debug " in cli("--help").stdout
+    assert "<int>" in cli("runs", "list", "--help").stdout  # a value still shows its type
+
+
+def test_declining_table_drop_exits_1_and_keeps_the_table(
+    settings, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    config = config_for(settings, tmp_path / "c.yaml", customer_id_end=4050)
+    assert main(["-q", "-c", str(config), "run"]) == 0
+    before = table_snapshot(settings)
+    monkeypatch.setattr(sys, "stdin", Terminal("n\n"))
+    assert main(["-c", str(config), "table", "drop"]) == 1
+    assert "was not dropped" in capsys.readouterr().err
+    assert table_snapshot(settings) == before
+
+
+def test_refused_query_and_unknown_version_are_usage_errors(settings, tmp_path, capsys) -> None:
+    config = config_for(settings, tmp_path / "c.yaml")
+    assert main(["-c", str(config), "query", "DELETE FROM ml_metrics.x"]) == 2
+    assert "only SELECT queries are allowed" in capsys.readouterr().err
+    assert main(["-c", str(config), "query", "SELECT 1; SELECT 2"]) == 2
+    assert main(["-c", str(config), "query", "SELECT * FROM ml_metrics.nope"]) == 1  # engine
+    assert main(["-c", str(config), "models", "approve", "7"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and all(line.startswith("Error: ") for line in lines)
+    assert "has no version 7" in lines[-1]
+
+
+def test_sagemaker_registry_without_region_names_the_key(
+    settings, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    config = config_for(settings, tmp_path / "c.yaml")
+    assert main(["-c", str(config), "train", "--registry", "sagemaker"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Error: AWS sagemaker needs a region: set region in the config")
+    assert "AWS_DEFAULT_REGION" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_model_that_cannot_take_nan_names_the_columns_and_how_to_resume(
+    make, tmp_path: Path, capsys
+) -> None:
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    from batchscore import demo
+    from batchscore.registry import open_registry
+
+    settings = make(model_package_group="no-imputer", customer_id_end=4300)
+
+    frame = demo.generate_churn_data(400, seed=3).records.to_pandas()
+    columns = ["tenure_months", "monthly_charges", "last_login_days"]  # the last two miss some
+    known = frame.dropna(subset=[*columns, "churn"])
+    estimator = LogisticRegression().fit(known[columns], known["churn"].astype(int))
+    registry = open_registry(settings)
+    version = registry.register_sklearn(
+        "no-imputer", estimator, pd.DataFrame(known[columns]), profile={}
+    )
+    registry.set_status("no-imputer", version.version, "Approved")
+    config = config_for(
+        settings, tmp_path / "c.yaml", model_package_group="no-imputer", customer_id_end=4300
+    )
+    assert main(["-q", "-c", str(config), "run"]) == 1
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if line.startswith("Error: "))
+    assert "cannot take missing values" in line and "Impute in the model's pipeline" in line
+    assert "'monthly_charges' (" in line and "'last_login_days' (" in line
+    assert "tenure_months" not in line  # it has no missing value
+    run_id = line.split("Resume it: batchscore resume ")[1].split()[0]
+    assert (settings.runs_path / run_id / "run.json").exists()
+
+
+def test_a_damaged_feature_file_is_one_error_line_without_sql(make, tmp_path: Path) -> None:
+    import uuid
+
+    from batchscore import demo
+    from batchscore.feature_store import open_feature_store
+    from batchscore.tables import open_catalog
+
+    group = f"damaged_{uuid.uuid4().hex[:8]}"
+    ids = {"customer_id_start": 1, "customer_id_end": 200}
+    settings = make(feature_group_name=group, **ids)
+    store = open_feature_store(settings)
+    store.create_feature_group(group, demo.FEATURES)
+    store.ingest(group, demo.generate_churn_data(200, seed=5).records)
+    table = open_catalog(settings).load_table(f"feature_store.{group}")
+    data_file = next(iter(table.scan().plan_files())).file.file_path.removeprefix("file://")
+    Path(data_file).write_bytes(b"PAR1" + b"x" * 64 + b"PAR1")
+    config = config_for(settings, tmp_path / "c.yaml", feature_group_name=group, **ids)
+    failed = cli("-q", "-c", str(config), "run")
+    assert failed.returncode == 1, failed.stderr
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, failed.stderr
+    assert f"reading feature group '{group}' failed:" in errors[0]
+    assert "LINE " not in failed.stderr and "read_parquet" not in failed.stderr
+    assert "Resume it: batchscore resume " in errors[0]

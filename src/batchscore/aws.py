@@ -36,8 +36,20 @@ def region_of(settings: Settings) -> str | None:
 
 
 def client(service: str, settings: Settings) -> Any:
-    """A boto3 client in the configured region (endpoints from ``AWS_ENDPOINT_URL*``)."""
-    return _boto3().session.Session(region_name=region_of(settings)).client(service)
+    """A boto3 client in the configured region (endpoints from ``AWS_ENDPOINT_URL*``).
+
+    Raises:
+        ConfigError: no region anywhere boto3 looks; names the key to set.
+    """
+    from botocore.exceptions import NoRegionError
+
+    try:
+        return _boto3().session.Session(region_name=region_of(settings)).client(service)
+    except NoRegionError:
+        raise ConfigError(
+            f"AWS {service} needs a region: set region in the config (--set region=us-east-1) "
+            "or the AWS_DEFAULT_REGION environment variable."
+        ) from None
 
 
 def endpoint(service: str) -> str | None:

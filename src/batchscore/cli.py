@@ -13,7 +13,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Column, Table
 from rich.text import Text
+from typer.core import TyperOption
 from typer.exceptions import TyperException
 
 from batchscore.config import Settings, load_settings
@@ -32,6 +33,18 @@ from batchscore.logs import OwnOrWarningFilter, RedactingFormatter
 
 if TYPE_CHECKING:
     from batchscore.progress import Progress
+
+
+def _flag_type(self: Any, ctx: click.Context) -> str | None:
+    """No type for a flag: typer 0.29's rich help shows ``--debug <bool>`` as if it took a
+    value (its plain help already leaves flags bare)."""
+    if self.is_flag or self.count:
+        return None
+    return _option_type(self, ctx)
+
+
+_option_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     help="Batch inference for classification models: feature store in, latest approved "
@@ -147,8 +160,8 @@ def _parse_date(value: str | None, option: str) -> dt.date | None:
 
 def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     table = Table(title=title, show_header=False, title_justify="left", box=None, padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")  # paths and ids whole, folded, never cut with '…'
     for key, value in rows:
         table.add_row(key, "" if value is None else str(value))
     return table
@@ -172,6 +185,86 @@ def _print_arrow(result: Any, fmt: str) -> None:
         table.add_row(*(Text("NULL" if v is None else str(v)) for v in row.values()))
     console.print(table)
     console.print(f"{result.num_rows} row(s)", style="dim")
+
+
+FORMATS = ("table", "json", "csv")
+FORMAT_HELP = "table, json (plain values) or csv (a header, then rows)."
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r} must be table, json or csv.")
+    return fmt
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _print_csv(fields: list[str], rows: list[dict[str, Any]]) -> None:
+    """A header and one line per row; a nested value (list, dict) as its JSON."""
+    import csv
+
+    writer = csv.DictWriter(sys.stdout, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {k: json.dumps(v, default=str) if isinstance(v, dict | list) else v
+             for k, v in row.items()}
+        )  # fmt: skip
+    sys.stdout.flush()
+
+
+def _flatten(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: one object as one CSV row."""
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, dict) and item:
+            flat |= _flatten(item, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = item
+    return flat
+
+
+def _fitting_table(
+    columns: list[tuple[Column, int]],
+    rows: list[list[Any]],
+    hide: list[str] | tuple[str, ...] = (),
+    **options: Any,
+) -> tuple[Table, list[str]]:
+    """A table of the columns that fit the console, dropping the lowest priority first
+    (priority 0: never dropped); the names of those dropped. ``hide``: headers left out."""
+    from rich.measure import Measurement
+
+    keep = [i for i, (c, _) in enumerate(columns) if str(c.header) not in hide]
+    while True:
+        # Fresh copies: a Column keeps the cells of the table it was added to.
+        table = Table(*(replace(columns[i][0], _cells=[]) for i in keep), **options)
+        for row in rows:
+            table.add_row(*(row[i] for i in keep))
+        # Measured unbounded: the width the table needs to show every cell whole.
+        unbounded = console.options.update(width=10_000)
+        width = Measurement.get(console, unbounded, table).maximum
+        droppable = [i for i in keep if columns[i][1] > 0]
+        if width <= console.width or not droppable:
+            dropped = [
+                str(c.header)
+                for i, (c, _) in enumerate(columns)
+                if i not in keep and str(c.header) not in hide
+            ]
+            return table, dropped
+        keep.remove(max(droppable, key=lambda i: columns[i][1]))
+
+
+def _print_fitted(table: Table, dropped: list[str]) -> None:
+    console.print(table)
+    if dropped:
+        console.print(
+            f"hidden at this width: {', '.join(dropped)} (--format json shows all)",
+            style="dim",
+            soft_wrap=False,
+        )
 
 
 # Pipeline -------------------------------------------------------------------------------------
@@ -712,10 +805,18 @@ def features_describe(
 
 
 @features_app.command("list")
-def features_list() -> None:
+def features_list(
+    fmt: Annotated[str, typer.Option("--format", "-f", help=FORMAT_HELP)] = "table",
+) -> None:
     """List feature groups."""
-    for name in _store().list_feature_groups():
-        console.print(name)
+    names = _store().list_feature_groups()
+    if _check_format(fmt) == "json":
+        _print_json([{"name": name} for name in names])
+    elif fmt == "csv":
+        _print_csv(["name"], [{"name": name} for name in names])
+    else:
+        for name in names:
+            console.print(name)
 
 
 # Models ---------------------------------------------------------------------------------------
@@ -730,23 +831,100 @@ def _registry() -> Any:
 @models_app.command("list")
 def models_list(
     group: Annotated[str | None, typer.Option(help="Model package group.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help=FORMAT_HELP)] = "table",
 ) -> None:
     """List versions, newest first, with their approval status."""
+    _check_format(fmt)
     name = group or state.settings.model_package_group
     versions = _registry().list_versions(name)
+    fields = ["group", "version", "status", "created", "description", "source", "run_id"]
+    records = [
+        {"group": v.group, "version": v.version, "status": v.status,
+         "created": v.created.isoformat(), "description": v.description, "source": v.source,
+         "run_id": v.run_id}
+        for v in versions
+    ]  # fmt: skip
+    if fmt == "json":
+        _print_json(records)
+        return
+    if fmt == "csv":
+        _print_csv(fields, records)
+        return
     table = Table(
-        "version",
-        "status",
-        "created",
-        "description",
+        Column("version", no_wrap=True, justify="right"),
+        Column("status", no_wrap=True),
+        Column("created (UTC)", no_wrap=True),
+        Column("description", overflow="fold"),
         title=f"model package group {name}",
         title_justify="left",
     )
     for v in versions:
-        table.add_row(str(v.version), v.status, f"{v.created:%Y-%m-%d %H:%M:%S}", v.description)
+        table.add_row(
+            str(v.version), v.status, f"{v.created:%Y-%m-%d %H:%M:%S}", Text(v.description)
+        )
     console.print(table)
     if not versions:
         console.print("no versions yet: batchscore train", style="dim")
+    else:
+        console.print(f"details: batchscore models show VERSION --group {name}", style="dim")
+
+
+@models_app.command("show")
+def models_show(
+    version: Annotated[int, typer.Argument(help="Version number.")],
+    group: Annotated[str | None, typer.Option(help="Model package group.")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+) -> None:
+    """A version's signature (input columns and types), metrics, training data, status
+    and its history."""
+    if fmt not in ("table", "json"):
+        raise ConfigError(f"--format {fmt!r} must be table or json.")
+    details = _registry().describe_version(group or state.settings.model_package_group, version)
+    if fmt == "json":
+        _print_json(details.to_dict())
+        return
+    v = details.version
+    training = details.training
+    rows: list[tuple[str, Any]] = [
+        ("status", v.status),
+        ("created", f"{v.created:%Y-%m-%d %H:%M:%S} UTC"),
+        ("source", v.source),
+        ("run", v.run_id),
+        ("description", v.description or None),
+    ]
+    if training:
+        ids = training.get("id_range")
+        rows += [
+            ("trained on", f"{training.get('feature_group')} ids "
+                           f"{ids[0]}–{ids[1]}" if ids else training.get("feature_group")),
+            ("training rows", training.get("rows")),
+            ("target", f"{training.get('target_column')} "
+                       f"{json.dumps(training.get('target_distribution'))}"),
+            ("trained at", training.get("trained_at")),
+        ]  # fmt: skip
+    if details.status_history is None:
+        rows.append(("status history", "not recorded for this version"))
+    else:
+        history = " → ".join(f"{c.status} ({c.at[:19]})" for c in details.status_history)
+        rows.append(("status history", history))
+    console.print(_kv_table(f"model {v.group} v{v.version}", rows))
+    if details.metrics:
+        metrics = [(k, _round(m)) for k, m in sorted(details.metrics.items())]
+        console.print(_kv_table("metrics", metrics))
+    signature = Table(
+        Column("input column", no_wrap=True),
+        Column("type", no_wrap=True),
+        Column("categories seen in training", overflow="fold"),
+        title="signature",
+        title_justify="left",
+    )
+    vocabularies = (details.profile or {}).get("category_vocabularies", {})
+    for column, kind in (details.input_types or {}).items():
+        signature.add_row(column, kind, Text(", ".join(vocabularies.get(column, []))))
+    if details.input_types:
+        console.print(signature)
+    else:
+        console.print("signature: none declared (columns come from the fitted model)")
 
 
 def _set_status(version: int, status: str, group: str | None) -> None:
@@ -914,111 +1092,139 @@ def runs_list(
     status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
     pipeline: Annotated[str | None, typer.Option(help="Only runs of this pipeline.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 20,
+    fmt: Annotated[str, typer.Option("--format", "-f", help=FORMAT_HELP)] = "table",
 ) -> None:
     """Runs, newest first (like list-pipeline-executions)."""
-    from batchscore.runs import RunHistory
+    from batchscore.runs import RunHistory, RunSummary
 
-    rows = RunHistory.for_settings(state.settings).list_runs(
+    _check_format(fmt)
+    runs = RunHistory.for_settings(state.settings).summaries(
         status=status, pipeline=pipeline, limit=limit
     )
-    table = Table(
-        Column("run", no_wrap=True), "pipeline", "date", "status", "model", "rows", "seconds",
-        "failed step",
-    )  # fmt: skip
-    for r in rows:
-        model = f"{r['model_name']} v{r['model_version']}" if r["model_name"] else ""
-        table.add_row(
-            r["run_id"],
-            r["pipeline_name"],
-            r["logical_date"],
-            r["status"],
-            model,
-            _fmt(r["rows"]),
-            _fmt(r["seconds"]),
-            r["failed_step"] or "",
-        )
-    console.print(table)
-    for r in rows:
-        if r["note"]:
-            console.print(f"{r['run_id']}: {r['status']}: {r['note']}")
+    if fmt == "json":
+        _print_json([r.to_dict() for r in runs])
+        return
+    if fmt == "csv":
+        _print_csv(list(RunSummary.__dataclass_fields__), [r.to_dict() for r in runs])
+        return
+    # Run id, date, status and rows are never cut; the others go, last first, when narrow.
+    table, dropped = _fitting_table(
+        [
+            (Column("run", no_wrap=True), 0),
+            (Column("date", no_wrap=True), 0),
+            (Column("status", no_wrap=True), 0),
+            (Column("rows", no_wrap=True, justify="right"), 0),
+            (Column("model", no_wrap=True), 2),
+            (Column("seconds", no_wrap=True, justify="right"), 3),
+            (Column("pipeline", overflow="fold"), 4),
+            (Column("failed step", no_wrap=True), 1),
+        ],
+        [
+            [
+                r.run_id,
+                r.logical_date,
+                r.status,
+                _fmt(r.rows),
+                r.model or "",
+                _fmt(r.seconds),
+                r.pipeline_name,
+                r.failed_step or "",
+            ]
+            for r in runs
+        ],
+        # Not a column of blanks when no run failed.
+        hide=[] if any(r.failed_step for r in runs) else ["failed step"],
+    )
+    _print_fitted(table, dropped)
+    for r in runs:
+        if r.note:
+            console.print(f"{r.run_id}: {r.status}: {r.note}", markup=False, highlight=False)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{column} {n:,}" for column, n in counts.items()) or "none"
 
 
 @runs_app.command("show")
-def runs_show(run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
-    """A run's steps, timings, metrics and outputs."""
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help=FORMAT_HELP)] = "table",
+) -> None:
+    """A run's steps, timings, metrics, what scoring noticed, and outputs."""
+    from dataclasses import asdict
+
     from batchscore.runs import RunHistory
 
-    run = RunHistory.for_settings(state.settings).get(run_id)
-    rows = [
-        (k, run[k])
-        for k in (
-            "status",
-            "pipeline_name",
-            "logical_date",
-            "as_of",
-            "model_name",
-            "model_version",
-            "output_table",
-            "write_mode",
-            "config_fingerprint",
-            "started",
-            "ended",
-            "seconds",
-            "run_dir",
-            "log_path",
-        )
+    _check_format(fmt)
+    run = RunHistory.for_settings(state.settings).details(run_id)
+    if fmt == "json":
+        _print_json(asdict(run))
+        return
+    if fmt == "csv":
+        flat = _flatten(asdict(run) | {"steps": {s.step: asdict(s) for s in run.steps}})
+        _print_csv(list(flat), [flat])
+        return
+    rows: list[tuple[str, Any]] = [
+        ("status", run.status),
+        ("pipeline_name", run.pipeline_name),
+        ("logical_date", run.logical_date),
+        ("as_of", run.as_of),
+        ("model", run.model),
+        ("output_table", run.output_table),
+        ("write_mode", run.write_mode),
+        ("config_fingerprint", run.config_fingerprint),
+        ("started", run.started),
+        ("ended", run.ended),
+        ("seconds", run.seconds),
+        ("run_dir", run.run_dir),
+        ("log_path", run.log_path),
     ]
-    if run["error_type"]:
-        rows.append(("error", f"{run['failed_step']}: {run['error_type']}: {run['error_message']}"))
-    if run["outputs_removed"]:
+    if run.error:
+        rows.append(("error", run.error))
+    if run.outputs_removed:
         rows.append(("outputs", "removed by 'batchscore clean'"))
-    if run["note"]:
-        rows.append(("note", run["note"]))
-    console.print(_kv_table(f"run {run_id}", rows))
-    steps = Table("step", "status", "seconds", "rows", "rows/s", "attempts", "error")
-    for st in run["steps"]:
-        steps.add_row(
-            st["step"],
-            st["status"],
-            _fmt(st["seconds"]),
-            _fmt(st["rows"]),
-            _fmt(st["rows_per_second"]),
-            _fmt(st["attempts"]),
-            f"{st['error_type']}: {st['error_message']}" if st["error_type"] else "",
-        )
-    console.print(steps)
-    record = run["record"] or {}
-    outputs = record.get("steps") or {}
-    evaluation = outputs.get("BatchInference", {}).get("outputs", {}).get("evaluation")
-    if evaluation:
-        console.print(
-            _kv_table(
-                "evaluation",
-                [
-                    (k, _round(evaluation[k]))
-                    for k in (
-                        "rows",
-                        "accuracy",
-                        "precision",
-                        "recall",
-                        "f1",
-                        "roc_auc",
-                        "confusion_matrix",
-                    )
-                ],
-            )
-        )
-    files = [
-        ("input", outputs.get("DataSource", {}).get("outputs", {}).get("files")),
-        ("predictions", outputs.get("BatchInference", {}).get("outputs", {}).get("files")),
-        ("evaluation", outputs.get("BatchInference", {}).get("outputs", {}).get("evaluation_path")),
-        ("table snapshot", outputs.get("Publish", {}).get("outputs", {}).get("snapshot_id")),
-    ]
-    console.print(
-        _kv_table(
-            "outputs", [(k, ", ".join(v) if isinstance(v, list) else v) for k, v in files if v]
-        )
+    if run.note:
+        rows.append(("note", run.note))
+    console.print(_kv_table(f"run {run.run_id}", rows))
+    steps = Table(
+        Column("step", no_wrap=True),
+        Column("status", no_wrap=True),
+        Column("seconds", justify="right", no_wrap=True),
+        Column("rows", justify="right", no_wrap=True),
+        Column("rows/s", justify="right", no_wrap=True),
+        Column("attempts", justify="right", no_wrap=True),
+        Column("error", overflow="fold"),
     )
+    for st in run.steps:
+        steps.add_row(
+            st.step, st.status, _fmt(st.seconds), _fmt(st.rows), _fmt(st.rows_per_second),
+            _fmt(st.attempts), Text(st.error or ""),
+        )  # fmt: skip
+    console.print(steps)
+    if run.duplicate_versions_skipped is not None or run.prediction_files:
+        scoring = [
+            ("skipped", f"{_fmt(run.duplicate_versions_skipped)} older versions, "
+                        f"{_fmt(run.deleted_records_skipped)} deleted records"),
+            ("unseen categories", f"{_counts(run.unseen_categories)} (scored as missing)"
+             if run.unseen_categories else "none"),
+            ("non-finite values", f"{_counts(run.non_finite_values)} (±inf scored as missing)"
+             if run.non_finite_values else "none"),
+        ]  # fmt: skip
+        if run.unmatched_ids:
+            scoring.append(("ids not matching", f"{run.unmatched_ids} (never scored)"))
+        if run.ignored_columns:
+            scoring.append(("ignored columns", ", ".join(run.ignored_columns)))
+        console.print(_kv_table("scoring", scoring))
+    if run.evaluation:
+        keys = ("rows", "accuracy", "precision", "recall", "f1", "roc_auc", "confusion_matrix")
+        console.print(_kv_table("evaluation", [(k, _round(run.evaluation.get(k))) for k in keys]))
+    files = [
+        ("input", ", ".join(run.input_files)),
+        ("predictions", ", ".join(run.prediction_files)),
+        ("evaluation", run.evaluation_path),
+        ("table snapshot", run.table_snapshot),
+    ]
+    console.print(_kv_table("outputs", [(k, v) for k, v in files if v]))
 
 
 @runs_app.command("logs")
@@ -1077,9 +1283,57 @@ def table_drop(
                 f"dropping {settings.output_table} needs confirmation: "
                 "pass --yes when running without a terminal."
             )
-        typer.confirm(f"Drop {settings.output_table} and delete all its predictions?", abort=True)
+        if not typer.confirm(f"Drop {settings.output_table} and delete all its predictions?"):
+            # Declining is an answer, not an interruption (130 is for Ctrl-C).
+            err_console.print(f"{settings.output_table} was not dropped.", markup=False)
+            raise typer.Exit(1)
     drop_table(open_catalog(settings), settings.output_table)
     console.print(f"dropped {settings.output_table}")
+
+
+@table_app.command("list")
+def table_list(
+    fmt: Annotated[str, typer.Option("--format", "-f", help=FORMAT_HELP)] = "table",
+) -> None:
+    """Tables in the catalog (feature groups and predictions): rows, current snapshot, last
+    commit."""
+    from batchscore.tables import list_tables, open_catalog
+
+    _check_format(fmt)
+    tables = list_tables(open_catalog(state.settings))
+    records = [t.to_dict() for t in tables]
+    if fmt == "json":
+        _print_json(records)
+        return
+    if fmt == "csv":
+        _print_csv(["table", "rows", "snapshot_id", "last_commit", "last_run_id"], records)
+        return
+    table, dropped = _fitting_table(
+        [
+            (Column("table", overflow="fold"), 0),
+            (Column("rows", justify="right", no_wrap=True), 0),
+            (Column("last commit (UTC)", no_wrap=True), 0),
+            (Column("snapshot", no_wrap=True), 1),
+            (Column("by run", no_wrap=True), 2),
+        ],
+        [
+            [
+                Text(t.identifier),
+                _fmt(t.rows),
+                t.last_commit.isoformat(sep=" ", timespec="seconds") if t.last_commit else "never",
+                str(t.snapshot_id or ""),
+                t.last_run_id or "",
+            ]
+            for t in tables
+        ],
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        show_edge=False,
+    )
+    _print_fitted(table, dropped)
+    if not tables:
+        console.print("no tables yet: batchscore quickstart, or features create", style="dim")
 
 
 @table_app.command("snapshots")
@@ -1169,11 +1423,25 @@ def _interrupted() -> int:
     return 143 if state.terminated else 130
 
 
+def _resume_hint(before: Any, message: str) -> str:
+    """' Resume it: batchscore resume ID' when the error failed a run this command executed."""
+    from batchscore.pipeline import last_run
+
+    record = last_run()
+    if record is None or record is before or record.status != "failed":
+        return ""
+    command = f"batchscore resume {record.run_id}"
+    return "" if command in message else f" Resume it: {command}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return (and, as a console script, exit with) the exit code."""
     import signal
 
+    from batchscore.pipeline import last_run
+
     state.terminated = False
+    before = last_run()  # a run this command executes replaces it
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         # standalone_mode=False: an interrupted command *returns* 130 (typer turns Ctrl-C
@@ -1185,7 +1453,8 @@ def main(argv: list[str] | None = None) -> int:
     except BatchScoreError as exc:
         if state.debug:
             _print_traceback(exc)
-        err_console.print(f"Error: {_redact(str(exc))}", markup=False, highlight=False)
+        message = _redact(str(exc)) + _resume_hint(before, str(exc))
+        err_console.print(f"Error: {message}", markup=False, highlight=False)
         code = exc.exit_code
     except (typer.Exit, click.exceptions.Exit) as exc:
         code = exc.exit_code
@@ -1203,7 +1472,8 @@ def main(argv: list[str] | None = None) -> int:
             _print_traceback(exc)
         hint = "" if state.debug else " (--debug shows the traceback)"
         err_console.print(
-            f"Error: {type(exc).__name__}: {_redact(str(exc))}{hint}",
+            f"Error: {type(exc).__name__}: {_redact(str(exc))}{_resume_hint(before, str(exc))}"
+            f"{hint}",
             markup=False,
             highlight=False,
         )

@@ -9,9 +9,11 @@ The tree::
     ├── NothingToScoreError          the id range holds no live record (distinct exit status)
     ├── ModelError
     │   ├── NoApprovedModelError     the model group has no version with the wanted status
+    │   ├── UnknownVersionError      no version with that number in the group (a usage error)
     │   └── ModelLoadError           an artifact is missing, corrupt, untrusted or not a classifier
     ├── SchemaMismatchError          the model needs a column the features do not have
-    ├── QueryError                   `batchscore query` was given SQL it will not run
+    ├── QueryError                   the query engine failed the SQL (a missing table, …)
+    │   └── QueryRefusedError        SQL batchscore will not run: not one SELECT (usage error)
     ├── RunLockedError               another process is running the same pipeline and date
     ├── RunNotFoundError             no run with that id in the workspace
     ├── StorageError                 the workspace is not writable, or the disk is full
@@ -64,6 +66,12 @@ class NoApprovedModelError(ModelError):
     """The model group has no version with the requested approval status."""
 
 
+class UnknownVersionError(ModelError):
+    """The model group has no version with the given number."""
+
+    exit_code = 2
+
+
 class ModelLoadError(ModelError):
     """A model version's artifact cannot be loaded safely, or cannot score probabilities."""
 
@@ -73,7 +81,13 @@ class SchemaMismatchError(BatchScoreError):
 
 
 class QueryError(BatchScoreError):
-    """A SQL query was refused or failed."""
+    """A SQL query failed in the engine (a missing table, a type error, a timeout)."""
+
+
+class QueryRefusedError(QueryError):
+    """A SQL query batchscore will not run: not exactly one SELECT, or it does not parse."""
+
+    exit_code = 2
 
 
 class RunLockedError(BatchScoreError):

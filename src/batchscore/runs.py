@@ -18,7 +18,7 @@ import re
 import shutil
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,121 @@ CREATE TABLE IF NOT EXISTS steps (
     PRIMARY KEY (run_id, step)
 );
 """
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One row of ``batchscore runs list``."""
+
+    run_id: str
+    pipeline_name: str
+    logical_date: str
+    status: str
+    model_name: str | None
+    model_version: int | None
+    rows: int | None
+    seconds: float | None
+    failed_step: str | None
+    started: str | None
+    note: str | None = None  # e.g. how to resume an abandoned run
+
+    @property
+    def model(self) -> str | None:
+        return f"{self.model_name} v{self.model_version}" if self.model_name else None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> RunSummary:
+        return cls(**{f: row.get(f) for f in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StepSummary:
+    """One step of a run as the history holds it."""
+
+    step: str
+    status: str
+    seconds: float | None
+    rows: int | None
+    rows_per_second: float | None
+    attempts: int | None
+    error_type: str | None
+    error_message: str | None
+
+    @property
+    def error(self) -> str | None:
+        return f"{self.error_type}: {self.error_message}" if self.error_type else None
+
+
+@dataclass(frozen=True)
+class RunDetails(RunSummary):
+    """``batchscore runs show``: the history row, its steps and what the run record holds
+    (evaluation, output files, counts noticed while scoring)."""
+
+    as_of: str | None = None
+    ended: str | None = None
+    output_table: str | None = None
+    write_mode: str | None = None
+    config_fingerprint: str | None = None
+    run_dir: str | None = None
+    log_path: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    outputs_removed: bool = False
+    steps: list[StepSummary] = field(default_factory=list)
+    # From run.json (None/empty once 'batchscore clean' removed the folder):
+    evaluation: dict[str, Any] | None = None
+    input_files: list[str] = field(default_factory=list)
+    prediction_files: list[str] = field(default_factory=list)
+    evaluation_path: str | None = None
+    table_snapshot: int | None = None
+    duplicate_versions_skipped: int | None = None
+    deleted_records_skipped: int | None = None
+    unmatched_ids: int | None = None
+    ignored_columns: list[str] = field(default_factory=list)
+    unseen_categories: dict[str, int] = field(default_factory=dict)
+    non_finite_values: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def error(self) -> str | None:
+        if not self.error_type:
+            return None
+        return f"{self.failed_step}: {self.error_type}: {self.error_message}"
+
+    @classmethod
+    def from_history(cls, run: dict[str, Any]) -> RunDetails:
+        """From ``RunHistory.get``'s dict."""
+        record = run.get("record") or {}
+        outputs = {name: (step.get("outputs") or {})
+                   for name, step in (record.get("steps") or {}).items()}  # fmt: skip
+        data = outputs.get("DataSource", {})
+        scored = outputs.get("BatchInference", {})
+        published = outputs.get("Publish", {})
+        names = set(RunSummary.__dataclass_fields__) | {
+            "as_of", "ended", "output_table", "write_mode", "config_fingerprint", "run_dir",
+            "log_path", "error_type", "error_message",
+        }  # fmt: skip
+        return cls(
+            **{f: run.get(f) for f in names},
+            outputs_removed=bool(run.get("outputs_removed")),
+            steps=[
+                StepSummary(**{f: s.get(f) for f in StepSummary.__dataclass_fields__})
+                for s in run.get("steps", [])
+            ],
+            evaluation=scored.get("evaluation"),
+            input_files=list(data.get("files") or []),
+            prediction_files=list(scored.get("files") or []),
+            evaluation_path=scored.get("evaluation_path"),
+            table_snapshot=published.get("snapshot_id"),
+            duplicate_versions_skipped=data.get("duplicate_versions_skipped"),
+            deleted_records_skipped=data.get("deleted_records_skipped"),
+            unmatched_ids=data.get("unmatched_ids"),
+            ignored_columns=list(scored.get("ignored_columns") or []),
+            unseen_categories=dict(scored.get("unseen_categories") or {}),
+            non_finite_values=dict(scored.get("non_finite_values") or {}),
+        )
 
 
 class RunHistory:
@@ -176,6 +291,19 @@ class RunHistory:
         if status in ("running", ABANDONED):
             runs = [run for run in runs if run["status"] == status]
         return runs[:limit]
+
+    def summaries(
+        self, *, status: str | None = None, pipeline: str | None = None, limit: int = 20
+    ) -> list[RunSummary]:
+        """``list_runs`` as typed records."""
+        return [
+            RunSummary.from_row(r)
+            for r in self.list_runs(status=status, pipeline=pipeline, limit=limit)
+        ]
+
+    def details(self, run_id: str) -> RunDetails:
+        """``get`` as a typed record. Raises RunNotFoundError naming how to list runs."""
+        return RunDetails.from_history(self.get(run_id))
 
     def get(self, run_id: str) -> dict[str, Any]:
         """One run with its steps (``steps``) and, when its folder exists, its full record."""

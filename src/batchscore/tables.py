@@ -41,6 +41,7 @@ from batchscore.errors import (
     ConfigError,
     PublishError,
     QueryError,
+    QueryRefusedError,
     TransientStoreError,
     is_busy_error,
 )
@@ -243,6 +244,54 @@ def table_snapshots(catalog: Catalog, identifier: str) -> list[SnapshotInfo]:
             )
         )
     return sorted(found, key=lambda s: (s.committed, s.current), reverse=True)
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """One table of the catalog, as ``batchscore table list`` shows it."""
+
+    identifier: str  # namespace.table
+    rows: int | None  # the current snapshot's total-records
+    snapshot_id: int | None  # None: never written to
+    last_commit: dt.datetime | None  # UTC
+    last_run_id: str | None  # the run that made the current snapshot, if a run did
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "table": self.identifier,
+            "rows": self.rows,
+            "snapshot_id": self.snapshot_id,
+            "last_commit": self.last_commit.isoformat() if self.last_commit else None,
+            "last_run_id": self.last_run_id,
+        }
+
+
+def list_tables(catalog: Catalog) -> list[TableInfo]:
+    """Every table of every namespace in the catalog (feature groups and predictions), by name."""
+    found = []
+    for namespace in sorted(catalog.list_namespaces()):
+        for identifier in sorted(catalog.list_tables(namespace)):
+            name = ".".join(identifier)
+            table = catalog.load_table(name)
+            snapshot = table.current_snapshot()
+            summary = snapshot.summary if snapshot is not None else None
+            props = summary.additional_properties if summary is not None else {}
+            found.append(
+                TableInfo(
+                    identifier=name,
+                    rows=int(props["total-records"])
+                    if "total-records" in props
+                    else (0 if snapshot is None else None),
+                    snapshot_id=snapshot.snapshot_id if snapshot is not None else None,
+                    last_commit=dt.datetime.fromtimestamp(
+                        snapshot.timestamp_ms / 1000, dt.UTC
+                    ).replace(tzinfo=None)
+                    if snapshot is not None
+                    else None,
+                    last_run_id=props.get(RUN_ID_PROPERTY),
+                )
+            )
+    return found
 
 
 def rollback_table(catalog: Catalog, identifier: str, snapshot_id: int) -> None:
@@ -567,22 +616,22 @@ def check_select(sql: str, dialect: str = "duckdb") -> None:
         statements = duckdb.connect(":memory:").extract_statements(sql)
     except duckdb.Error as exc:
         if dialect == "duckdb":
-            raise QueryError(f"the query does not parse: {exc}") from exc
+            raise QueryRefusedError(f"the query does not parse: {exc}") from exc
         stripped = re.sub(r"--[^\n]*|/\*.*?\*/", " ", sql, flags=re.DOTALL).lstrip(" \t\n(")
         keyword = (stripped.split(None, 1) or [""])[0].upper()
         if keyword not in ("SELECT", "WITH"):
-            raise QueryError(
+            raise QueryRefusedError(
                 f"only SELECT queries are allowed (got {keyword or 'nothing'}); "
                 "batchscore query never modifies a table."
             ) from None
         return
     if len(statements) != 1:
-        raise QueryError(
+        raise QueryRefusedError(
             f"give exactly one SQL statement (got {len(statements)}); "
             "separate queries are run one at a time."
         )
     if statements[0].type != duckdb.StatementType.SELECT:
-        raise QueryError(
+        raise QueryRefusedError(
             f"only SELECT queries are allowed (got {statements[0].type.name}); "
             "batchscore query never modifies a table."
         )

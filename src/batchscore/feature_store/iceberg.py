@@ -295,6 +295,8 @@ class IcebergFeatureStore(FeatureStore):
                 )
                 """
             ).fetchall()[0]
+        except duckdb.Error as exc:
+            raise engine_read_error(f"feature group {name!r}", exc) from exc
         finally:
             con.close()
         return RecordSummary(*row)
@@ -340,6 +342,7 @@ class IcebergFeatureStore(FeatureStore):
             batch_size=batch_size,
             temp_dir=temp_dir,
             stats=stats,
+            label=f"feature group {name!r}",
         )
         return LatestRecords(out_schema, batches, snapshot_id, as_of, stats)
 
@@ -398,8 +401,13 @@ def _dedup_batches(
     batch_size: int,
     temp_dir: Path | None,
     stats: ReadStats,
+    label: str = "the feature group",
 ) -> Iterator[pa.RecordBatch]:
     """Rank versions per id in DuckDB, newest first, then drop delete markers (in that order).
+
+    Raises:
+        FeatureGroupError: DuckDB could not read the data (a damaged or missing file …): its
+            first line, never the SQL it echoes.
 
     ``source`` gives local Parquet files (read by DuckDB, ranked on the key columns alone) or
     an Arrow record batch reader; it is called once the DuckDB connection is ready."""
@@ -511,8 +519,21 @@ def _dedup_batches(
                 if live.schema != out_schema:  # e.g. large_string in a file, string in the table
                     live = pa.Table.from_batches([live]).cast(out_schema).to_batches()[0]
                 yield pa.RecordBatch.from_arrays(live.columns, schema=out_schema)
+    except duckdb.Error as exc:
+        raise engine_read_error(label, exc) from exc
     finally:
         con.close()
+
+
+def engine_read_error(label: str, exc: BaseException) -> FeatureGroupError:
+    """A DuckDB failure while reading ``label``, as one line: DuckDB's first line names the
+    problem and the file; the rest echoes batchscore's own SQL, which tells the user nothing."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return FeatureGroupError(
+        f"reading {label} failed: {first}. A data file of the feature group is damaged or "
+        "was changed outside batchscore: restore it, or re-ingest the records into a new "
+        "feature group (--debug shows the whole engine error)."
+    )
 
 
 def _take_winners(

@@ -19,6 +19,10 @@ import pyarrow as pa
 from batchscore.errors import ModelError, ModelLoadError, SchemaMismatchError
 
 APPROVAL_TAG = "approval_status"
+# A registry that keeps no approval history of its own gets one in this version tag: a JSON
+# list of {"status", "at"} (UTC ISO times), newest last, at most STATUS_HISTORY_LIMIT entries.
+STATUS_HISTORY_TAG = "approval_status_history"
+STATUS_HISTORY_LIMIT = 50
 DEFAULT_STATUS = "PendingManualApproval"
 
 # Types a scikit-learn pipeline of standard parts needs beyond skops' own safe list.
@@ -45,6 +49,56 @@ class ModelVersion:
     @property
     def label(self) -> str:
         return f"{self.group!r} v{self.version}"
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """One approval status a version was given, and when (UTC)."""
+
+    status: str
+    at: str
+
+
+@dataclass(frozen=True)
+class ModelDetails:
+    """What a person looks for in a version (``batchscore models show``).
+
+    ``status_history`` is None when the registry keeps none for this version (registered
+    before batchscore recorded it, or a registry without history).
+    """
+
+    version: ModelVersion
+    input_types: dict[str, str] | None
+    metrics: dict[str, Any]
+    profile: dict[str, Any] | None
+    status_history: list[StatusChange] | None
+
+    @property
+    def training(self) -> dict[str, Any]:
+        """The training profile's summary: data, id range, rows, target, when."""
+        profile = self.profile or {}
+        keys = ("feature_group", "feature_group_snapshot_id", "id_range", "rows",
+                "target_column", "target_distribution", "trained_at")  # fmt: skip
+        return {k: profile[k] for k in keys if k in profile}
+
+    def to_dict(self) -> dict[str, Any]:
+        v = self.version
+        return {
+            "group": v.group,
+            "version": v.version,
+            "status": v.status,
+            "created": v.created.isoformat(),
+            "source": v.source,
+            "run_id": v.run_id,
+            "description": v.description,
+            "input_types": self.input_types,
+            "metrics": self.metrics,
+            "training": self.training,
+            "category_vocabularies": (self.profile or {}).get("category_vocabularies"),
+            "status_history": None
+            if self.status_history is None
+            else [{"status": c.status, "at": c.at} for c in self.status_history],
+        }
 
 
 @dataclass
@@ -94,8 +148,19 @@ class LoadedModel:
         return values
 
     def predict(self, batch: pa.RecordBatch | pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted class (as int) and the probability used to rank (positive class)."""
-        proba = np.asarray(self.estimator.predict_proba(self.frame(batch)), dtype=np.float64)
+        """Predicted class (as int) and the probability used to rank (positive class).
+
+        Raises:
+            ModelError: the model cannot take missing values and the batch has some; the
+                message names the columns.
+        """
+        frame = self.frame(batch)
+        try:
+            proba = np.asarray(self.estimator.predict_proba(frame), dtype=np.float64)
+        except ValueError as exc:
+            if "contains NaN" not in str(exc):
+                raise
+            raise self._missing_values_error(frame) from exc
         best = proba.argmax(axis=1)
         classes = self.classes
         if classes and all(_is_int_like(c) for c in classes):
@@ -105,6 +170,16 @@ class LoadedModel:
         # Binary: the positive (last) class; multi-class: the predicted class' probability.
         probability = proba[:, -1] if proba.shape[1] == 2 else proba.max(axis=1)
         return prediction.astype(np.int32), probability
+
+    def _missing_values_error(self, frame: pd.DataFrame) -> ModelError:
+        missing = frame.isna().sum()
+        columns = [f"{c!r} ({n} rows)" for c, n in missing.items() if n]
+        named = ", ".join(columns) or "(none of its declared columns: inside the model)"
+        return ModelError(
+            f"model {self.version.label} ({type(self.estimator).__name__}) cannot take missing "
+            f"values, and this batch has them in {named}. Impute in the model's pipeline "
+            "(e.g. a SimpleImputer step, as 'batchscore train' does) and register it again."
+        )
 
 
 def approve_command(group: str, version: int | str) -> str:
@@ -222,6 +297,38 @@ class ModelRegistry(abc.ABC):
         """The version's input columns and types as declared (its signature), without loading
         the estimator; None when only the loaded model can tell."""
         return None
+
+    def profile(self, version: ModelVersion) -> dict[str, Any] | None:
+        """The training profile logged beside the model, if there is one."""
+        return None
+
+    def metrics(self, version: ModelVersion) -> dict[str, Any]:
+        """Metrics the registry keeps for the version (default: the profile's validation)."""
+        return {}
+
+    def status_history(self, version: ModelVersion) -> list[StatusChange] | None:
+        """Approval statuses given to the version, oldest first; None when not kept."""
+        return None
+
+    def describe_version(self, group: str, version: int) -> ModelDetails:
+        """A version with its signature, metrics, training profile and status history.
+
+        Raises:
+            UnknownVersionError: the group has no such version.
+        """
+        found = self.get_version(group, version)
+        profile = self.profile(found)
+        metrics = self.metrics(found)
+        if not metrics and profile and isinstance(profile.get("validation_metrics"), dict):
+            metrics = {f"validation_{k}": v for k, v in profile["validation_metrics"].items()
+                       if isinstance(v, int | float) and k != "rows"}  # fmt: skip
+        return ModelDetails(
+            version=found,
+            input_types=self.input_types(found),
+            metrics=metrics,
+            profile=profile,
+            status_history=self.status_history(found),
+        )
 
     @abc.abstractmethod
     def load(self, version: ModelVersion) -> LoadedModel:

@@ -18,14 +18,17 @@ from typing import Any
 import pandas as pd
 
 from batchscore.config import APPROVAL_STATUSES, RESOURCE_NAME, validate_identifier
-from batchscore.errors import ModelError, ModelLoadError
+from batchscore.errors import ModelError, ModelLoadError, UnknownVersionError
 from batchscore.registry.base import (
     APPROVAL_TAG,
     DEFAULT_STATUS,
+    STATUS_HISTORY_LIMIT,
+    STATUS_HISTORY_TAG,
     TRUSTED_SKOPS_TYPES,
     LoadedModel,
     ModelRegistry,
     ModelVersion,
+    StatusChange,
     check_classifier,
 )
 from batchscore.registry.cache import ModelCache
@@ -95,7 +98,7 @@ class MlflowRegistry(ModelRegistry):
             return self._to_version(self.client.get_model_version(group, str(version)))
         except MlflowException:
             known = ", ".join(f"v{v.version}" for v in self.list_versions(group)) or "none"
-            raise ModelError(
+            raise UnknownVersionError(
                 f"model package group {group!r} has no version {version} (versions: {known})."
             ) from None
 
@@ -105,8 +108,46 @@ class MlflowRegistry(ModelRegistry):
                 f"approval status {status!r} is not one of {', '.join(APPROVAL_STATUSES)}."
             )
         self.get_version(group, version)
+        history = self._history_tag(group, version)
         self.client.set_model_version_tag(group, str(version), APPROVAL_TAG, status)
+        history.append({"status": status, "at": dt.datetime.now(dt.UTC).isoformat()})
+        self.client.set_model_version_tag(
+            group, str(version), STATUS_HISTORY_TAG, json.dumps(history[-STATUS_HISTORY_LIMIT:])
+        )
         return self.get_version(group, version)
+
+    def _history_tag(self, group: str, version: int) -> list[dict[str, str]]:
+        tags = self.client.get_model_version(group, str(version)).tags or {}
+        try:
+            history = json.loads(tags.get(STATUS_HISTORY_TAG, "[]"))
+        except ValueError:
+            return []
+        return history if isinstance(history, list) else []
+
+    def status_history(self, version: ModelVersion) -> list[StatusChange] | None:
+        """From the version tag ``approval_status_history`` that ``set_status`` and
+        ``register_sklearn`` keep (MLflow records no history of tags itself)."""
+        history = self._history_tag(version.group, version.version)
+        changes = [
+            StatusChange(str(h.get("status")), str(h.get("at")))
+            for h in history
+            if isinstance(h, dict)
+        ]
+        return changes or None
+
+    def profile(self, version: ModelVersion) -> dict[str, Any] | None:
+        return _read_profile(self._download(version))
+
+    def metrics(self, version: ModelVersion) -> dict[str, Any]:
+        """The metrics logged in the version's MLflow run."""
+        from mlflow.exceptions import MlflowException
+
+        if not version.run_id:
+            return {}
+        try:
+            return dict(self.client.get_run(version.run_id).data.metrics)
+        except MlflowException:
+            return {}  # the run was deleted: the profile's validation metrics stand in
 
     # Loading ----------------------------------------------------------------------------
 
@@ -207,7 +248,12 @@ class MlflowRegistry(ModelRegistry):
             group,
             info.model_uri,
             run_id=run.info.run_id,
-            tags={APPROVAL_TAG: DEFAULT_STATUS},
+            tags={
+                APPROVAL_TAG: DEFAULT_STATUS,
+                STATUS_HISTORY_TAG: json.dumps(
+                    [{"status": DEFAULT_STATUS, "at": dt.datetime.now(dt.UTC).isoformat()}]
+                ),
+            },
             description=description,
         )
         return self._to_version(mv)

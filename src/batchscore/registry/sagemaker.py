@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchscore.config import APPROVAL_STATUSES, RESOURCE_NAME, validate_identifier
-from batchscore.errors import ModelError, ModelLoadError
+from batchscore.errors import ModelError, ModelLoadError, UnknownVersionError
 from batchscore.registry.archive import extract_archive, format_bytes
 from batchscore.registry.base import (
     DEFAULT_STATUS,
@@ -103,7 +103,7 @@ class SageMakerRegistry(ModelRegistry):
             if candidate.version == version:
                 return candidate
         known = ", ".join(f"v{v.version}" for v in self.list_versions(group)) or "none"
-        raise ModelError(
+        raise UnknownVersionError(
             f"model package group {group!r} has no version {version} (versions: {known})."
         )
 
@@ -189,6 +189,15 @@ class SageMakerRegistry(ModelRegistry):
         for candidate in (folder, *sorted(p for p in folder.iterdir() if p.is_dir())):
             if (candidate / "MLmodel").exists():
                 return declared_input_types(candidate)
+        return None
+
+    def profile(self, version: ModelVersion) -> dict[str, Any] | None:
+        from batchscore.registry.mlflow import _read_profile
+
+        folder = self._download(version)
+        for candidate in (folder, *sorted(p for p in folder.iterdir() if p.is_dir())):
+            if (candidate / "MLmodel").exists():
+                return _read_profile(candidate)
         return None
 
     def load(self, version: ModelVersion) -> LoadedModel:
