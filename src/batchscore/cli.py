@@ -493,7 +493,7 @@ def query(
     if fmt not in ("table", "csv", "json"):
         raise ConfigError(f"--format {fmt!r} must be table, csv or json.")
     if query_engine(settings, via) == "duckdb":
-        _print_arrow(run_query(open_catalog(settings), sql, timeout=timeout), fmt)
+        _print_arrow(run_query(open_catalog(settings, writable=False), sql, timeout=timeout), fmt)
         return
     from batchscore.athena import athena_query
 
@@ -510,10 +510,10 @@ def query(
 # Features -------------------------------------------------------------------------------------
 
 
-def _store() -> Any:
+def _store(*, writable: bool = True) -> Any:
     from batchscore.feature_store import open_feature_store
 
-    return open_feature_store(state.settings)
+    return open_feature_store(state.settings, writable=writable)
 
 
 @features_app.command("create")
@@ -649,7 +649,7 @@ def features_describe(
     name: Annotated[str | None, typer.Argument(help="Feature group.")] = None,
 ) -> None:
     """Show a feature group's definition, offline store, live records and their ranges."""
-    store = _store()
+    store = _store(writable=False)
     group = store.describe(name or state.settings.feature_group_name)
     info = group.describe()
     features = info.pop("features")
@@ -681,17 +681,17 @@ def features_describe(
 @features_app.command("list")
 def features_list() -> None:
     """List feature groups."""
-    for name in _store().list_feature_groups():
+    for name in _store(writable=False).list_feature_groups():
         console.print(name)
 
 
 # Models ---------------------------------------------------------------------------------------
 
 
-def _registry() -> Any:
+def _registry(*, writable: bool = True) -> Any:
     from batchscore.registry import open_registry
 
-    return open_registry(state.settings)
+    return open_registry(state.settings, writable=writable)
 
 
 @models_app.command("list")
@@ -700,7 +700,7 @@ def models_list(
 ) -> None:
     """List versions, newest first, with their approval status."""
     name = group or state.settings.model_package_group
-    versions = _registry().list_versions(name)
+    versions = _registry(writable=False).list_versions(name)
     table = Table(
         "version",
         "status",
@@ -766,6 +766,16 @@ def config_show() -> None:
         console.print(
             f"# unused by the {settings.backend} backend: {', '.join(unused)}", style="dim"
         )
+    # Shown, not required: this is where to look when another command finds no workspace.
+    where = settings.workspace_path
+    missing = (
+        ""
+        if where.is_dir()
+        else " (does not exist: reading commands need one, writing commands create it)"
+    )
+    console.print(
+        f"# workspace folder: {where}{missing}", style="dim", markup=False, highlight=False
+    )
 
 
 # Operations ---------------------------------------------------------------------------------
@@ -869,7 +879,7 @@ def runs_list(
     """Runs, newest first (like list-pipeline-executions)."""
     from batchscore.runs import RunHistory
 
-    rows = RunHistory.for_settings(state.settings).list_runs(
+    rows = RunHistory.for_settings(state.settings, writable=False).list_runs(
         status=status, pipeline=pipeline, limit=limit
     )
     table = Table(
@@ -899,7 +909,7 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
     """A run's steps, timings, metrics and outputs."""
     from batchscore.runs import RunHistory
 
-    run = RunHistory.for_settings(state.settings).get(run_id)
+    run = RunHistory.for_settings(state.settings, writable=False).get(run_id)
     rows = [
         (k, run[k])
         for k in (
@@ -985,7 +995,7 @@ def runs_logs(
 
     from batchscore.runs import ABANDONED, RunHistory
 
-    history = RunHistory.for_settings(state.settings)
+    history = RunHistory.for_settings(state.settings, writable=False)
     run = history.get(run_id)
     path = Path(run["log_path"])
     if json_lines:
@@ -1041,7 +1051,8 @@ def table_snapshots(
     from batchscore.tables import open_catalog, table_snapshots
 
     settings = state.settings
-    snapshots = table_snapshots(open_catalog(settings), settings.output_table)[:limit]
+    snapshots = table_snapshots(open_catalog(settings, writable=False), settings.output_table)
+    snapshots = snapshots[:limit]
     table = Table(
         Column("snapshot", no_wrap=True),
         Column("committed (UTC)", no_wrap=True),
