@@ -228,3 +228,15 @@ def test_library_readers_need_a_workspace_and_create_nothing(tmp_path: Path) -> 
     )
     assert list(workspace.iterdir()) == []
     assert list(tmp_path.iterdir()) == [workspace]  # no junk 'file:' folder from MLflow
+
+
+def test_readers_open_a_workspace_whose_path_needs_quoting(tmp_path: Path) -> None:
+    """The read-only SQLite URL is unquoted twice (SQLAlchemy, then SQLite): '#' survives."""
+    from batchscore import open_catalog, open_registry
+
+    settings = load_settings(None, {"workspace": str(tmp_path / "project #1" / "ws")}, env={})
+    open_catalog(settings).create_namespace("ml_metrics")
+    open_registry(settings).client.create_registered_model("churn")
+    assert open_catalog(settings, writable=False).list_namespaces() == [("ml_metrics",)]
+    models = open_registry(settings, writable=False).client.search_registered_models()
+    assert [m.name for m in models] == ["churn"]

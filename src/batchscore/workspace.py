@@ -108,7 +108,9 @@ def readonly_sqlite_url(path: Path) -> str:
     ``sqlite+pysqlite://``, not ``sqlite://``: MLflow makes the parent folder of whatever
     follows ``sqlite:///`` — here ``file:…``, a junk folder in the current directory.
     """
-    return f"sqlite+pysqlite:///{readonly_sqlite_uri(path)}&uri=true"
+    uri, _, options = readonly_sqlite_uri(path).partition("?")
+    # SQLAlchemy unquotes the database part once; SQLite unquotes the URI's path again.
+    return f"sqlite+pysqlite:///{quote(uri, safe='/:')}?{options}&uri=true"
 
 
 def require_sqlite_file(path: Path, what: str, create_with: str) -> None:
