@@ -184,6 +184,7 @@ def test_query_formats_and_read_only(settings, tmp_path: Path, capsys) -> None:
 
 def test_query_prints_values_and_names_as_they_are(empty_settings, capsys) -> None:
     ws = ["--set", f"workspace={empty_settings.workspace}"]
+    open_catalog(empty_settings)  # an empty catalog: a query needs an existing workspace
     sql = "SELECT '[not set]' AS a, '[red]x[/red]' AS b, 'a [/] b' AS c, 1 AS \"[bold]n[/bold]\""
     assert main([*ws, "query", sql]) == 0
     out = capsys.readouterr().out

@@ -619,7 +619,7 @@ def query(
     if fmt not in ("table", "csv", "json"):
         raise ConfigError(f"--format {fmt!r} must be table, csv or json.")
     if query_engine(settings, via) == "duckdb":
-        _print_arrow(run_query(open_catalog(settings), sql, timeout=timeout), fmt)
+        _print_arrow(run_query(open_catalog(settings, writable=False), sql, timeout=timeout), fmt)
         return
     from batchscore.athena import athena_query
 
@@ -636,10 +636,10 @@ def query(
 # Features -------------------------------------------------------------------------------------
 
 
-def _store() -> Any:
+def _store(*, writable: bool = True) -> Any:
     from batchscore.feature_store import open_feature_store
 
-    return open_feature_store(state.settings)
+    return open_feature_store(state.settings, writable=writable)
 
 
 @features_app.command("create")
@@ -775,7 +775,7 @@ def features_describe(
     name: Annotated[str | None, typer.Argument(help="Feature group.")] = None,
 ) -> None:
     """Show a feature group's definition, offline store, live records and their ranges."""
-    store = _store()
+    store = _store(writable=False)
     group = store.describe(name or state.settings.feature_group_name)
     info = group.describe()
     features = info.pop("features")
@@ -809,7 +809,7 @@ def features_list(
     fmt: Annotated[str, typer.Option("--format", "-f", help=FORMAT_HELP)] = "table",
 ) -> None:
     """List feature groups."""
-    names = _store().list_feature_groups()
+    names = _store(writable=False).list_feature_groups()
     if _check_format(fmt) == "json":
         _print_json([{"name": name} for name in names])
     elif fmt == "csv":
@@ -822,10 +822,10 @@ def features_list(
 # Models ---------------------------------------------------------------------------------------
 
 
-def _registry() -> Any:
+def _registry(*, writable: bool = True) -> Any:
     from batchscore.registry import open_registry
 
-    return open_registry(state.settings)
+    return open_registry(state.settings, writable=writable)
 
 
 @models_app.command("list")
@@ -836,7 +836,7 @@ def models_list(
     """List versions, newest first, with their approval status."""
     _check_format(fmt)
     name = group or state.settings.model_package_group
-    versions = _registry().list_versions(name)
+    versions = _registry(writable=False).list_versions(name)
     fields = ["group", "version", "status", "created", "description", "source", "run_id"]
     records = [
         {"group": v.group, "version": v.version, "status": v.status,
@@ -879,7 +879,9 @@ def models_show(
     and its history."""
     if fmt not in ("table", "json"):
         raise ConfigError(f"--format {fmt!r} must be table or json.")
-    details = _registry().describe_version(group or state.settings.model_package_group, version)
+    details = _registry(writable=False).describe_version(
+        group or state.settings.model_package_group, version
+    )
     if fmt == "json":
         _print_json(details.to_dict())
         return
@@ -977,6 +979,16 @@ def config_show() -> None:
         console.print(
             f"# unused by the {settings.backend} backend: {', '.join(unused)}", style="dim"
         )
+    # Shown, not required: this is where to look when another command finds no workspace.
+    where = settings.workspace_path
+    missing = (
+        ""
+        if where.is_dir()
+        else " (does not exist: reading commands need one, writing commands create it)"
+    )
+    console.print(
+        f"# workspace folder: {where}{missing}", style="dim", markup=False, highlight=False
+    )
 
 
 # Operations ---------------------------------------------------------------------------------
@@ -1098,7 +1110,7 @@ def runs_list(
     from batchscore.runs import RunHistory, RunSummary
 
     _check_format(fmt)
-    runs = RunHistory.for_settings(state.settings).summaries(
+    runs = RunHistory.for_settings(state.settings, writable=False).summaries(
         status=status, pipeline=pipeline, limit=limit
     )
     if fmt == "json":
@@ -1156,7 +1168,7 @@ def runs_show(
     from batchscore.runs import RunHistory
 
     _check_format(fmt)
-    run = RunHistory.for_settings(state.settings).details(run_id)
+    run = RunHistory.for_settings(state.settings, writable=False).details(run_id)
     if fmt == "json":
         _print_json(asdict(run))
         return
@@ -1240,7 +1252,7 @@ def runs_logs(
 
     from batchscore.runs import ABANDONED, RunHistory
 
-    history = RunHistory.for_settings(state.settings)
+    history = RunHistory.for_settings(state.settings, writable=False)
     run = history.get(run_id)
     path = Path(run["log_path"])
     if json_lines:
@@ -1300,7 +1312,7 @@ def table_list(
     from batchscore.tables import list_tables, open_catalog
 
     _check_format(fmt)
-    tables = list_tables(open_catalog(state.settings))
+    tables = list_tables(open_catalog(state.settings, writable=False))
     records = [t.to_dict() for t in tables]
     if fmt == "json":
         _print_json(records)
@@ -1344,7 +1356,8 @@ def table_snapshots(
     from batchscore.tables import open_catalog, table_snapshots
 
     settings = state.settings
-    snapshots = table_snapshots(open_catalog(settings), settings.output_table)[:limit]
+    snapshots = table_snapshots(open_catalog(settings, writable=False), settings.output_table)
+    snapshots = snapshots[:limit]
     table = Table(
         Column("snapshot", no_wrap=True),
         Column("committed (UTC)", no_wrap=True),

@@ -4,6 +4,7 @@ The tree::
 
     BatchScoreError                  root; `str(err)` is the whole message for a person
     ├── ConfigError                  a setting is missing, unknown, mistyped or inconsistent
+    │   └── WorkspaceNotFoundError   a reading command found no workspace (or database) there
     ├── InvalidIdentifierError       a name that would reach SQL, a catalog or a path is unsafe
     ├── FeatureGroupError            a feature group is missing or exists, or data does not fit it
     ├── NothingToScoreError          the id range holds no live record (distinct exit status)
@@ -42,6 +43,11 @@ class ConfigError(BatchScoreError):
     """A configuration file or value is invalid."""
 
     exit_code = 2
+
+
+class WorkspaceNotFoundError(ConfigError):
+    """A command that only reads found no workspace (or no database in it) where it looked;
+    reading never creates one."""
 
 
 class InvalidIdentifierError(ConfigError):

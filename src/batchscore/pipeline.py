@@ -45,6 +45,7 @@ from batchscore.registry.base import check_columns
 from batchscore.steps import batch_inference, data_source, publish
 from batchscore.steps.batch_inference import Lineage
 from batchscore.tables import LogicalRun, open_catalog
+from batchscore.workspace import ensure_writable_workspace
 
 log = logging.getLogger("batchscore")
 
@@ -196,21 +197,6 @@ def is_transient(exc: BaseException) -> bool:
 
 def _first_unfinished(record: RunRecord) -> str:
     return next((s for s in STEPS if record.steps[s].status != "succeeded"), STEPS[-1])
-
-
-def ensure_writable_workspace(settings: Settings) -> None:
-    """Raise StorageError naming the workspace when runs cannot be written into it."""
-    runs = settings.runs_path
-    try:
-        runs.mkdir(parents=True, exist_ok=True)
-        probe = runs / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise StorageError(
-            f"workspace {str(settings.workspace_path)!r} is not writable ({exc.strerror}): "
-            "set 'workspace' to a folder this user can write."
-        ) from exc
 
 
 # Settings that change how a run is carried out but not what it reads, scores or publishes:

@@ -26,6 +26,7 @@ from batchscore.clock import utcnow
 from batchscore.config import Settings
 from batchscore.errors import ConfigError, RunNotFoundError, StorageError
 from batchscore.pipeline import STEPS, PipelineHooks, RunRecord
+from batchscore.workspace import ensure_writable_workspace, readonly_sqlite_uri, require_workspace
 
 log = logging.getLogger("batchscore")
 
@@ -194,30 +195,62 @@ class RunDetails(RunSummary):
 class RunHistory:
     """The workspace's ``runs.db``."""
 
-    def __init__(self, path: Path, settings: Settings | None = None) -> None:
-        """``settings`` locate the run locks; without them, runs are shown as recorded."""
+    def __init__(
+        self, path: Path, settings: Settings | None = None, *, writable: bool = True
+    ) -> None:
+        """``settings`` locate the run locks; without them, runs are shown as recorded.
+
+        ``writable=False`` only reads: the file is opened read-only and nothing is created
+        (a workspace with no ``runs.db`` yet has no runs), so a read-only workspace works.
+
+        Raises:
+            StorageError: writable, and the history cannot be created or written.
+        """
         self.path = path
         self.settings = settings
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.writable = writable
+        if not writable:
+            return
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as con:
                 con.executescript(SCHEMA)
-        except sqlite3.OperationalError as exc:
+        except (OSError, sqlite3.OperationalError) as exc:
             raise StorageError(
                 f"cannot write the run history {str(path)!r}: {exc}. Free disk space or fix "
                 "the workspace's permissions."
             ) from exc
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> RunHistory:
-        return cls(settings.workspace_path / "runs.db", settings)
+    def for_settings(cls, settings: Settings, *, writable: bool = True) -> RunHistory:
+        """The workspace's history. Reading (``writable=False``) needs the workspace to
+        exist; writing creates it and checks it is writable.
+
+        Raises:
+            WorkspaceNotFoundError: reading, and there is no workspace.
+            StorageError: writing, and the workspace is not writable.
+        """
+        if writable:
+            ensure_writable_workspace(settings)
+        else:
+            require_workspace(settings)
+        return cls(settings.workspace_path / "runs.db", settings, writable=writable)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=30)
+        empty = False
+        if self.writable:
+            con = sqlite3.connect(self.path, timeout=30)
+        elif self.path.is_file():
+            con = sqlite3.connect(readonly_sqlite_uri(self.path), uri=True, timeout=30)
+        else:  # nothing recorded yet: an empty history, in memory
+            con, empty = sqlite3.connect(":memory:"), True
         con.row_factory = sqlite3.Row
         try:
-            con.execute("PRAGMA journal_mode=WAL")
+            if self.writable:
+                con.execute("PRAGMA journal_mode=WAL")
+            if empty:
+                con.executescript(SCHEMA)
             with con:
                 yield con
         finally:

@@ -46,6 +46,13 @@ from batchscore.errors import (
     is_busy_error,
 )
 from batchscore.faults import failpoint
+from batchscore.workspace import (
+    ensure_writable_workspace,
+    readonly_sqlite_url,
+    require_sqlite_file,
+    require_workspace,
+    sqlite_path,
+)
 
 # The predictions table: the seed's four columns, then lineage, then the partition column.
 PREDICTIONS_SCHEMA = pa.schema(
@@ -74,18 +81,44 @@ TABLE_PROPERTIES = {
 RUN_ID_PROPERTY = "batchscore.run_id"
 
 
-def open_catalog(settings: Settings) -> Catalog:
+def open_catalog(settings: Settings, *, writable: bool = True) -> Catalog:
     """Open the configured Iceberg catalog (a SQLite SqlCatalog in the workspace by default).
 
+    Args:
+        settings: the catalog settings (pyiceberg properties) or the workspace.
+        writable: False to only read: the workspace must exist already, nothing is created
+            or written, and a SQLite catalog is opened read-only (so a read-only workspace
+            works). True (the default) creates the workspace if needed and checks it is
+            writable.
+
     Raises:
+        WorkspaceNotFoundError: reading, and no workspace or SQLite catalog file there.
+        StorageError: writing, and the workspace is not writable.
         ConfigError: the catalog cannot be opened with the given properties.
     """
     properties = settings.catalog_properties
-    if not settings.catalog:
-        settings.workspace_path.mkdir(parents=True, exist_ok=True)
+    if not settings.catalog:  # the embedded default lives in the workspace
+        if writable:
+            ensure_writable_workspace(settings)
+        else:
+            require_workspace(settings)
+    database = sqlite_path(properties.get("uri", ""))
+    if not writable and database is not None:
+        require_sqlite_file(
+            database,
+            "Iceberg catalog",
+            "'batchscore quickstart' or 'batchscore features create' makes one",
+        )
+        # No WAL switch, no catalog tables created: a reader changes nothing.
+        properties = {
+            **properties,
+            "uri": readonly_sqlite_url(database),
+            "init_catalog_tables": "false",
+        }
     try:
         catalog = load_catalog("batchscore", **properties)
-        _use_wal(properties.get("uri", ""))
+        if writable:
+            _use_wal(properties.get("uri", ""))
         return catalog
     except Exception as exc:
         shown = settings.redact(str(exc))
@@ -99,11 +132,11 @@ def open_catalog(settings: Settings) -> Catalog:
 
 def _use_wal(uri: str) -> None:
     """Concurrent writers on a SQLite catalog need WAL mode (it persists in the file)."""
-    if not uri.startswith("sqlite:///"):
+    path = sqlite_path(uri)
+    if path is None:
         return
     import sqlite3
 
-    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
     con = sqlite3.connect(path, timeout=30)
     try:
         if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
@@ -726,9 +759,11 @@ def query(
     Raises:
         QueryError: the SQL is not one SELECT, or the engine rejects or fails it.
         ConfigError: ``via`` is neither engine.
+        WorkspaceNotFoundError: no workspace (or catalog) where the settings point: reading
+            never creates one.
     """
     if query_engine(settings, via) == "duckdb":
-        return run_query(open_catalog(settings), sql, parameters, timeout=timeout)
+        return run_query(open_catalog(settings, writable=False), sql, parameters, timeout=timeout)
     from batchscore.athena import athena_query
 
     return athena_query(settings, sql, parameters, timeout=timeout).table

@@ -12,8 +12,11 @@ if TYPE_CHECKING:
 __all__ = ["FeatureGroup", "FeatureStore", "LatestRecords", "ReadStats", "open_feature_store"]
 
 
-def open_feature_store(settings: Settings) -> FeatureStore:
-    """The feature store the settings choose (the embedded Iceberg catalog by default)."""
+def open_feature_store(settings: Settings, *, writable: bool = True) -> FeatureStore:
+    """The feature store the settings choose (the embedded Iceberg catalog by default).
+
+    ``writable=False`` only reads: see ``open_catalog``.
+    """
     if settings.feature_store_type == "sagemaker":
         from batchscore.feature_store.sagemaker import SageMakerFeatureStore
 
@@ -21,4 +24,4 @@ def open_feature_store(settings: Settings) -> FeatureStore:
     from batchscore.feature_store.iceberg import IcebergFeatureStore
     from batchscore.tables import open_catalog
 
-    return IcebergFeatureStore(open_catalog(settings))
+    return IcebergFeatureStore(open_catalog(settings, writable=writable))

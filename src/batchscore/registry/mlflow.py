@@ -32,6 +32,7 @@ from batchscore.registry.base import (
     check_classifier,
 )
 from batchscore.registry.cache import ModelCache
+from batchscore.workspace import readonly_sqlite_url, require_sqlite_file, sqlite_path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 PROFILE_FILE = "training_profile.json"
@@ -53,18 +54,31 @@ class MlflowRegistry(ModelRegistry):
         artifact_location: str,
         cache_dir: Path,
         trusted_types: list[str] | tuple[str, ...] = (),
+        *,
+        writable: bool = True,
     ) -> None:
+        """``writable=False`` opens a SQLite store read-only and creates nothing: the
+        database must exist (else WorkspaceNotFoundError), and MLflow's own table creation
+        and migrations never run on it."""
         _quiet_mlflow()
         from mlflow.tracking import MlflowClient
 
-        if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.tracking_uri = tracking_uri
+        database = sqlite_path(tracking_uri)
+        client_uri = tracking_uri
+        if database is not None and writable:
+            database.parent.mkdir(parents=True, exist_ok=True)
+        elif database is not None:
+            require_sqlite_file(
+                database, "MLflow model registry", "'batchscore train' registers a model"
+            )
+            client_uri = readonly_sqlite_url(database)
+        self.tracking_uri = tracking_uri  # the registry's identity (the model cache's key)
+        self.client_uri = client_uri
         self.artifact_location = artifact_location.rstrip("/")
         self.cache_dir = cache_dir
         self.cache = ModelCache(cache_dir)
         self.trusted_types = [*TRUSTED_SKOPS_TYPES, *trusted_types]
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.client = MlflowClient(tracking_uri=client_uri, registry_uri=client_uri)
 
     # Listing and status -----------------------------------------------------------------
 
@@ -177,7 +191,7 @@ class MlflowRegistry(ModelRegistry):
         try:
             uri = self.client.get_model_version_download_uri(version.group, str(version.version))
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=str(staging), tracking_uri=self.tracking_uri
+                artifact_uri=uri, dst_path=str(staging), tracking_uri=self.client_uri
             )
         except Exception as exc:
             raise ModelLoadError(
