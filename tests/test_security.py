@@ -206,11 +206,17 @@ def test_batchscore_env_credentials_are_secrets(make, tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "uri: '***'" in shown.stdout and "write_mode: append" in shown.stdout
     result = cli("-c", str(config), "run", env=env)
-    assert result.returncode != 0
-    assert "Error: " in result.stderr and "cannot open the Iceberg catalog" in result.stderr
+    assert result.returncode == 2  # the run's lock lives in that catalog: nothing starts
+    assert "Error: cannot open the Iceberg catalog database *** for the run" in result.stderr
+    # A run that starts, fails, and logs where its failure notice could not go.
+    hook = {"BATCHSCORE_NOTIFICATION_URLS": '["json://batch:Sup3rS3cret9@127.0.0.1:1/tok-91ab"]'}
+    missing = config_for(base, tmp_path / "m.yaml", model_package_group="no-such-model")
+    failed = cli("-c", str(missing), "run", env=hook)
+    assert failed.returncode == 1 and "could not be delivered" in failed.stderr
     texts = [shown.stdout + shown.stderr, result.stdout + result.stderr]
+    texts += [failed.stdout + failed.stderr]
     texts += [p.read_text() for p in base.runs_path.glob("*/run.*")]
-    assert len(texts) == 5  # the console twice, run.log, run.jsonl, run.json
+    assert len(texts) == 6  # the console three times, run.log, run.jsonl, run.json
     for text in texts:
         assert "Sup3rS3cret9" not in text and "tok-91ab" not in text
     with pytest.raises(ConfigError) as err:  # a string where a list belongs

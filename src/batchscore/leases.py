@@ -255,8 +255,16 @@ class SqlLeaseStore(LeaseStore):
                 if not is_busy_error(exc):
                     import sqlalchemy as sa
 
+                    first_line = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+                    if "disk" in first_line.lower() and (
+                        "full" in first_line.lower() or "i/o" in first_line.lower()
+                    ):
+                        raise StorageError(
+                            f"cannot write the run's lock to the catalog database {self.uri} "
+                            f"({first_line}): the disk is full or a file size limit was "
+                            "reached. Free space, then run again; nothing was started."
+                        ) from exc
                     if isinstance(exc, sa.exc.OperationalError | sa.exc.DatabaseError):
-                        first_line = str(getattr(exc, "orig", None) or exc).splitlines()[0]
                         raise ConfigError(
                             f"cannot open the Iceberg catalog database {self.uri} for the "
                             f"run's lock ({first_line}). Check the 'catalog' settings; they "
@@ -433,7 +441,13 @@ def open_lease_store(settings: Settings) -> LeaseStore | None:
             return S3LeaseStore(settings, settings.remote_workspace)
         properties = settings.catalog_properties if settings.catalog else {}
         if properties.get("type") == "sql" and properties.get("uri"):
-            return SqlLeaseStore(properties["uri"])
+            try:
+                return SqlLeaseStore(properties["uri"])
+            except ImportError as exc:  # the catalog's database driver (psycopg, …)
+                raise ConfigError(
+                    f"cannot open the Iceberg catalog database {properties['uri']} for the "
+                    f"run's lock: {exc}. Install the driver its URI names."
+                ) from exc
         glue = properties.get("type") == "glue" or (
             not settings.catalog and settings.backend == "aws"
         )
