@@ -562,7 +562,7 @@ def test_query_goes_through_athena_with_results_in_athena_query_results(
     before = len(athena_executions())
     for statement in ("DROP TABLE mlops_poc_daily_inference",
                       "/* report */ INSERT INTO mlops_poc_daily_inference SELECT 1"):  # fmt: skip
-        assert main(["-c", str(config), "query", statement]) == 1
+        assert main(["-c", str(config), "query", statement]) == 2  # a usage error
         assert "only SELECT" in capsys.readouterr().err
     assert len(athena_executions()) == before
     local = tmp_path / "local.yaml"
