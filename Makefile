@@ -26,7 +26,8 @@ test: $(STAMP)
 # The fault, concurrency and bad-input suites, then docs/reliability.md from their output.
 RELIABILITY_TESTS := tests/test_faults.py tests/test_concurrency.py tests/test_bad_input.py \
 	tests/test_config.py tests/test_registry.py tests/test_cli.py tests/test_pipeline.py \
-	tests/test_operations.py
+	tests/test_operations.py tests/test_integrity.py tests/test_security.py tests/test_locks.py \
+	tests/test_archives.py tests/test_model_cache.py tests/test_workspace.py tests/test_ingest.py
 # `make test` kills 3 times per failpoint and 12 times at random; this runs 4 and 24.
 reliability: $(STAMP)
 	rm -f build/reliability.json

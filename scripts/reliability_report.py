@@ -21,6 +21,7 @@ ORDER = [
     "SIGKILL at a failpoint",
     "SIGKILL at a random moment",
     "concurrency",
+    "integrity",
     "config",
     "data",
     "model",
