@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from batchscore.errors import ConfigError, PublishError
+from batchscore.errors import ConfigError, PublishError, PublishRefusedError
 from batchscore.pipeline import Pipeline, RunRecord
 from batchscore.tables import load_table, open_catalog, run_query, table_snapshots
 from tests.reliability import record
@@ -128,16 +128,20 @@ def test_an_old_run_resumed_late_does_not_replace_a_newer_runs_rows(make) -> Non
 # Replace, overwrite, rollback ----------------------------------------------------------------
 
 
-def test_replace_never_publishes_a_customer_twice(make) -> None:
+def test_replace_never_publishes_a_customer_twice(make, tmp_path: Path) -> None:
     narrow = make(customer_id_end=4500)
     Pipeline(narrow).run(date=DAY)
     first = snapshot(narrow)
 
     table = narrow.athena_output_table
     overlapping = make(customer_id_start=4400, customer_id_end=5000, athena_output_table=table)
-    with pytest.raises(PublishError, match="overlap"):
+    with pytest.raises(PublishRefusedError, match="overlap"):
         Pipeline(overlapping).run(date=DAY)
     assert snapshot(narrow) == first
+    config = config_for(overlapping, tmp_path / "c.yaml", customer_id_start=4400)
+    refused = cli("-c", str(config), "run", "--date", DAY.isoformat())
+    assert refused.returncode == 1 and "overlap" in refused.stderr
+    assert "Resume it" not in refused.stderr  # resuming would be refused again
 
     wide = make(customer_id_end=5000, athena_output_table=table)
     record_ = Pipeline(wide).run(date=DAY)

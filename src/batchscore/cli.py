@@ -1436,12 +1436,16 @@ def _interrupted() -> int:
     return 143 if state.terminated else 130
 
 
-def _resume_hint(before: Any, message: str) -> str:
-    """' Resume it: batchscore resume ID' when the error failed a run this command executed."""
+def _resume_hint(before: Any, exc: BaseException) -> str:
+    """' Resume it: batchscore resume ID' when the error failed a run this command executed
+    and resuming can get past it (not a refusal such as an overlapping id range)."""
     from batchscore.pipeline import last_run
 
     record = last_run()
+    message = str(exc)
     if record is None or record is before or record.status != "failed":
+        return ""
+    if not getattr(exc, "resumable", True):
         return ""
     command = f"batchscore resume {record.run_id}"
     return "" if command in message else f" Resume it: {command}"
@@ -1466,7 +1470,7 @@ def main(argv: list[str] | None = None) -> int:
     except BatchScoreError as exc:
         if state.debug:
             _print_traceback(exc)
-        message = _redact(str(exc)) + _resume_hint(before, str(exc))
+        message = _redact(str(exc)) + _resume_hint(before, exc)
         err_console.print(f"Error: {message}", markup=False, highlight=False)
         code = exc.exit_code
     except (typer.Exit, click.exceptions.Exit) as exc:
@@ -1485,8 +1489,7 @@ def main(argv: list[str] | None = None) -> int:
             _print_traceback(exc)
         hint = "" if state.debug else " (--debug shows the traceback)"
         err_console.print(
-            f"Error: {type(exc).__name__}: {_redact(str(exc))}{_resume_hint(before, str(exc))}"
-            f"{hint}",
+            f"Error: {type(exc).__name__}: {_redact(str(exc))}{_resume_hint(before, exc)}{hint}",
             markup=False,
             highlight=False,
         )

@@ -19,7 +19,9 @@ The tree::
     ├── RunNotFoundError             no run with that id in the workspace
     ├── StorageError                 the workspace is not writable, or the disk is full
     └── PublishError                 the predictions could not be committed
-        └── CommitConflictError      another writer committed first (transient)
+        ├── CommitConflictError      another writer committed first (transient)
+        └── PublishRefusedError      committing would publish a customer twice or replace a
+                                     newer run's rows (resuming cannot help)
     TransientStoreError              a locked SQLite file or a registry I/O hiccup (transient)
 
 Errors marked ``transient = True`` may succeed when retried (a commit conflict, a locked file);
@@ -37,6 +39,7 @@ class BatchScoreError(Exception):
 
     transient: bool = False
     exit_code: int = 1
+    resumable: bool = True  # whether 'batchscore resume' can get past it
 
 
 class ConfigError(BatchScoreError):
@@ -118,6 +121,13 @@ class TransientStoreError(BatchScoreError):
 
 class PublishError(BatchScoreError):
     """Predictions could not be committed to the output table."""
+
+
+class PublishRefusedError(PublishError):
+    """The commit was refused on purpose: an overlapping id range, or a newer run's rows.
+    Resuming the same run would be refused again; a new run (or another range) is the fix."""
+
+    resumable = False
 
 
 class CommitConflictError(PublishError):

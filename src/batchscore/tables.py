@@ -40,6 +40,7 @@ from batchscore.errors import (
     CommitConflictError,
     ConfigError,
     PublishError,
+    PublishRefusedError,
     QueryError,
     QueryRefusedError,
     TransientStoreError,
@@ -456,7 +457,7 @@ def rows_to_replace(
         first, last = parse_id_range(earlier.id_range)
         inside = start <= first and last <= end
         if write_mode == "replace" and not inside and first <= end and start <= last:
-            raise PublishError(
+            raise PublishRefusedError(
                 f"run {earlier.run_id} published ids {earlier.id_range} of pipeline "
                 f"{logical_run.pipeline_name!r} for {logical_run.inference_date}; this run's ids "
                 f"{logical_run.id_range} overlap them, so a customer would appear twice. Score "
@@ -468,7 +469,7 @@ def rows_to_replace(
             replaced.append(earlier)
     newer = [r for r in replaced if r.started > started]
     if newer:
-        raise PublishError(
+        raise PublishRefusedError(
             f"run {newer[0].run_id} (started {newer[0].started.isoformat()}) published ids "
             f"{newer[0].id_range} for {logical_run.inference_date} after this run started "
             f"({started.isoformat()}): publishing now would replace newer predictions with older "
