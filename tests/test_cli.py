@@ -536,3 +536,22 @@ def test_a_damaged_feature_file_is_one_error_line_without_sql(make, tmp_path: Pa
     assert f"reading feature group '{group}' failed:" in errors[0]
     assert "LINE " not in failed.stderr and "read_parquet" not in failed.stderr
     assert "Resume it: batchscore resume " in errors[0]
+
+
+def test_help_imports_nothing_heavy() -> None:
+    """`batchscore --help` (and `import batchscore`) must not pay for pandas, pyarrow,
+    pyiceberg, MLflow or scikit-learn: 1.45 s -> 0.45 s when this held (docs/benchmarks.md)."""
+    code = (
+        "import sys\n"
+        "from batchscore.cli import main\n"
+        "assert main(['--help']) == 0\n"
+        "import batchscore\n"
+        "heavy = [m for m in ('pandas', 'pyarrow', 'pyiceberg', 'mlflow', 'sklearn', 'duckdb',\n"
+        "         'batchscore.pipeline') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout, result.stdout[-300:]

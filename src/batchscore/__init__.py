@@ -3,18 +3,35 @@
 Features from a feature store, the latest approved model from a registry, the model's own
 preprocessing, predictions (and evaluation when labels exist) published in one atomic commit
 to an Iceberg table — with run records and resume. Every CLI command has a call here.
+
+The names below are imported on first use, so ``import batchscore`` (and ``batchscore
+--help``) does not pay for pandas, pyiceberg and MLflow until a command needs them.
 """
 
-from batchscore.config import Settings, load_settings
-from batchscore.demo import generate_churn_data, quickstart
-from batchscore.errors import BatchScoreError
-from batchscore.feature_store import open_feature_store
-from batchscore.pipeline import Pipeline, PipelineHooks, RunRecord
-from batchscore.registry import open_registry
-from batchscore.tables import open_catalog, query, run_query
-from batchscore.training import train_model
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# name -> the module that defines it
+_EXPORTS = {
+    "BatchScoreError": "batchscore.errors",
+    "Pipeline": "batchscore.pipeline",
+    "PipelineHooks": "batchscore.pipeline",
+    "RunRecord": "batchscore.pipeline",
+    "Settings": "batchscore.config",
+    "generate_churn_data": "batchscore.demo",
+    "load_settings": "batchscore.config",
+    "open_catalog": "batchscore.tables",
+    "open_feature_store": "batchscore.feature_store",
+    "open_registry": "batchscore.registry",
+    "query": "batchscore.tables",
+    "quickstart": "batchscore.demo",
+    "run_query": "batchscore.tables",
+    "train_model": "batchscore.training",
+}
 
 __all__ = [
     "BatchScoreError",
@@ -32,3 +49,28 @@ __all__ = [
     "run_query",
     "train_model",
 ]
+assert sorted(__all__) == sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'batchscore' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:
+    from batchscore.config import Settings, load_settings
+    from batchscore.demo import generate_churn_data, quickstart
+    from batchscore.errors import BatchScoreError
+    from batchscore.feature_store import open_feature_store
+    from batchscore.pipeline import Pipeline, PipelineHooks, RunRecord
+    from batchscore.registry import open_registry
+    from batchscore.tables import open_catalog, query, run_query
+    from batchscore.training import train_model

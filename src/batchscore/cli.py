@@ -1418,13 +1418,18 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated("SIGTERM")
 
 
+def _last_run() -> Any:
+    """The run this process executed last, if any — without importing the runner (and
+    pandas, pyiceberg, MLflow with it) when no command needed it: ``--help`` stays fast."""
+    pipeline = sys.modules.get("batchscore.pipeline")
+    return pipeline.last_run() if pipeline is not None else None
+
+
 def _interrupted() -> int:
     """Say what was interrupted and how to continue; the exit code (130 SIGINT, 143 SIGTERM)."""
-    from batchscore.pipeline import last_run
-
     signal_name = "SIGTERM" if state.terminated else "Ctrl-C"
     err_console.print(f"Interrupted ({signal_name}).", markup=False, highlight=False)
-    record = last_run()
+    record = _last_run()
     if record is not None and record.status != "succeeded":
         step = record.failed_step or "its first step"
         err_console.print(
@@ -1439,9 +1444,7 @@ def _interrupted() -> int:
 def _resume_hint(before: Any, exc: BaseException) -> str:
     """' Resume it: batchscore resume ID' when the error failed a run this command executed
     and resuming can get past it (not a refusal such as an overlapping id range)."""
-    from batchscore.pipeline import last_run
-
-    record = last_run()
+    record = _last_run()
     message = str(exc)
     if record is None or record is before or record.status != "failed":
         return ""
@@ -1455,10 +1458,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return (and, as a console script, exit with) the exit code."""
     import signal
 
-    from batchscore.pipeline import last_run
-
     state.terminated = False
-    before = last_run()  # a run this command executes replaces it
+    before = _last_run()  # a run this command executes replaces it
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         # standalone_mode=False: an interrupted command *returns* 130 (typer turns Ctrl-C
