@@ -347,7 +347,7 @@ def map_strings(value: Any, fn: Any) -> Any:
     return value
 
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+VAR_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def _expand_env(value: Any, env: Mapping[str, str], key: str, secrets: dict[str, str]) -> Any:
@@ -373,10 +373,10 @@ def _expand_env(value: Any, env: Mapping[str, str], key: str, secrets: dict[str,
             secrets[env[name]] = f"${{{name}}}"
         return env[name]
 
-    return _VAR.sub(substitute, value)
+    return VAR_REFERENCE.sub(substitute, value)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -559,7 +559,7 @@ def load_settings(
 
     data: dict[str, Any] = {}
     if path is not None:
-        file_data = _read_yaml(Path(path))
+        file_data = read_yaml(Path(path))
         _check_unknown_keys(file_data, f"config file {str(path)!r}")
         data = _expand_env(file_data, env, "", secrets)
 

@@ -252,27 +252,13 @@ class SqlLeaseStore(LeaseStore):
             try:
                 return call()
             except Exception as exc:
+                first_line = str(getattr(exc, "orig", None) or exc).splitlines()[0]
                 if not is_busy_error(exc):
-                    import sqlalchemy as sa
-
-                    first_line = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-                    if "disk" in first_line.lower() and (
-                        "full" in first_line.lower() or "i/o" in first_line.lower()
-                    ):
-                        raise StorageError(
-                            f"cannot write the run's lock to the catalog database {self.uri} "
-                            f"({first_line}): the disk is full or a file size limit was "
-                            "reached. Free space, then run again; nothing was started."
-                        ) from exc
-                    if isinstance(exc, sa.exc.OperationalError | sa.exc.DatabaseError):
-                        raise ConfigError(
-                            f"cannot open the Iceberg catalog database {self.uri} for the "
-                            f"run's lock ({first_line}). Check the 'catalog' settings; they "
-                            "are pyiceberg catalog properties."
-                        ) from exc
-                    raise
+                    error = self._not_busy(exc, first_line)
+                    if error is exc:
+                        raise
+                    raise error from exc
                 if attempt == self.attempts - 1:
-                    first_line = str(getattr(exc, "orig", None) or exc).splitlines()[0]
                     raise TransientStoreError(
                         f"{self.where} stayed locked through {self.attempts} tries "
                         f"({first_line}): the run's lock lives there. Wait for the process "
@@ -280,6 +266,26 @@ class SqlLeaseStore(LeaseStore):
                     ) from exc
                 time.sleep(min(0.05 * 2**attempt, 1.0))
         raise AssertionError("unreachable")
+
+    def _not_busy(self, exc: Exception, first_line: str) -> Exception:
+        """The error to raise for a failure that waiting cannot fix: a full disk, a database
+        that cannot be opened, else ``exc`` itself."""
+        import sqlalchemy as sa
+
+        text = first_line.lower()
+        if "disk" in text and ("full" in text or "i/o" in text):
+            return StorageError(
+                f"cannot write the run's lock to the catalog database {self.uri} "
+                f"({first_line}): the disk is full or a file size limit was "
+                "reached. Free space, then run again; nothing was started."
+            )
+        if isinstance(exc, sa.exc.OperationalError | sa.exc.DatabaseError):
+            return ConfigError(
+                f"cannot open the Iceberg catalog database {self.uri} for the "
+                f"run's lock ({first_line}). Check the 'catalog' settings; they "
+                "are pyiceberg catalog properties."
+            )
+        return exc
 
     def _values(self, key: str, lease: Lease) -> dict[str, Any]:
         return {

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from batchscore.clock import utcnow
-from batchscore.config import _VAR, ENV_PREFIX, Settings, _read_yaml, validate_cron
+from batchscore.config import ENV_PREFIX, VAR_REFERENCE, Settings, read_yaml, validate_cron
 from batchscore.errors import BatchScoreError, ConfigError
 from batchscore.pipeline import Pipeline, PipelineHooks
 
@@ -149,9 +149,9 @@ def unit_variables(
     names = {n for n in env if n.startswith(ENV_PREFIX) and n != "BATCHSCORE_CONFIG"}
     texts = list(overrides)
     if config is not None:
-        texts += _strings(_read_yaml(Path(config)))
+        texts += _strings(read_yaml(Path(config)))
     for text in texts:
-        names.update(_VAR.findall(text))
+        names.update(VAR_REFERENCE.findall(text))
     return sorted(names)
 
 

@@ -150,7 +150,7 @@ class MlflowRegistry(ModelRegistry):
         return changes or None
 
     def profile(self, version: ModelVersion) -> dict[str, Any] | None:
-        return _read_profile(self._download(version))
+        return read_profile(self._download(version))
 
     def metrics(self, version: ModelVersion) -> dict[str, Any]:
         """The metrics logged in the version's MLflow run."""
@@ -291,7 +291,7 @@ def _input_types(meta: Any, estimator: Any, version: ModelVersion) -> dict[str, 
     return {str(n): "any" for n in names}
 
 
-def _read_profile(folder: Path) -> dict[str, Any] | None:
+def read_profile(folder: Path) -> dict[str, Any] | None:
     for candidate in (folder / "extra_files" / PROFILE_FILE, folder / PROFILE_FILE):
         if candidate.exists():
             return json.loads(candidate.read_text())
@@ -334,7 +334,7 @@ def load_model_folder(folder: Path, version: ModelVersion, trusted_types: list[s
         version=version,
         estimator=estimator,
         input_types=_input_types(meta, estimator, version),
-        profile=_read_profile(folder),
+        profile=read_profile(folder),
         classes=classes,
     )
 

@@ -186,27 +186,23 @@ class SageMakerRegistry(ModelRegistry):
         from batchscore.registry.mlflow import declared_input_types
 
         folder = self._download(version)
-        for candidate in (folder, *sorted(p for p in folder.iterdir() if p.is_dir())):
-            if (candidate / "MLmodel").exists():
-                return declared_input_types(candidate)
-        return None
+        mlflow_folder = _mlflow_folder(folder)
+        return declared_input_types(mlflow_folder) if mlflow_folder else None
 
     def profile(self, version: ModelVersion) -> dict[str, Any] | None:
-        from batchscore.registry.mlflow import _read_profile
+        from batchscore.registry.mlflow import read_profile
 
         folder = self._download(version)
-        for candidate in (folder, *sorted(p for p in folder.iterdir() if p.is_dir())):
-            if (candidate / "MLmodel").exists():
-                return _read_profile(candidate)
-        return None
+        mlflow_folder = _mlflow_folder(folder)
+        return read_profile(mlflow_folder) if mlflow_folder else None
 
     def load(self, version: ModelVersion) -> LoadedModel:
         from batchscore.registry.mlflow import load_model_folder, load_skops
 
         folder = self._download(version)
-        for candidate in (folder, *sorted(p for p in folder.iterdir() if p.is_dir())):
-            if (candidate / "MLmodel").exists():
-                return load_model_folder(candidate, version, self.trusted_types)
+        mlflow_folder = _mlflow_folder(folder)
+        if mlflow_folder is not None:
+            return load_model_folder(mlflow_folder, version, self.trusted_types)
         skops_files = sorted(folder.rglob("*.skops"))
         if skops_files:
             estimator = load_skops(skops_files[0], version, self.trusted_types)
@@ -304,6 +300,15 @@ class SageMakerRegistry(ModelRegistry):
             if version.source == arn:
                 return version
         raise ModelError(f"model package {arn} was created but is not listed in {group!r}.")
+
+
+def _mlflow_folder(folder: Path) -> Path | None:
+    """The MLflow model folder in an unpacked model.tar.gz: ``MLmodel`` at the top or one
+    level down (the first such folder by name), else None."""
+    for candidate in (folder, *sorted(p for p in folder.iterdir() if p.is_dir())):
+        if (candidate / "MLmodel").exists():
+            return candidate
+    return None
 
 
 def _bare_model(estimator: Any, version: ModelVersion) -> LoadedModel:
