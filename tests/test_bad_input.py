@@ -326,7 +326,7 @@ def test_catalog_locked_for_a_moment_is_retried(make) -> None:
     released when the pipeline says it is retrying: the retry commits and the run succeeds."""
     import logging
 
-    from batchscore.pipeline import PipelineHooks
+    from batchscore.records import PipelineHooks
 
     base = make()
     db = base.catalog["uri"].removeprefix("sqlite:///")

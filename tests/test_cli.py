@@ -279,7 +279,7 @@ def test_an_interrupted_run_exits_non_zero_and_says_how_to_resume(
     import signal
     import time
 
-    from batchscore.pipeline import RunRecord
+    from batchscore.records import RunRecord
 
     settings = make(customer_id_end=4100)
     config = config_for(settings, tmp_path / "c.yaml", customer_id_end=4100)

@@ -9,7 +9,7 @@ import threading
 import time
 
 from batchscore.config import load_settings
-from batchscore.pipeline import RunRecord
+from batchscore.records import RunRecord
 from batchscore.tables import ensure_predictions_table, load_table, open_catalog, run_query
 from tests.conftest import overrides_of
 from tests.reliability import record
@@ -26,7 +26,8 @@ def _child(
     exists (when given; at most 60 s), ``failpoint`` as ``$BATCHSCORE_FAILPOINT``."""
     from batchscore.errors import BatchScoreError
     from batchscore.faults import ENV
-    from batchscore.pipeline import Pipeline, PipelineHooks
+    from batchscore.pipeline import Pipeline
+    from batchscore.records import PipelineHooks
 
     os.environ[ENV] = failpoint
 

@@ -20,7 +20,7 @@ import pytest
 
 from batchscore.config import load_settings
 from batchscore.faults import POINTS
-from batchscore.pipeline import RunRecord
+from batchscore.records import RunRecord
 from tests.conftest import overrides_of
 from tests.reliability import record
 from tests.test_pipeline import expected_latest, table_rows

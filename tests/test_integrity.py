@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from batchscore.errors import ConfigError, PublishError, PublishRefusedError
-from batchscore.pipeline import Pipeline, RunRecord
+from batchscore.pipeline import Pipeline
+from batchscore.records import RunRecord
 from batchscore.tables import load_table, open_catalog, run_query, table_snapshots
 from tests.reliability import record
 from tests.test_cli import cli, config_for

@@ -22,7 +22,8 @@ from batchscore.config import load_settings
 from batchscore.errors import ConfigError, RunLockedError
 from batchscore.leases import Lease, S3LeaseStore, SqlLeaseStore, iso, open_lease_store
 from batchscore.locks import lock_holder, lock_key, run_lock
-from batchscore.pipeline import Pipeline, RunRecord
+from batchscore.pipeline import Pipeline
+from batchscore.records import RunRecord
 from batchscore.runs import RunHistory
 from tests.conftest import overrides_of
 from tests.test_aws import BUCKET, REGION, aws, moto_url  # noqa: F401 - fixtures
@@ -37,7 +38,7 @@ DAY_KEY = ("classification-model-batch-inference-pipeline", DAY.isoformat(), "40
 def _child(overrides: dict, run_id: str, pause: float | str, result: str) -> None:
     """Run DAY; pause before DataSource (seconds, or until the file ``pause`` exists)."""
     from batchscore.errors import BatchScoreError
-    from batchscore.pipeline import PipelineHooks
+    from batchscore.records import PipelineHooks
 
     class Pause(PipelineHooks):
         def before_step(self, record, step):

@@ -21,7 +21,8 @@ import pytest
 
 from batchscore.errors import RunLockedError
 from batchscore.locks import run_lock
-from batchscore.pipeline import Pipeline, PipelineHooks, RunRecord
+from batchscore.pipeline import Pipeline
+from batchscore.records import PipelineHooks, RunRecord
 from batchscore.runs import RunHistory
 from batchscore.scheduler import Scheduler, schedule_unit, systemd_on_calendar
 from batchscore.tables import load_table, open_catalog

@@ -16,7 +16,8 @@ from batchscore.errors import (
     NothingToScoreError,
     SchemaMismatchError,
 )
-from batchscore.pipeline import Pipeline, RunRecord
+from batchscore.pipeline import Pipeline
+from batchscore.records import RunRecord
 from batchscore.tables import (
     PREDICTIONS_SCHEMA,
     ensure_predictions_table,

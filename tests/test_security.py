@@ -15,7 +15,8 @@ from rich.logging import RichHandler
 from batchscore.cli import main
 from batchscore.config import load_settings
 from batchscore.errors import BatchScoreError, ConfigError
-from batchscore.pipeline import Pipeline, PipelineHooks, RunRecord
+from batchscore.pipeline import Pipeline
+from batchscore.records import PipelineHooks, RunRecord
 from tests.conftest import overrides_of
 from tests.reliability import record
 from tests.test_cli import cli, config_for

@@ -19,8 +19,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "BatchScoreError": "batchscore.errors",
     "Pipeline": "batchscore.pipeline",
-    "PipelineHooks": "batchscore.pipeline",
-    "RunRecord": "batchscore.pipeline",
+    "PipelineHooks": "batchscore.records",
+    "RunRecord": "batchscore.records",
     "Settings": "batchscore.config",
     "generate_churn_data": "batchscore.demo",
     "load_settings": "batchscore.config",
@@ -70,7 +70,8 @@ if TYPE_CHECKING:
     from batchscore.demo import generate_churn_data, quickstart
     from batchscore.errors import BatchScoreError
     from batchscore.feature_store import open_feature_store
-    from batchscore.pipeline import Pipeline, PipelineHooks, RunRecord
+    from batchscore.pipeline import Pipeline
+    from batchscore.records import PipelineHooks, RunRecord
     from batchscore.registry import open_registry
     from batchscore.tables import open_catalog, query, run_query
     from batchscore.training import train_model

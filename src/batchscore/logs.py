@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from batchscore.pipeline import RunRecord
+    from batchscore.records import RunRecord
 
 OWN_LOGGER = "batchscore"
 

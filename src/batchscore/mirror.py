@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from batchscore.errors import StorageError
-from batchscore.pipeline import PipelineHooks, RunRecord
+from batchscore.records import PipelineHooks, RunRecord
 
 if TYPE_CHECKING:
     from batchscore.config import Settings

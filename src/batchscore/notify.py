@@ -12,7 +12,7 @@ import logging
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from batchscore.config import Settings
-from batchscore.pipeline import PipelineHooks, RunRecord
+from batchscore.records import PipelineHooks, RunRecord
 
 log = logging.getLogger("batchscore")
 

@@ -25,7 +25,7 @@ from typing import Any
 from batchscore.clock import utcnow
 from batchscore.config import Settings
 from batchscore.errors import ConfigError, RunNotFoundError, StorageError
-from batchscore.pipeline import STEPS, PipelineHooks, RunRecord
+from batchscore.records import STEPS, PipelineHooks, RunRecord
 from batchscore.workspace import ensure_writable_workspace, readonly_sqlite_uri, require_workspace
 
 log = logging.getLogger("batchscore")

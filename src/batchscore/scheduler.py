@@ -24,7 +24,8 @@ from pathlib import Path
 from batchscore.clock import utcnow
 from batchscore.config import ENV_PREFIX, VAR_REFERENCE, Settings, read_yaml, validate_cron
 from batchscore.errors import BatchScoreError, ConfigError
-from batchscore.pipeline import Pipeline, PipelineHooks
+from batchscore.pipeline import Pipeline
+from batchscore.records import PipelineHooks
 
 log = logging.getLogger("batchscore")
 

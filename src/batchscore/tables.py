@@ -47,6 +47,7 @@ from batchscore.errors import (
     is_busy_error,
 )
 from batchscore.faults import failpoint
+from batchscore.records import LogicalRun, parse_id_range
 from batchscore.workspace import (
     ensure_writable_workspace,
     readonly_sqlite_url,
@@ -348,35 +349,18 @@ def rollback_table(catalog: Catalog, identifier: str, snapshot_id: int) -> None:
         ) from exc
 
 
-@dataclass(frozen=True)
-class LogicalRun:
-    """What makes two runs "the same run" for write mode ``replace``: pipeline, date, ids."""
-
-    pipeline_name: str
-    inference_date: dt.date
-    id_range: str
-
-    @property
-    def ids(self) -> tuple[int, int]:
-        return parse_id_range(self.id_range)
-
-    def partition_filter(self) -> BooleanExpression:
-        """This pipeline's rows for the run's date (the ``inference_date`` partition)."""
-        return And(
-            EqualTo(PARTITION_COLUMN, self.inference_date.isoformat()),
-            EqualTo("pipeline_name", self.pipeline_name),
-        )
-
-    def filter(self, id_ranges: Sequence[str] = ()) -> BooleanExpression:
-        """This pipeline's rows for the date whose id range is this run's (or in ``id_ranges``)."""
-        ranges = {self.id_range, *id_ranges}
-        return And(self.partition_filter(), In("id_range", ranges))
+def partition_filter(logical_run: LogicalRun) -> BooleanExpression:
+    """This pipeline's rows for the run's date (the ``inference_date`` partition)."""
+    return And(
+        EqualTo(PARTITION_COLUMN, logical_run.inference_date.isoformat()),
+        EqualTo("pipeline_name", logical_run.pipeline_name),
+    )
 
 
-def parse_id_range(text: str) -> tuple[int, int]:
-    """``"4000-5000"`` -> ``(4000, 5000)``."""
-    start, _, end = text.partition("-")
-    return int(start), int(end)
+def run_filter(logical_run: LogicalRun, id_ranges: Sequence[str] = ()) -> BooleanExpression:
+    """This pipeline's rows for the date whose id range is the run's (or in ``id_ranges``)."""
+    ranges = {logical_run.id_range, *id_ranges}
+    return And(partition_filter(logical_run), In("id_range", ranges))
 
 
 @dataclass(frozen=True)
@@ -401,7 +385,7 @@ def published_runs(table: Table, logical_run: LogicalRun) -> list[PublishedRun]:
     fields = {name: schema.find_field(name) for name in ("id_range", "run_id", "timestamp")}
     found: dict[tuple[str, str], dt.datetime] = {}
     unclear = False
-    for task in table.scan(row_filter=logical_run.partition_filter()).plan_files():
+    for task in table.scan(row_filter=partition_filter(logical_run)).plan_files():
         data = task.file
         values: dict[str, object] = {}
         for name, spec in fields.items():
@@ -421,7 +405,7 @@ def published_runs(table: Table, logical_run: LogicalRun) -> list[PublishedRun]:
         unclear = True
     if unclear:  # read the lineage columns themselves, for this pipeline and date only
         rows = table.scan(
-            row_filter=logical_run.partition_filter(),
+            row_filter=partition_filter(logical_run),
             selected_fields=("id_range", "run_id", "timestamp"),
         ).to_arrow()
         groups = rows.group_by(["id_range", "run_id"]).aggregate([("timestamp", "min")])
@@ -476,8 +460,8 @@ def rows_to_replace(
             "ones. Start a new run for the date instead. The table is unchanged."
         )
     if write_mode == "overwrite":
-        return logical_run.partition_filter()
-    return logical_run.filter([r.id_range for r in replaced])
+        return partition_filter(logical_run)
+    return run_filter(logical_run, [r.id_range for r in replaced])
 
 
 def find_run_commit(table: Table, run_id: str) -> int | None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from pyiceberg.catalog import Catalog
 
+from batchscore.records import LogicalRun
 from batchscore.tables import (
-    LogicalRun,
     ensure_predictions_table,
     find_run_commit,
     publish_predictions,

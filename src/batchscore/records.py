@@ -1,0 +1,186 @@
+"""The run's vocabulary: run and step records, lifecycle hooks, run ids, the run's identity.
+
+Everything that describes a run lives here, below the runner: run history, notifications,
+the S3 mirror and the CLI read and extend these without importing the runner itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import secrets
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from batchscore.clock import utcnow
+from batchscore.config import Settings, map_strings
+from batchscore.durable import fsync_dir
+from batchscore.errors import ConfigError
+
+# The steps in the order they run (the seed's step names).
+STEPS = ("DataSource", "BatchInference", "Publish")
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it can name a run folder, else ConfigError (it becomes a path)."""
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        raise ConfigError(
+            f"run id {run_id!r} must be 1-128 letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit (it names the run's folder)."
+        )
+    return run_id
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    now = now or utcnow()
+    return f"{now:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class StepRecord:
+    name: str
+    status: str = "pending"  # pending | running | succeeded | failed | skipped | nothing_to_score
+    started: str | None = None
+    ended: str | None = None
+    seconds: float | None = None
+    rows: int | None = None
+    rows_per_second: float | None = None
+    attempts: int = 0
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, str] | None = None
+
+
+@dataclass
+class RunRecord:
+    """Everything known about one run; saved as ``run.json`` after every change."""
+
+    run_id: str
+    pipeline_name: str
+    logical_date: str
+    as_of: str
+    id_start: int
+    id_end: int
+    feature_group: str
+    output_table: str
+    write_mode: str
+    config_fingerprint: str
+    run_dir: str
+    log_path: str
+    status: str = "running"  # running | succeeded | failed | nothing_to_score
+    started: str = ""
+    ended: str | None = None
+    model_name: str | None = None
+    model_version: int | None = None
+    # The model group the run resolves its version in (older records: the config's).
+    model_package_group: str | None = None
+    feature_snapshot_id: int | None = None  # the feature group snapshot this run reads
+    failed_step: str | None = None
+    error: dict[str, str] | None = None
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+    # The settings that decide what the run reads, scores and publishes (``run_identity``):
+    # resume and step compare them with the current config.
+    config: dict[str, Any] | None = None
+    # Resumes that went ahead with a different config (``--force``): when and which keys.
+    forced: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.run_dir) / "run.json"
+
+    def save(self) -> None:
+        tmp = self.path.with_suffix(".json.tmp")
+        with open(tmp, "w") as out:
+            out.write(json.dumps(asdict(self), indent=2, default=str))
+            out.flush()
+            os.fsync(out.fileno())  # on disk before anything (a commit) refers to it
+        os.replace(tmp, self.path)  # atomic: a reader never sees half a record
+        fsync_dir(self.path.parent)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunRecord:
+        data = json.loads((run_dir / "run.json").read_text())
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}  # written by a newer batchscore
+        data["steps"] = {name: StepRecord(**step) for name, step in data["steps"].items()}
+        return cls(**data)
+
+    def outputs(self, step: str) -> dict[str, Any]:
+        return self.steps[step].outputs
+
+
+class PipelineHooks:
+    """Lifecycle hooks; override what you need. Exceptions in hooks are logged, not raised."""
+
+    def before_pipeline_run(self, record: RunRecord) -> None: ...
+
+    def before_step(self, record: RunRecord, step: str) -> None: ...
+
+    def after_step(self, record: RunRecord, step: str) -> None: ...
+
+    def on_pipeline_error(self, record: RunRecord, step: str, error: BaseException) -> None: ...
+
+    def after_pipeline_run(self, record: RunRecord) -> None: ...
+
+
+# Settings that change how a run is carried out but not what it reads, scores or publishes:
+# a resume may differ in these. Every other key is part of the run's identity.
+OPERATIONAL_KEYS = frozenset({
+    "project_name", "workspace", "local_workspace", "engine", "ray_address", "ray_actors",
+    "ray_cpus_per_actor", "batch_size", "notification_urls", "notify_on", "max_attempts",
+    "retry_backoff_seconds", "schedule_cron", "role_arn", "processing_instance_type",
+    "athena_query_results", "athena_workgroup", "sns_topic_arn", "notification_email",
+    "lock_lease_seconds",
+})  # fmt: skip
+
+
+def run_identity(settings: Settings) -> dict[str, Any]:
+    """The settings a run's result depends on, as configured (not the defaults derived from
+    the workspace's local path, which differs between the machines an ``s3://`` workspace's
+    steps run on), as plain data with secrets hidden."""
+    data = settings.model_dump(mode="json")
+    return {
+        k: map_strings(v, settings.redact)
+        for k, v in sorted(data.items())
+        if k not in OPERATIONAL_KEYS
+    }
+
+
+def config_fingerprint(settings: Settings) -> str:
+    data = run_identity(settings)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def changed_keys(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two settings dicts."""
+    changed: list[str] = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += changed_keys(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changed.append(f"{prefix}{key}")
+    return changed
+
+
+@dataclass(frozen=True)
+class LogicalRun:
+    """What makes two runs "the same run" for write mode ``replace``: pipeline, date, ids."""
+
+    pipeline_name: str
+    inference_date: dt.date
+    id_range: str
+
+    @property
+    def ids(self) -> tuple[int, int]:
+        return parse_id_range(self.id_range)
+
+
+def parse_id_range(text: str) -> tuple[int, int]:
+    """``"4000-5000"`` -> ``(4000, 5000)``."""
+    start, _, end = text.partition("-")
+    return int(start), int(end)
