@@ -217,8 +217,9 @@ def check_equal(setup: dict, batchscore_run: str) -> None:
     """Every contender gave the same probability for the same customer."""
     import pandas as pd
 
+    from batchscore.catalog import open_catalog
     from batchscore.config import load_settings
-    from batchscore.tables import open_catalog, run_query
+    from batchscore.queries import run_query
 
     settings = load_settings(setup["config"], env={})
     table = run_query(

@@ -24,12 +24,13 @@ _EXPORTS = {
     "Settings": "batchscore.config",
     "generate_churn_data": "batchscore.demo",
     "load_settings": "batchscore.config",
-    "open_catalog": "batchscore.tables",
+    "open_catalog": "batchscore.catalog",
     "open_feature_store": "batchscore.feature_store",
     "open_registry": "batchscore.registry",
-    "query": "batchscore.tables",
+    "open_sink": "batchscore.sinks",
+    "query": "batchscore.queries",
     "quickstart": "batchscore.demo",
-    "run_query": "batchscore.tables",
+    "run_query": "batchscore.queries",
     "train_model": "batchscore.training",
 }
 
@@ -44,6 +45,7 @@ __all__ = [
     "open_catalog",
     "open_feature_store",
     "open_registry",
+    "open_sink",
     "query",
     "quickstart",
     "run_query",
@@ -66,12 +68,14 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from batchscore.catalog import open_catalog
     from batchscore.config import Settings, load_settings
     from batchscore.demo import generate_churn_data, quickstart
     from batchscore.errors import BatchScoreError
     from batchscore.feature_store import open_feature_store
     from batchscore.pipeline import Pipeline
+    from batchscore.queries import query, run_query
     from batchscore.records import PipelineHooks, RunRecord
     from batchscore.registry import open_registry
-    from batchscore.tables import open_catalog, query, run_query
+    from batchscore.sinks import open_sink
     from batchscore.training import train_model

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from batchscore.aws import client
+from batchscore.catalog import catalog_properties
 from batchscore.errors import QueryError
-from batchscore.tables import check_select, sql_string
+from batchscore.sql import QueryResult, check_select, sql_string
 
 if TYPE_CHECKING:
     from batchscore.config import Settings
@@ -45,16 +45,6 @@ _TYPES: dict[str, pa.DataType] = {
 }
 
 
-@dataclass(frozen=True)
-class AthenaResult:
-    """A finished query: its rows, its id, and where Athena put the CSV of the result."""
-
-    table: pa.Table
-    query_execution_id: str
-    output_location: str | None
-    scanned_bytes: int | None
-
-
 def output_location(settings: Settings) -> str:
     """Where results go: ``athena_query_results``, else ``<s3_prefix>/athena-query-results/``."""
     location = settings.athena_query_results or f"{settings.s3_prefix}/athena-query-results/"
@@ -73,19 +63,24 @@ def athena_query(
     *,
     timeout: float = 600.0,
     poll: float = 0.2,
-) -> AthenaResult:
-    """Run one SELECT through Athena and return its rows as an Arrow table.
+) -> QueryResult:
+    """Run one SELECT through Athena and return its rows with Athena's report of the query.
 
     The query runs in ``athena_database`` (so ``mlops_poc_daily_inference`` alone names the
     predictions table) and ``athena_workgroup``; its result CSV stays in
     ``athena_query_results``. A query still running after ``timeout`` seconds is stopped.
 
+    Returns:
+        The rows as an Arrow table, with the query execution id, the bytes Athena scanned
+        and the S3 location of its result CSV.
+
     Raises:
         QueryError: the SQL is not one SELECT; the catalog is not Glue; Athena failed or
             cancelled the query (with Athena's reason); or it did not finish in time.
     """
+    started = time.monotonic()
     check_select(sql, dialect="athena")
-    catalog_type = settings.catalog_properties.get("type")
+    catalog_type = catalog_properties(settings).get("type")
     if catalog_type != "glue":
         raise QueryError(
             f"Athena reads tables in the Glue catalog, but this config's catalog is "
@@ -113,11 +108,14 @@ def athena_query(
             or "no reason given"
         )
         raise QueryError(f"Athena query {query_id} {state.lower()}: {reason}")
-    return AthenaResult(
-        table=_fetch(athena, query_id),
-        query_execution_id=query_id,
+    table = _fetch(athena, query_id)
+    return QueryResult(
+        table=table,
+        engine="athena",
+        seconds=time.monotonic() - started,
+        query_id=query_id,
+        bytes_scanned=execution.get("Statistics", {}).get("DataScannedInBytes"),
         output_location=execution.get("ResultConfiguration", {}).get("OutputLocation"),
-        scanned_bytes=execution.get("Statistics", {}).get("DataScannedInBytes"),
     )
 
 

@@ -613,24 +613,19 @@ def query(
     ] = 600.0,
 ) -> None:
     """Run a read-only SQL query over the catalog's tables (DuckDB here, or Athena on AWS)."""
-    from batchscore.tables import open_catalog, query_engine, run_query
+    from batchscore.queries import query as run_sql
 
-    settings = state.settings
     if fmt not in ("table", "csv", "json"):
         raise ConfigError(f"--format {fmt!r} must be table, csv or json.")
-    if query_engine(settings, via) == "duckdb":
-        _print_arrow(run_query(open_catalog(settings, writable=False), sql, timeout=timeout), fmt)
-        return
-    from batchscore.athena import athena_query
-
-    result = athena_query(settings, sql, timeout=timeout)
+    result = run_sql(state.settings, sql, via=via, timeout=timeout)
     _print_arrow(result.table, fmt)
-    err_console.print(
-        f"Athena query {result.query_execution_id}; result CSV: {result.output_location}",
-        style="dim",
-        markup=False,
-        highlight=False,
-    )
+    if result.query_id is not None:  # Athena's: where its result CSV stays
+        err_console.print(
+            f"Athena query {result.query_id}; result CSV: {result.output_location}",
+            style="dim",
+            markup=False,
+            highlight=False,
+        )
 
 
 # Features -------------------------------------------------------------------------------------
@@ -968,9 +963,12 @@ def config_show() -> None:
     """Print the effective settings (values read from ${VAR} are hidden)."""
     import yaml
 
+    from batchscore.catalog import catalog_properties
+
     settings = state.settings
+    shown = settings.redacted_dict(catalog=catalog_properties(settings))
     console.print(
-        yaml.safe_dump(settings.redacted_dict(), sort_keys=False).rstrip(),
+        yaml.safe_dump(shown, sort_keys=False).rstrip(),
         markup=False,
         highlight=False,
     )
@@ -1286,7 +1284,7 @@ def table_drop(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Drop the predictions table and delete its files (asks first)."""
-    from batchscore.tables import drop_table, open_catalog
+    from batchscore.sinks import open_sink
 
     settings = state.settings
     if not yes:
@@ -1299,7 +1297,7 @@ def table_drop(
             # Declining is an answer, not an interruption (130 is for Ctrl-C).
             err_console.print(f"{settings.output_table} was not dropped.", markup=False)
             raise typer.Exit(1)
-    drop_table(open_catalog(settings), settings.output_table)
+    open_sink(settings).drop()
     console.print(f"dropped {settings.output_table}")
 
 
@@ -1309,7 +1307,7 @@ def table_list(
 ) -> None:
     """Tables in the catalog (feature groups and predictions): rows, current snapshot, last
     commit."""
-    from batchscore.tables import list_tables, open_catalog
+    from batchscore.catalog import list_tables, open_catalog
 
     _check_format(fmt)
     tables = list_tables(open_catalog(state.settings, writable=False))
@@ -1353,11 +1351,10 @@ def table_snapshots(
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
 ) -> None:
     """The predictions table's snapshots (commits), newest first: the ids rollback takes."""
-    from batchscore.tables import open_catalog, table_snapshots
+    from batchscore.sinks import open_sink
 
     settings = state.settings
-    snapshots = table_snapshots(open_catalog(settings, writable=False), settings.output_table)
-    snapshots = snapshots[:limit]
+    snapshots = open_sink(settings, writable=False).snapshots()[:limit]
     table = Table(
         Column("snapshot", no_wrap=True),
         Column("committed (UTC)", no_wrap=True),
@@ -1388,10 +1385,10 @@ def table_rollback(
     ],
 ) -> None:
     """Make an earlier snapshot of the predictions table current again (one commit)."""
-    from batchscore.tables import open_catalog, rollback_table
+    from batchscore.sinks import open_sink
 
     settings = state.settings
-    rollback_table(open_catalog(settings), settings.output_table, to_snapshot)
+    open_sink(settings).rollback(to_snapshot)
     console.print(f"{settings.output_table} rolled back to snapshot {to_snapshot}")
 
 

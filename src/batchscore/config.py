@@ -263,24 +263,6 @@ class Settings(BaseModel):
         return self.workspace_path / "runs"
 
     @property
-    def catalog_properties(self) -> dict[str, str]:
-        """pyiceberg catalog properties: the configured ones, else the backend's default —
-        SQLite in the workspace (local), the Glue catalog with its warehouse in
-        ``s3://bucket/prefix/warehouse`` (aws)."""
-        if self.catalog:
-            return dict(self.catalog)
-        if self.backend == "aws":
-            from batchscore.aws import glue_catalog_properties
-
-            return glue_catalog_properties(self)
-        ws = self.workspace_path
-        return {
-            "type": "sql",
-            "uri": f"sqlite:///{ws / 'catalog.db'}",
-            "warehouse": (ws / "warehouse").as_uri(),
-        }
-
-    @property
     def registry_type(self) -> str:
         return self.registry.type or ("sagemaker" if self.backend == "aws" else "mlflow")
 
@@ -328,10 +310,16 @@ class Settings(BaseModel):
         ``batchscore.redaction``)."""
         return redact_secrets(text, self._secrets)
 
-    def redacted_dict(self) -> dict[str, Any]:
-        """All settings as plain data, with values read from the environment hidden."""
+    def redacted_dict(self, catalog: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """All settings as plain data, with values read from the environment hidden.
+
+        Args:
+            catalog: the catalog properties in effect, to show instead of the configured ones
+                (``batchscore.catalog.catalog_properties`` fills in the backend's default).
+        """
         data = self.model_dump(mode="json")
-        data["catalog"] = self.catalog_properties
+        if catalog is not None:
+            data["catalog"] = dict(catalog)
         data["registry"]["tracking_uri"] = self.tracking_uri
         data["registry"]["artifact_location"] = self.artifact_location
         return map_strings(data, self.redact)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from batchscore.catalog import catalog_properties
 from batchscore.config import Settings
 from batchscore.progress import NO_PROGRESS, Progress, tracked
 
@@ -170,7 +171,8 @@ def external_targets(settings: Settings) -> list[str]:
     """The stores the settings point at that are not the embedded defaults in the workspace."""
     targets = []
     if settings.catalog or settings.backend == "aws":
-        shown = settings.catalog_properties.get("uri") or settings.catalog_properties.get("type")
+        properties = catalog_properties(settings)
+        shown = properties.get("uri") or properties.get("type")
         targets.append(f"Iceberg catalog {settings.redact(str(shown))}")
     if settings.registry.tracking_uri or settings.registry_type != "mlflow":
         where = settings.tracking_uri if settings.registry_type == "mlflow" else "SageMaker"
@@ -210,10 +212,11 @@ def quickstart(
             "defaults in the workspace. Run it without those settings, or pass --yes to set "
             "up the demo there anyway."
         )
+    from batchscore.catalog import load_table, open_catalog
     from batchscore.feature_store import open_feature_store
     from batchscore.pipeline import Pipeline
+    from batchscore.queries import run_query
     from batchscore.registry import open_registry
-    from batchscore.tables import load_table, open_catalog, run_query
     from batchscore.training import train_model
 
     with tracked(progress, "quickstart: opening the feature store"):
@@ -279,5 +282,5 @@ def quickstart(
         table=settings.output_table,
         table_rows=counts["n"],
         run_rows=counts["run_rows"],
-        catalog=settings.catalog_properties,
+        catalog=catalog_properties(settings),
     )

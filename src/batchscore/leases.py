@@ -445,7 +445,7 @@ def open_lease_store(settings: Settings) -> LeaseStore | None:
     try:
         if settings.remote_workspace:
             return S3LeaseStore(settings, settings.remote_workspace)
-        properties = settings.catalog_properties if settings.catalog else {}
+        properties = dict(settings.catalog)
         if properties.get("type") == "sql" and properties.get("uri"):
             try:
                 return SqlLeaseStore(properties["uri"])

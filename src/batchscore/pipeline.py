@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from batchscore.catalog import open_catalog
 from batchscore.clock import utcnow
 from batchscore.config import Settings
 from batchscore.errors import (
@@ -47,9 +48,9 @@ from batchscore.records import (
 )
 from batchscore.registry import LoadedModel, ModelRegistry, ModelVersion, open_registry
 from batchscore.registry.base import check_columns
+from batchscore.sinks import open_sink
 from batchscore.steps import batch_inference, data_source, publish
 from batchscore.steps.batch_inference import Lineage
-from batchscore.tables import open_catalog
 from batchscore.workspace import ensure_writable_workspace
 
 log = logging.getLogger("batchscore")
@@ -630,11 +631,8 @@ class Pipeline:
 
     def _publish(self, record: RunRecord, model: ModelLoad | None) -> dict[str, Any]:
         scored = record.outputs("BatchInference")
-        database, _, table_name = record.output_table.partition(".")
         result = publish(
-            self.catalog,
-            database,
-            table_name,
+            open_sink(self.settings, table=record.output_table),
             scored["files"],
             scored["rows"],
             run_id=record.run_id,

@@ -34,9 +34,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from batchscore.catalog import catalog_properties
 from batchscore.errors import ConfigError
 from batchscore.feature_store.base import ReadStats
 from batchscore.progress import NO_PROGRESS, Progress, tracked
+from batchscore.sinks.schema import PREDICTIONS_SCHEMA
 from batchscore.steps.batch_inference import (
     BatchInferenceResult,
     Lineage,
@@ -48,7 +50,6 @@ from batchscore.steps.batch_inference import (
 )
 from batchscore.steps.data_source import DataSourceResult, data_source_result
 from batchscore.steps.parts import PartWriter
-from batchscore.tables import PREDICTIONS_SCHEMA
 
 if TYPE_CHECKING:
     from batchscore.config import Settings
@@ -212,7 +213,7 @@ def ray_data_source(
         if snapshot_id is not None:
             ds = ray.data.read_iceberg(
                 table_identifier=group.table_identifier,
-                catalog_kwargs={"name": "batchscore", **settings.catalog_properties},
+                catalog_kwargs={"name": "batchscore", **catalog_properties(settings)},
                 row_filter=LessThanOrEqual(event, as_of.isoformat()) if as_of else AlwaysTrue(),
                 snapshot_id=snapshot_id,
             )

@@ -21,7 +21,7 @@ def open_feature_store(settings: Settings, *, writable: bool = True) -> FeatureS
         from batchscore.feature_store.sagemaker import SageMakerFeatureStore
 
         return SageMakerFeatureStore(settings)
+    from batchscore.catalog import open_catalog
     from batchscore.feature_store.iceberg import IcebergFeatureStore
-    from batchscore.tables import open_catalog
 
     return IcebergFeatureStore(open_catalog(settings, writable=writable))

@@ -21,6 +21,7 @@ from pyiceberg.exceptions import TableAlreadyExistsError
 from pyiceberg.expressions import AlwaysTrue, In, LessThanOrEqual
 from pyiceberg.table import Table
 
+from batchscore.catalog import ensure_namespace, load_table
 from batchscore.clock import utcnow
 from batchscore.config import RESOURCE_NAME, validate_identifier
 from batchscore.errors import FeatureGroupError, did_you_mean
@@ -37,7 +38,7 @@ from batchscore.feature_store.base import (
     feature_type_of,
 )
 from batchscore.feature_store.ids import ID_WHITESPACE, id_number_sql, trim_ids, trimmed_id_sql
-from batchscore.tables import ensure_namespace, load_table, sql_string
+from batchscore.sql import sql_string
 
 NAMESPACE = "feature_store"
 PROP_MARKER = "batchscore.feature_group"

@@ -23,8 +23,8 @@ from batchscore.faults import failpoint
 from batchscore.metrics import classification_metrics
 from batchscore.progress import NO_PROGRESS, Progress, tracked
 from batchscore.registry import LoadedModel
+from batchscore.sinks.schema import PREDICTIONS_SCHEMA
 from batchscore.steps.parts import PartWriter
-from batchscore.tables import PREDICTIONS_SCHEMA
 
 log = logging.getLogger("batchscore")
 

@@ -1,7 +1,7 @@
-"""Publish (the seed's PublishToAthena): commit the predictions in one Iceberg commit.
+"""Publish (the seed's PublishToAthena): commit the predictions to the sink in one commit.
 
-The commit carries the run id in its snapshot summary, so a resume whose last commit's fate is
-unknown looks there first and never publishes a run twice.
+The commit carries the run id, so a resume whose last commit's fate is unknown looks for it
+first (``find_commit``) and never publishes a run twice.
 """
 
 from __future__ import annotations
@@ -9,15 +9,11 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pyiceberg.catalog import Catalog
-
-from batchscore.records import LogicalRun
-from batchscore.tables import (
-    ensure_predictions_table,
-    find_run_commit,
-    publish_predictions,
-)
+if TYPE_CHECKING:
+    from batchscore.records import LogicalRun
+    from batchscore.sinks import PredictionSink
 
 
 @dataclass(frozen=True)
@@ -32,9 +28,7 @@ class PublishResult:
 
 
 def publish(
-    catalog: Catalog,
-    database: str,
-    table_name: str,
+    sink: PredictionSink,
     prediction_files: list[str],
     rows: int,
     *,
@@ -43,23 +37,36 @@ def publish(
     write_mode: str,
     started: dt.datetime | None = None,
 ) -> PublishResult:
-    """Commit ``prediction_files`` to ``database.table_name`` (created when missing).
+    """Commit ``prediction_files`` to the sink's target (created when missing), once per run.
+
+    Args:
+        sink: where the predictions go (``batchscore.sinks.open_sink``).
+        prediction_files: Parquet files in ``PREDICTIONS_SCHEMA``, this run's rows.
+        rows: how many rows the files hold (reported, not counted again).
+        run_id: the run; a commit it made earlier means the publish is already done.
+        logical_run: the pipeline, date and id range the rows belong to.
+        write_mode: ``replace``, ``overwrite`` or ``append`` (see ``PredictionSink.commit``).
+        started: when the run started: an older run never replaces a newer one's rows.
+
+    Returns:
+        The target, the commit's id and the rows; ``already_published`` when the run had
+        committed before.
 
     Raises:
         CommitConflictError: another writer won the commit race (transient; retry).
-        PublishError: the commit failed; the table is unchanged.
+        PublishRefusedError: the write mode would publish a customer twice or replace a newer
+            run's rows; the target is unchanged.
+        PublishError: the commit failed; the target is unchanged.
     """
-    table = ensure_predictions_table(catalog, database, table_name)
-    identifier = f"{database}.{table_name}"
-    earlier = find_run_commit(table, run_id)
+    sink.ensure()
+    earlier = sink.find_commit(run_id)
     if earlier is not None:
-        return PublishResult(identifier, earlier, rows, already_published=True)
-    snapshot_id = publish_predictions(
-        table,
+        return PublishResult(sink.identifier, earlier, rows, already_published=True)
+    commit_id = sink.commit(
         [Path(p) for p in prediction_files],
         run_id=run_id,
         logical_run=logical_run,
         write_mode=write_mode,
         started=started,
     )
-    return PublishResult(identifier, snapshot_id, rows)
+    return PublishResult(sink.identifier, commit_id, rows)
