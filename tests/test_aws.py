@@ -183,7 +183,9 @@ def sagemaker_world(aws: str, tmp_path: Path):
 def glue_table_rows(settings) -> pa.Table:
     from pyiceberg.catalog import load_catalog
 
-    catalog = load_catalog("check", **settings.catalog_properties)
+    from batchscore.catalog import catalog_properties
+
+    catalog = load_catalog("check", **catalog_properties(settings))
     table = catalog.load_table(f"{settings.athena_database}.{settings.athena_output_table}")
     return table.scan().to_arrow()
 
@@ -211,7 +213,8 @@ def test_seed_config_with_backend_aws_runs_end_to_end(sagemaker_world) -> None:
     assert glue_table_rows(settings).num_rows == len(expected)
 
     # The seed's Athena query, through batchscore's own reader of the Glue table.
-    from batchscore.tables import open_catalog, run_query
+    from batchscore.catalog import open_catalog
+    from batchscore.queries import run_query
 
     churners = run_query(
         open_catalog(settings),
@@ -470,7 +473,9 @@ def test_seed_config_with_backend_aws_puts_the_workspace_on_s3(tmp_path: Path) -
     data = {**yaml.safe_load(SEED_CONFIG), "backend": "aws"}
     settings = load_settings(None, overrides=data, env={})
     assert settings.remote_workspace == "s3://mlbucket-sagemaker/mlops/batch_inference"
-    assert settings.catalog_properties["warehouse"] == (
+    from batchscore.catalog import catalog_properties
+
+    assert catalog_properties(settings)["warehouse"] == (
         "s3://mlbucket-sagemaker/mlops/batch_inference/warehouse"
     )
     assert settings.registry_type == "sagemaker" and settings.feature_store_type == "sagemaker"
@@ -512,8 +517,9 @@ def athena_executions() -> list[dict]:
 def test_query_goes_through_athena_with_results_in_athena_query_results(
     sagemaker_world, moto_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from batchscore.catalog import open_catalog
     from batchscore.cli import main
-    from batchscore.tables import open_catalog, query, run_query
+    from batchscore.queries import query, run_query
 
     settings, _ = sagemaker_world
     Pipeline(settings).run()
@@ -547,10 +553,15 @@ def test_query_goes_through_athena_with_results_in_athena_query_results(
     athena = load_settings(config, overrides={"athena_workgroup": "ml-analytics"}, env={})
     boto3.client("athena", region_name=REGION).create_work_group(Name="ml-analytics")
     one = query(athena, sql.replace("GROUP BY", "WHERE prediction = ? GROUP BY"), [1])
-    assert one.schema.types == [pa.int32(), pa.int64(), pa.float64()]
-    assert one.to_pylist() == truth.slice(1).to_pylist()
+    assert one.table.schema.types == [pa.int32(), pa.int64(), pa.float64()]
+    assert one.table.to_pylist() == truth.slice(1).to_pylist()
     newest = max(athena_executions(), key=lambda e: e["Status"]["SubmissionDateTime"])
     assert newest["ExecutionParameters"] == ["1"] and newest["WorkGroup"] == "ml-analytics"
+    # The engine's own report of the query travels with the rows.
+    assert one.engine == "athena" and one.query_id == newest["QueryExecutionId"]
+    assert one.output_location == newest["ResultConfiguration"]["OutputLocation"]
+    assert one.bytes_scanned == newest["Statistics"].get("DataScannedInBytes")
+    assert one.seconds > 0
 
     # --via duckdb still reads the Glue table's files on this machine.
     capsys.readouterr()
@@ -620,7 +631,7 @@ def test_an_athena_query_that_does_not_finish_is_stopped(aws: str, tmp_path: Pat
 )
 def test_only_selects_reach_athena(sql: str, allowed: bool) -> None:
     from batchscore.errors import QueryError
-    from batchscore.tables import check_select
+    from batchscore.sql import check_select
 
     if allowed:
         check_select(sql, dialect="athena")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from batchscore.catalog import load_table, open_catalog
 from batchscore.cli import main
-from batchscore.tables import load_table, open_catalog
 from tests.conftest import overrides_of
 from tests.reliability import record
 
@@ -516,8 +516,8 @@ def test_a_damaged_feature_file_is_one_error_line_without_sql(make, tmp_path: Pa
     import uuid
 
     from batchscore import demo
+    from batchscore.catalog import open_catalog
     from batchscore.feature_store import open_feature_store
-    from batchscore.tables import open_catalog
 
     group = f"damaged_{uuid.uuid4().hex[:8]}"
     ids = {"customer_id_start": 1, "customer_id_end": 200}

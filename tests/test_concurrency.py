@@ -8,9 +8,11 @@ import os
 import threading
 import time
 
+from batchscore.catalog import load_table, open_catalog
 from batchscore.config import load_settings
+from batchscore.queries import run_query
 from batchscore.records import RunRecord
-from batchscore.tables import ensure_predictions_table, load_table, open_catalog, run_query
+from batchscore.sinks.iceberg import ensure_predictions_table
 from tests.conftest import overrides_of
 from tests.reliability import record
 from tests.test_faults import _context

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from batchscore.catalog import catalog_properties
 from batchscore.config import AWS_ONLY_KEYS, load_settings
 from batchscore.errors import ConfigError, InvalidIdentifierError
 from tests.reliability import record
@@ -55,8 +56,8 @@ def test_defaults_are_the_seeds() -> None:
     assert s.output_table == "ml_metrics.mlops_poc_daily_inference"
     assert s.model_approval_status == "Approved"
     assert s.write_mode == "replace"
-    assert s.catalog_properties["type"] == "sql"
-    assert s.catalog_properties["uri"].endswith(".batchscore/catalog.db")
+    assert catalog_properties(s)["type"] == "sql"
+    assert catalog_properties(s)["uri"].endswith(".batchscore/catalog.db")
     assert s.tracking_uri.endswith(".batchscore/mlflow.db")
 
 

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from batchscore.catalog import open_catalog
 from batchscore.errors import FeatureGroupError
 from batchscore.feature_store.iceberg import IcebergFeatureStore
-from batchscore.tables import open_catalog
 from tests.reference import reference_latest
 
 T0 = dt.datetime(2026, 1, 1)

@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batchscore.catalog import open_catalog
 from batchscore.cli import main
 from batchscore.errors import FeatureGroupError
 from batchscore.feature_store.iceberg import IcebergFeatureStore
 from batchscore.steps.data_source import data_source
-from batchscore.tables import open_catalog
 
 DEFINITION = {"customer_id": "String", "event_time": "String", "x": "Fractional", "n": "Integral"}
 HEADER = "customer_id,event_time,x,n\n"

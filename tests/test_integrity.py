@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from batchscore.catalog import load_table, open_catalog
 from batchscore.errors import ConfigError, PublishError, PublishRefusedError
 from batchscore.pipeline import Pipeline
+from batchscore.queries import run_query
 from batchscore.records import RunRecord
-from batchscore.tables import load_table, open_catalog, run_query, table_snapshots
+from batchscore.sinks.iceberg import table_snapshots
 from tests.reliability import record
 from tests.test_cli import cli, config_for
 from tests.test_pipeline import block_publish, expected_latest, snapshot, table_rows
@@ -158,34 +160,13 @@ def test_replace_never_publishes_a_customer_twice(make, tmp_path: Path) -> None:
     )
 
 
-def test_overwrite_replaces_only_this_pipelines_rows_for_the_date(make) -> None:
-    base = make(customer_id_end=4100)
-    table = base.athena_output_table
-    other_day = DAY - dt.timedelta(days=1)
-    Pipeline(base).run(date=other_day)
-    Pipeline(
-        make(customer_id_end=4100, pipeline_name="other-pipeline", athena_output_table=table)
-    ).run(date=DAY)
-    Pipeline(make(customer_id_start=4101, customer_id_end=4200, athena_output_table=table)).run(
-        date=DAY
-    )
-
-    overwrite = make(
-        customer_id_start=4050,
-        customer_id_end=4150,
-        write_mode="overwrite",
-        athena_output_table=table,
-    )
-    done = Pipeline(overwrite).run(date=DAY)
-    rows = table_rows(base)
-    mine = rows[(rows.inference_date == DAY) & (rows.pipeline_name == base.pipeline_name)]
-    assert set(mine.run_id) == {done.run_id}
-    assert len(rows[rows.inference_date == other_day]) == len(expected_latest(base, 4000, 4100))
-    assert len(rows[rows.pipeline_name == "other-pipeline"]) == len(
-        expected_latest(base, 4000, 4100)
-    )
+def test_overwrite_is_refused_in_a_backfill(make) -> None:
+    # What overwrite replaces (this pipeline's rows for the date, nothing else) is checked on
+    # the sink alone: tests/test_sink.py::test_overwrite_replaces_only_this_pipelines_rows_…
+    overwrite = make(customer_id_start=4050, customer_id_end=4150, write_mode="overwrite")
     with pytest.raises(ConfigError, match="backfill"):
         Pipeline(overwrite).backfill(DAY, DAY)
+    assert not overwrite.runs_path.exists() or not any(overwrite.runs_path.iterdir())
 
 
 def test_table_snapshots_and_rollback(make, tmp_path: Path) -> None:

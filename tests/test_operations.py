@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from batchscore.catalog import load_table, open_catalog
 from batchscore.errors import RunLockedError
 from batchscore.locks import run_lock
 from batchscore.pipeline import Pipeline
 from batchscore.records import PipelineHooks, RunRecord
 from batchscore.runs import RunHistory
 from batchscore.scheduler import Scheduler, schedule_unit, systemd_on_calendar
-from batchscore.tables import load_table, open_catalog
 from tests.reliability import record
 from tests.servers import mail_text, smtp_server, webhook_server
 from tests.test_cli import cli, config_for

@@ -20,8 +20,8 @@ import pyarrow as pa
 import pytest
 import ray
 
+from batchscore.catalog import load_table, open_catalog
 from batchscore.pipeline import Pipeline
-from batchscore.tables import load_table, open_catalog
 from tests.test_cli import cli, config_for
 from tests.test_progress import RecordingProgress
 
