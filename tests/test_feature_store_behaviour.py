@@ -37,6 +37,7 @@ DEFINITION = {
 }
 FEATURES = {"x": "Fractional", "n": "Integral", "c": "String"}
 Version = tuple[str, dt.datetime, float | None]  # (id, event time, x); n and c stay NULL
+OTHER_REGION = "eu-central-1"  # not the seed's: where the injected SageMaker client points
 
 
 class Harness(abc.ABC):
@@ -117,10 +118,12 @@ class SageMakerHarness(Harness):
         from batchscore.feature_store.sagemaker import SageMakerFeatureStore
         from tests.aws_fixtures import REGION, seed_settings
 
-        self.settings = seed_settings(tmp_path)
-        self.sagemaker = boto3.client("sagemaker", region_name=REGION)
+        # The client injected, in another region than the settings name: the feature groups
+        # are there, so every test shows the store talks through the client it was given.
+        self.sagemaker = boto3.client("sagemaker", region_name=OTHER_REGION)
         self.s3 = boto3.client("s3", region_name=REGION)
-        self.store = SageMakerFeatureStore(self.settings, sagemaker_client=self.sagemaker)
+        self.store = SageMakerFeatureStore(seed_settings(tmp_path), sagemaker_client=self.sagemaker)
+        self.settings = seed_settings(tmp_path, region=OTHER_REGION)  # for open_feature_store
         self.ingestions = 0
 
     def create(self, name: str) -> None:
@@ -402,5 +405,9 @@ def test_sagemaker_without_boto3_names_the_extra(
 ) -> None:
     monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 now fails, as uninstalled
     settings = empty_settings.model_copy(update={"backend": "aws"})
-    with pytest.raises(ConfigError, match=r"needs boto3.*pip install 'batchscore\[aws\]'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"feature store type 'sagemaker' needs boto3, which is not installed: "
+        r"pip install 'batchscore\[aws\]'\.",
+    ):
         open_feature_store(settings)
