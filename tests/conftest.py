@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,27 @@ def make(shared_dir: Path, tmp_path: Path):
         return make_settings(shared_dir, workspace, **overrides)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """moto's server on 127.0.0.1, one for the whole session (each test resets it: ``aws``)."""
+    from tests.aws_fixtures import moto_server
+
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Credentials and endpoints for moto, and a clean moto state (with the seed's bucket)."""
+    from tests.aws_fixtures import aws_environment, reset_moto
+
+    for name, value in aws_environment(moto_url).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    reset_moto(moto_url)
+    return moto_url
 
 
 @pytest.fixture

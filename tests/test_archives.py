@@ -19,8 +19,8 @@ from batchscore.errors import ModelLoadError
 from batchscore.registry import archive as archive_module
 from batchscore.registry import open_registry
 from batchscore.registry.archive import extract_archive
+from tests.aws_fixtures import BUCKET, REGION, seed_settings
 from tests.reliability import record
-from tests.test_aws import BUCKET, REGION, aws, moto_url, seed_settings  # noqa: F401
 
 NAME = "model 'churn' v3"
 GIB = 1024**3
@@ -277,7 +277,7 @@ def approved_package(tmp_path: Path, archive: Path, group: str) -> None:
     ids=["dot-dot", "symlink", "10GB-member"],
 )
 def test_sagemaker_load_refuses_a_hostile_model_tar_gz(
-    aws: str,  # noqa: F811
+    aws: str,
     tmp_path: Path,
     case: str,
     message: str,

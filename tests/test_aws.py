@@ -12,13 +12,11 @@ import datetime as dt
 import json
 import os
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -29,142 +27,18 @@ from batchscore.feature_store import open_feature_store
 from batchscore.pipeline import Pipeline
 from batchscore.registry import open_registry
 from batchscore.training import train_model
+from tests.aws_fixtures import (
+    BUCKET,
+    GROUP,
+    REGION,
+    create_feature_group,
+    offline_store_rows,
+    offline_store_table,
+    seed_settings,
+    seed_settings_data,
+)
 from tests.reference import reference_latest
-from tests.servers import free_port
 from tests.test_config import SEED_CONFIG
-
-REGION = "us-west-2"  # the seed's
-BUCKET = "mlbucket-sagemaker"
-GROUP = "mlops_poc_churn_classification_feature"
-OFFLINE = f"s3://{BUCKET}/offline-store/{GROUP}"
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Credentials and endpoints for moto, and a clean moto state for each test."""
-    request = urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")
-    urllib.request.urlopen(request).close()
-    for name, value in {
-        "AWS_ENDPOINT_URL": moto_url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    boto3.client("s3", region_name=REGION).create_bucket(
-        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
-    )
-    return moto_url
-
-
-def seed_settings_data():
-    """The seed's settings with backend aws, no workspace (for helpers that need S3 names)."""
-    data = yaml.safe_load(SEED_CONFIG)
-    return load_settings(None, overrides={**data, "backend": "aws"}, env={})
-
-
-def seed_settings(tmp_path: Path, **extra: object):
-    """The seed's own config file plus ``backend: aws`` (and a local workspace)."""
-    data = yaml.safe_load(SEED_CONFIG)
-    data.update({"backend": "aws", "workspace": str(tmp_path / "ws"), **extra})
-    path = tmp_path / "pipeline_config.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return load_settings(path, env={})
-
-
-def offline_store_rows(data: demo.ChurnData) -> pd.DataFrame:
-    """The demo records as SageMaker's offline store holds them: event time as an ISO string
-    (a String feature), write/api times as timestamps, delete markers with is_deleted."""
-    records = data.records.to_pandas()
-    records["api_invocation_time"] = records["event_time"] + pd.Timedelta(seconds=1)
-    records["write_time"] = records["event_time"] + pd.Timedelta(minutes=5)
-    records["is_deleted"] = False
-    markers = pd.DataFrame({
-        "customer_id": data.deleted_ids,
-        "event_time": pd.Timestamp(demo.DELETE_TIME),
-        "api_invocation_time": pd.Timestamp(demo.DELETE_TIME),
-        "write_time": pd.Timestamp(demo.DELETE_TIME) + pd.Timedelta(minutes=5),
-        "is_deleted": True,
-    })  # fmt: skip
-    return pd.concat([records, markers], ignore_index=True)
-
-
-def offline_store_table(rows: pd.DataFrame) -> pa.Table:
-    """Rows as the offline store's Arrow table: the event time is an ISO-8601 string."""
-    table = pa.Table.from_pandas(rows, preserve_index=False)
-    iso = pa.array(rows["event_time"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"), pa.string())
-    return table.set_column(table.schema.get_field_index("event_time"), "event_time", iso)
-
-
-def create_feature_group(rows: pd.DataFrame, table_format: str = "Glue") -> None:
-    """What SageMaker holds: the feature group's definition, and its offline store files."""
-    kinds = {"int64": "Integral", "Int64": "Integral", "float64": "Fractional"}
-    definitions = [
-        {"FeatureName": c, "FeatureType": kinds.get(str(rows[c].dtype), "String")}
-        for c in rows.columns
-        if c not in ("api_invocation_time", "write_time", "is_deleted")
-    ]
-    for d in definitions:
-        if d["FeatureName"] == "event_time":
-            d["FeatureType"] = "String"
-    sagemaker = boto3.client("sagemaker", region_name=REGION)
-    sagemaker.create_feature_group(
-        FeatureGroupName=GROUP,
-        RecordIdentifierFeatureName="customer_id",
-        EventTimeFeatureName="event_time",
-        FeatureDefinitions=definitions,
-        OfflineStoreConfig={
-            "S3StorageConfig": {"S3Uri": OFFLINE},
-            "TableFormat": table_format,
-            "DataCatalogConfig": {
-                "TableName": GROUP,
-                "Catalog": "AwsDataCatalog",
-                "Database": "sagemaker_featurestore",
-            },
-        },
-        RoleArn="arn:aws:iam::123456789012:role/ML-Role-Pipelines",
-    )
-    table = offline_store_table(rows)
-    offline = sagemaker.describe_feature_group(FeatureGroupName=GROUP)["OfflineStoreConfig"]
-    if table_format == "Iceberg":  # SageMaker keeps an Iceberg offline store in Glue
-        from pyiceberg.catalog import load_catalog
-
-        from batchscore.aws import glue_catalog_properties
-
-        names = offline["DataCatalogConfig"]
-        catalog = load_catalog("offline", **glue_catalog_properties(seed_settings_data()))
-        catalog.create_namespace(names["Database"])
-        iceberg = catalog.create_table(
-            f"{names['Database']}.{names['TableName']}", schema=table.schema
-        )
-        half = table.num_rows // 2
-        iceberg.append(table.slice(0, half))
-        iceberg.append(table.slice(half))
-        return
-    # SageMaker writes under the resolved location: <S3Uri>/<account>/…/<group>-<ts>/data,
-    # one file per partition and hour; two files here.
-    resolved = offline["S3StorageConfig"]["ResolvedOutputS3Uri"]
-    prefix = resolved.removeprefix(f"s3://{BUCKET}/").rstrip("/")
-    s3 = boto3.client("s3", region_name=REGION)
-    half = table.num_rows // 2
-    for i, part in enumerate((table.slice(0, half), table.slice(half))):
-        sink = pa.BufferOutputStream()
-        pq.write_table(part, sink)
-        key = f"{prefix}/year=2026/month=03/day=0{i + 1}/hour=00/part-{i}.parquet"
-        s3.put_object(Bucket=BUCKET, Key=key, Body=sink.getvalue().to_pybytes())
 
 
 @pytest.fixture
@@ -250,14 +124,10 @@ def test_a_failure_publishes_one_sns_message(aws: str, tmp_path: Path) -> None:
     assert "batchscore resume" in envelope["Message"]
 
 
-def test_models_commands_and_pickle_refusal(sagemaker_world, tmp_path: Path) -> None:
+def test_a_pickle_only_package_loads_only_when_trusted(sagemaker_world, tmp_path: Path) -> None:
+    """Listing, approval and loading are the registry contract: test_registry_behaviour.py."""
     settings, _ = sagemaker_world
     registry = open_registry(settings)
-    versions = registry.list_versions(settings.model_package_group)
-    assert [v.status for v in versions] == ["Approved"]
-    rejected = registry.set_status(settings.model_package_group, versions[0].version, "Rejected")
-    assert rejected.status == "Rejected"
-
     # A package whose model.tar.gz holds only a pickle is refused unless trusted.
     import io
     import tarfile

@@ -1,4 +1,9 @@
-"""The embedded feature store against a straightforward pandas reference of SageMaker's rules."""
+"""The embedded feature store against a straightforward pandas reference of SageMaker's rules.
+
+What every feature store must do (latest version, ties, deletes, as-of, id ranges, errors)
+is in tests/test_feature_store_behaviour.py; here is what only the Iceberg store does:
+ingest parsing, snapshots, and the property test against the pandas reference.
+"""
 
 from __future__ import annotations
 
@@ -89,45 +94,6 @@ def test_ingest_csv_parquet_and_dataframe(store: IcebergFeatureStore, tmp_path: 
     assert pd.isna(got.loc[1, "x"]) and got.loc[3, "n"] == 7
 
 
-def test_newest_version_wins_and_newer_delete_marker_removes(store: IcebergFeatureStore) -> None:
-    store.ingest(
-        "fg",
-        records(
-            [
-                ("CUST_000001", T0, 1.0),
-                ("CUST_000001", T0 + dt.timedelta(days=2), 2.0),
-                ("CUST_000002", T0, 5.0),
-                ("CUST_000003", T0 + dt.timedelta(days=5), 9.0),
-            ]
-        ),
-    )
-    store.delete_records("fg", ["CUST_000002"], event_time=T0 + dt.timedelta(days=1))
-    # A marker older than the record deletes nothing.
-    store.delete_records("fg", ["CUST_000003"], event_time=T0)
-    got, stats = latest(store)
-    assert got.customer_id.tolist() == ["CUST_000001", "CUST_000003"]
-    assert got.x.tolist() == [2.0, 9.0]
-    assert stats.deleted_records_skipped == 1
-    assert stats.duplicate_versions_skipped == 3  # one old version, two markers' partners
-
-
-def test_as_of_sees_the_past(store: IcebergFeatureStore) -> None:
-    store.ingest(
-        "fg", records([("CUST_000001", T0, 1.0), ("CUST_000001", T0 + dt.timedelta(days=10), 2.0)])
-    )
-    store.delete_records("fg", ["CUST_000001"], event_time=T0 + dt.timedelta(days=20))
-    assert latest(store, as_of=T0 + dt.timedelta(days=5))[0].x.tolist() == [1.0]
-    assert latest(store, as_of=T0 + dt.timedelta(days=15))[0].x.tolist() == [2.0]
-    assert latest(store, as_of=T0 + dt.timedelta(days=25))[0].empty
-
-
-def test_id_range_is_inclusive_and_numeric(store: IcebergFeatureStore) -> None:
-    ids = ["CUST_003999", "CUST_004000", "CUST_4001", "CUST_005000", "CUST_005001", "CUST_ABC"]
-    store.ingest("fg", records([(i, T0, 1.0) for i in ids]))
-    got, _ = latest(store, 4000, 5000)
-    assert got.customer_id.tolist() == ["CUST_004000", "CUST_005000", "CUST_4001"]
-
-
 def test_snapshot_read_is_repeatable(store: IcebergFeatureStore) -> None:
     store.ingest("fg", records([("CUST_000001", T0, 1.0)]))
     snapshot = store.describe("fg").snapshot_id
@@ -136,18 +102,6 @@ def test_snapshot_read_is_repeatable(store: IcebergFeatureStore) -> None:
     )
     assert latest(store, snapshot_id=snapshot)[0].x.tolist() == [1.0]
     assert latest(store)[0].x.tolist() == [2.0, 3.0]
-
-
-def test_batches_are_bounded(store: IcebergFeatureStore) -> None:
-    store.ingest("fg", records([(f"CUST_{i:06d}", T0, float(i)) for i in range(1000)]))
-    result = store.latest_records("fg", 0, 10**6, batch_size=100)
-    sizes = [b.num_rows for b in result.batches]
-    assert sum(sizes) == 1000 and max(sizes) <= 100
-
-
-def test_unknown_feature_group_suggests_a_name(store: IcebergFeatureStore) -> None:
-    with pytest.raises(FeatureGroupError, match=r"'fgg' does not exist\. Did you mean 'fg'\?"):
-        store.describe("fgg")
 
 
 def test_missing_record_identifier_is_named(store: IcebergFeatureStore) -> None:
@@ -173,12 +127,6 @@ def test_bad_event_time_is_named(store: IcebergFeatureStore) -> None:
     table = pa.table({"customer_id": ["CUST_000001"], "event_time": ["yesterday"]})
     with pytest.raises(FeatureGroupError, match="event time column 'event_time'"):
         store.ingest("fg", table, allow_missing_columns=True)
-
-
-def test_create_twice_is_an_error(store: IcebergFeatureStore) -> None:
-    with pytest.raises(FeatureGroupError, match="already exists"):
-        store.create_feature_group("fg", DEFINITION)
-    store.create_feature_group("fg", DEFINITION, exist_ok=True)
 
 
 def test_unknown_feature_type(store: IcebergFeatureStore) -> None:

@@ -25,8 +25,8 @@ from batchscore.locks import lock_holder, lock_key, run_lock
 from batchscore.pipeline import Pipeline
 from batchscore.records import RunRecord
 from batchscore.runs import RunHistory
+from tests.aws_fixtures import BUCKET, REGION
 from tests.conftest import overrides_of
-from tests.test_aws import BUCKET, REGION, aws, moto_url  # noqa: F401 - fixtures
 from tests.test_cli import BIN, cli, config_for
 from tests.test_faults import _context, start
 from tests.test_pipeline import expected_latest, table_rows
@@ -196,7 +196,7 @@ def test_lock_lease_seconds_must_be_positive() -> None:
 
 
 @pytest.fixture
-def s3_settings(aws: str, tmp_path: Path):  # noqa: F811 - the fixture imported above
+def s3_settings(aws: str, tmp_path: Path):
     def machine(name: str, **extra: object):
         return load_settings(
             overrides={
@@ -354,7 +354,7 @@ def test_history_without_settings_shows_runs_as_recorded(make, tmp_path: Path) -
     assert RunHistory.for_settings(settings).get("done")["status"] == "abandoned"
 
 
-def test_the_shared_lock_lives_where_runs_meet(aws: str, tmp_path: Path) -> None:  # noqa: F811
+def test_the_shared_lock_lives_where_runs_meet(aws: str, tmp_path: Path) -> None:
     local = load_settings(overrides={"workspace": str(tmp_path / "ws")}, env={})
     assert open_lease_store(local) is None  # the default catalog is inside the workspace
     glue = load_settings(

@@ -1,4 +1,8 @@
-"""The MLflow registry: statuses, resolution, safe loading, models registered by others."""
+"""The MLflow registry: safe loading, models registered by others, training profiles.
+
+What every registry must do (versions, approval, resolution, loading) is in
+tests/test_registry_behaviour.py.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from batchscore.errors import ModelError, ModelLoadError, NoApprovedModelError
+from batchscore.errors import ModelLoadError, NoApprovedModelError
 from batchscore.pipeline import Pipeline
 from batchscore.registry import open_registry
 from batchscore.registry.base import APPROVAL_TAG
@@ -53,7 +57,8 @@ def numeric_training_frame(settings) -> tuple[pd.DataFrame, np.ndarray]:
     return table[columns].astype("float64"), table["churn"].to_numpy()
 
 
-def test_train_registers_pending_and_approval_picks_newest(make) -> None:
+def test_train_registers_pending_versions_with_their_training_profile(make) -> None:
+    """Approval and resolution are the registry contract: tests/test_registry_behaviour.py."""
     from batchscore.feature_store import open_feature_store
     from batchscore.training import train_model
 
@@ -61,17 +66,7 @@ def test_train_registers_pending_and_approval_picks_newest(make) -> None:
     registry = open_registry(settings)
     store = open_feature_store(settings)
     v1 = train_model(settings, store, registry, id_start=1, id_end=600).version
-    v2 = train_model(settings, store, registry, id_start=1, id_end=600).version
-    assert (v1.status, v2.status) == ("PendingManualApproval", "PendingManualApproval")
-    with pytest.raises(NoApprovedModelError, match="no version with status 'Approved'"):
-        registry.resolve("status-test")
-    registry.set_status("status-test", v1.version, "Approved")
-    assert registry.resolve("status-test").version == v1.version
-    registry.set_status("status-test", v2.version, "Approved")
-    assert registry.resolve("status-test").version == v2.version
-    registry.set_status("status-test", v2.version, "Rejected")
-    assert registry.resolve("status-test").version == v1.version
-    assert [v.version for v in registry.list_versions("status-test")] == [v2.version, v1.version]
+    assert v1.status == "PendingManualApproval"
     profile = registry.load(registry.get_version("status-test", v1.version)).profile
     assert profile["category_vocabularies"]["contract_type"] == [
         "month-to-month",
@@ -101,14 +96,6 @@ def test_only_rejected_versions(make) -> None:
         "only Rejected versions",
         outcome="NoApprovedModelError listing the versions; table untouched",
     )
-
-
-def test_unknown_version_and_status(make) -> None:
-    registry = open_registry(make())
-    with pytest.raises(ModelError, match="has no version 99"):
-        registry.set_status("classification-model-group", 99, "Approved")
-    with pytest.raises(ModelError, match="not one of PendingManualApproval, Approved, Rejected"):
-        registry.set_status("classification-model-group", 1, "Approve")
 
 
 def test_a_model_registered_by_other_means_scores(make) -> None:

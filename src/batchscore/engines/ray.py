@@ -139,10 +139,10 @@ def _in_range(
     (:mod:`batchscore.feature_store.ids`)."""
     import duckdb
 
-    from batchscore.feature_store.iceberg import _sql_name
     from batchscore.feature_store.ids import id_number_sql, trimmed_id_sql
+    from batchscore.feature_store.latest import sql_name
 
-    k, e = _sql_name(key), _sql_name(event)
+    k, e = sql_name(key), sql_name(event)
     number = id_number_sql(k)
     params: dict[str, Any] = {"id_start": id_start, "id_end": id_end}
     time_filter = ""
@@ -198,7 +198,7 @@ def ray_data_source(
     """The DataSource step on Ray Data; see :func:`batchscore.steps.data_source`."""
     from pyiceberg.expressions import AlwaysTrue, LessThanOrEqual
 
-    from batchscore.feature_store.iceberg import pinned_snapshot, utc_naive
+    from batchscore.feature_store.latest import pinned_snapshot, utc_naive
 
     ray = _import_ray()
     group = store.describe(feature_group_name)

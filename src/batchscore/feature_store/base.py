@@ -14,9 +14,14 @@ import datetime as dt
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from batchscore.config import Settings
 
 STORE_COLUMNS = ("write_time", "api_invocation_time", "is_deleted")
 
@@ -152,7 +157,26 @@ class LatestRecords:
 
 
 class FeatureStore(abc.ABC):
-    """Where features come from. Implementations: ``iceberg.IcebergFeatureStore``."""
+    """Where features come from.
+
+    Implementations (``FEATURE_STORES`` in :mod:`batchscore.feature_store`):
+    ``iceberg.IcebergFeatureStore``, ``sagemaker.SageMakerFeatureStore``. Each is built from
+    the settings by :meth:`from_settings`, and its constructor takes the client it talks
+    through (a pyiceberg catalog, a boto3 client), so a test can hand it one.
+    """
+
+    @classmethod
+    @abc.abstractmethod
+    def from_settings(cls, settings: Settings, *, writable: bool = True) -> Self:
+        """The store as the settings describe it (what ``open_feature_store`` calls).
+
+        Args:
+            settings: the whole settings; the store reads its own keys.
+            writable: False to only read (a store that can be opened read-only is).
+
+        Raises:
+            ConfigError: the settings cannot reach the store.
+        """
 
     @abc.abstractmethod
     def create_feature_group(

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,7 +26,6 @@ from batchscore.config import RESOURCE_NAME, validate_identifier
 from batchscore.errors import FeatureGroupError, did_you_mean
 from batchscore.feature_store.base import (
     FEATURE_TYPES,
-    UNMATCHED_EXAMPLES,
     DeleteResult,
     FeatureGroup,
     FeatureStore,
@@ -37,8 +35,17 @@ from batchscore.feature_store.base import (
     RecordSummary,
     feature_type_of,
 )
-from batchscore.feature_store.ids import ID_WHITESPACE, id_number_sql, trim_ids, trimmed_id_sql
-from batchscore.sql import sql_string
+from batchscore.feature_store.ids import ID_WHITESPACE, trim_ids
+from batchscore.feature_store.latest import (
+    latest_batches,
+    pinned_snapshot,
+    scan_source,
+    summarize_latest,
+    utc_naive,
+)
+
+if TYPE_CHECKING:
+    from batchscore.config import Settings
 
 NAMESPACE = "feature_store"
 PROP_MARKER = "batchscore.feature_group"
@@ -49,19 +56,33 @@ PROP_TYPES = "batchscore.feature_types"
 log = logging.getLogger("batchscore")
 
 INGEST_CHUNK_ROWS = 1_000_000
-DUCKDB_MEMORY_LIMIT = "512MB"
-
-
-def _sql_name(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 class IcebergFeatureStore(FeatureStore):
     """Feature groups in an Iceberg catalog (pyiceberg), read through DuckDB."""
 
     def __init__(self, catalog: Catalog, namespace: str = NAMESPACE) -> None:
+        """Feature groups as the tables of ``namespace`` in ``catalog``.
+
+        Args:
+            catalog: the pyiceberg catalog to talk through (any type: SQL, Glue, REST …).
+            namespace: the namespace that holds the feature groups.
+        """
         self.catalog = catalog
         self.namespace = namespace
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, writable: bool = True) -> IcebergFeatureStore:
+        """The store in the configured catalog (SQLite in the workspace by default).
+
+        Raises:
+            WorkspaceNotFoundError: reading, and no workspace or SQLite catalog there.
+            StorageError: writing, and the workspace is not writable.
+            ConfigError: the catalog cannot be opened with the given properties.
+        """
+        from batchscore.catalog import open_catalog
+
+        return cls(open_catalog(settings, writable=writable))
 
     # Definition -------------------------------------------------------------------------
 
@@ -261,46 +282,16 @@ class IcebergFeatureStore(FeatureStore):
     def record_summary(self, name: str) -> RecordSummary:
         """Live records, their id numbers' and event times' ranges: one DuckDB pass over the
         id, time and delete-marker columns of the current snapshot."""
-        import duckdb
-
         group = self.describe(name)
-        table = self._table(name)
         if group.snapshot_id is None:
             return RecordSummary(0, None, None, None, None)
-        found = _scan_source(table.scan(snapshot_id=group.snapshot_id))
-        if found is None:
-            return RecordSummary(0, None, None, None, None)
-        k, e = _sql_name(group.record_identifier), _sql_name(group.event_time_feature)
-        con = duckdb.connect(":memory:", config={"memory_limit": DUCKDB_MEMORY_LIMIT})
-        try:
-            if isinstance(found, list):
-                source = f"read_parquet([{', '.join(sql_string(p) for p in found)}])"
-            else:
-                con.register("__source", found)
-                source = "__source"
-            row = con.execute(
-                f"""
-                SELECT count(*) FILTER (WHERE NOT __deleted AND __number IS NOT NULL),
-                       min(__number) FILTER (WHERE NOT __deleted),
-                       max(__number) FILTER (WHERE NOT __deleted),
-                       min(__event) FILTER (WHERE NOT __deleted AND __number IS NOT NULL),
-                       max(__event) FILTER (WHERE NOT __deleted AND __number IS NOT NULL),
-                       count(*) FILTER (WHERE NOT __deleted AND __number IS NULL)
-                FROM (
-                    SELECT {id_number_sql(k)} AS __number,
-                           coalesce(arg_max(is_deleted, ({e}, api_invocation_time, write_time)),
-                                    false) AS __deleted,
-                           max({e}) AS __event
-                    FROM {source}
-                    GROUP BY {trimmed_id_sql(k)}
-                )
-                """
-            ).fetchall()[0]
-        except duckdb.Error as exc:
-            raise engine_read_error(f"feature group {name!r}", exc) from exc
-        finally:
-            con.close()
-        return RecordSummary(*row)
+        source = scan_source(self._table(name).scan(snapshot_id=group.snapshot_id))
+        return summarize_latest(
+            source,
+            key=group.record_identifier,
+            event=group.event_time_feature,
+            label=f"feature group {name!r}",
+        )
 
     # Reading ----------------------------------------------------------------------------
 
@@ -331,8 +322,8 @@ class IcebergFeatureStore(FeatureStore):
             snapshot_id=snapshot_id,
             row_filter=LessThanOrEqual(event, as_of.isoformat()) if as_of else AlwaysTrue(),
         )
-        batches = _dedup_batches(
-            lambda: _scan_source(scan),
+        batches = latest_batches(
+            lambda: scan_source(scan),
             key=key,
             event=event,
             out_columns=out_columns,
@@ -350,239 +341,6 @@ class IcebergFeatureStore(FeatureStore):
 
 def _role(group: FeatureGroup, column: str) -> str:
     return "record identifier" if column == group.record_identifier else "event time feature"
-
-
-def pinned_snapshot(
-    table: Table, name: str, snapshot_id: int | None, current: int | None
-) -> int | None:
-    """The snapshot a read uses: the run's pinned one, else the table's current one.
-
-    Raises:
-        FeatureGroupError: the pinned snapshot no longer exists (expired).
-    """
-    if snapshot_id is None:
-        return current
-    if table.snapshot_by_id(snapshot_id) is None:
-        raise FeatureGroupError(
-            f"feature group {name!r} has no snapshot {snapshot_id}: it may have been expired. "
-            "Start a new run instead of resuming this one."
-        )
-    return snapshot_id
-
-
-def utc_naive(moment: dt.datetime | None) -> dt.datetime | None:
-    """A time as the store compares it: UTC without a zone (naive times are taken as UTC)."""
-    if moment is not None and moment.tzinfo is not None:
-        return moment.astimezone(dt.UTC).replace(tzinfo=None)
-    return moment
-
-
-def _scan_source(scan: Any) -> list[str] | pa.RecordBatchReader | None:
-    """Local Parquet files of the scan for DuckDB to read itself, else pyiceberg's reader
-    (remote files, row-level deletes); None when the snapshot has no files."""
-    tasks = list(scan.plan_files())
-    if not tasks:
-        return None
-    paths = [urlparse(t.file.file_path) for t in tasks]
-    if all(p.scheme in ("", "file") for p in paths) and not any(t.delete_files for t in tasks):
-        return [p.path for p in paths]
-    return scan.to_arrow_batch_reader()
-
-
-def _dedup_batches(
-    source: Callable[[], list[str] | pa.RecordBatchReader | None],
-    *,
-    key: str,
-    event: str,
-    out_columns: list[str],
-    out_schema: pa.Schema,
-    id_start: int,
-    id_end: int,
-    as_of: dt.datetime | None,
-    batch_size: int,
-    temp_dir: Path | None,
-    stats: ReadStats,
-    label: str = "the feature group",
-) -> Iterator[pa.RecordBatch]:
-    """Rank versions per id in DuckDB, newest first, then drop delete markers (in that order).
-
-    Raises:
-        FeatureGroupError: DuckDB could not read the data (a damaged or missing file …): its
-            first line, never the SQL it echoes.
-
-    ``source`` gives local Parquet files (read by DuckDB, ranked on the key columns alone) or
-    an Arrow record batch reader; it is called once the DuckDB connection is ready."""
-    import duckdb
-
-    # A bounded buffer pool: past it DuckDB spills the window to temp_dir instead of growing
-    # (its default is 80% of RAM). Output order is irrelevant, which lets it stream.
-    config: dict[str, Any] = {
-        "memory_limit": DUCKDB_MEMORY_LIMIT,
-        "preserve_insertion_order": False,
-    }
-    if temp_dir is not None:
-        temp_dir.mkdir(parents=True, exist_ok=True)
-        config["temp_directory"] = str(temp_dir)
-    con = duckdb.connect(":memory:", config=config)
-    try:
-        found = source()
-        if found is None:
-            return
-        if isinstance(found, list):
-            files = ", ".join(sql_string(p) for p in found)
-            located: str | None = f"read_parquet([{files}], file_row_number = true)"
-        else:  # an Arrow stream (remote files, row-level deletes): one pass, whole rows
-            con.register("__source", found)
-            located = None
-        selected = ", ".join(_sql_name(c) for c in out_columns)
-        k, e = _sql_name(key), _sql_name(event)
-        time_filter = f"AND {e} <= $as_of" if as_of is not None else ""
-        number = id_number_sql(k)
-        # Ids without a number are kept through the ranking so they can be counted, then
-        # dropped: never scored, but never silently.
-        in_range = f"({number} BETWEEN $id_start AND $id_end OR {number} IS NULL) {time_filter}"
-        newest_first = f"ORDER BY {e} DESC, api_invocation_time DESC, write_time DESC"
-        params: dict[str, Any] = {"id_start": id_start, "id_end": id_end}
-        if as_of is not None:
-            params["as_of"] = as_of
-        reader: Iterator[pa.RecordBatch]
-        if located is not None:
-            # Pass 1, in DuckDB over the key columns alone: each id's newest version as a
-            # position (file, row) — a hash aggregate, arg_max by the three times, no sort —
-            # kept in a temporary table (spilled past the memory limit). Pass 2, in pyarrow:
-            # each file streamed once, its winning rows taken by row number. The wide feature
-            # columns are never sorted, hashed or joined, and memory stays bounded by a batch.
-            con.execute(
-                f"""
-                CREATE TEMP TABLE newest AS
-                SELECT __id, CAST(__position >> 40 AS INTEGER) AS file,
-                       CAST(__position & 1099511627775 AS BIGINT) AS row, __versions, __number,
-                       coalesce(__gone, false) AS __gone
-                FROM (
-                    SELECT {trimmed_id_sql(k)} AS __id,
-                           arg_max(CAST(file_index AS BIGINT) * 1099511627776
-                                       + CAST(file_row_number AS BIGINT),
-                                   ({e}, api_invocation_time, write_time)) AS __position,
-                           count(*) AS __versions, min({number}) AS __number,
-                           arg_max(is_deleted, ({e}, api_invocation_time, write_time)) AS __gone
-                    FROM {located}
-                    WHERE {in_range}
-                    GROUP BY __id
-                )
-                """,
-                params,
-            )
-            # Counted when live: an id whose newest version is a marker would not be scored.
-            unmatched = con.execute(
-                "SELECT count(*) FROM newest WHERE __number IS NULL AND NOT __gone"
-            ).fetchall()[0]
-            if unmatched[0]:
-                examples = con.execute(
-                    "SELECT __id FROM newest WHERE __number IS NULL AND NOT __gone ORDER BY __id "
-                    f"LIMIT {UNMATCHED_EXAMPLES}"
-                ).fetchall()
-                stats.unmatched_ids = unmatched[0]
-                stats.unmatched_id_examples = [r[0] for r in examples]
-            con.execute("DELETE FROM newest WHERE __number IS NULL")
-            reader = _take_winners(con, found, out_columns, batch_size)  # type: ignore[arg-type]
-        else:
-            sql = f"""
-                SELECT {selected}, is_deleted AS __deleted, __versions, __number FROM (
-                    SELECT *,
-                        row_number() OVER (PARTITION BY {k} {newest_first}) AS __rank,
-                        count(*) OVER (PARTITION BY {k}) AS __versions
-                    FROM (
-                        SELECT * REPLACE ({trimmed_id_sql(k)} AS {k}), {number} AS __number
-                        FROM __source
-                        WHERE {in_range}
-                    )
-                )
-                WHERE __rank = 1
-            """
-            reader = iter(con.sql(sql, params=params).to_arrow_reader(batch_size))
-        for batch in reader:
-            if "__number" in batch.schema.names:
-                no_number = pc.is_null(batch.column("__number"))
-                if pc.any(no_number).as_py():
-                    live = pc.invert(batch.column("__deleted").fill_null(False))
-                    shown = pc.filter(batch.column(key), pc.and_(no_number, live))
-                    stats.add_unmatched(shown.to_pylist())
-                    batch = batch.filter(pc.invert(no_number))
-            deleted = batch.column("__deleted").fill_null(False)
-            versions = batch.column("__versions")
-            stats.duplicate_versions_skipped += (pc.sum(versions).as_py() or 0) - batch.num_rows
-            n_deleted = pc.sum(deleted.cast(pa.int64())).as_py() or 0
-            stats.deleted_records_skipped += n_deleted
-            live = batch.filter(pc.invert(deleted)) if n_deleted else batch
-            live = live.select(out_columns)
-            if live.num_rows:
-                stats.records += live.num_rows
-                if live.schema != out_schema:  # e.g. large_string in a file, string in the table
-                    live = pa.Table.from_batches([live]).cast(out_schema).to_batches()[0]
-                yield pa.RecordBatch.from_arrays(live.columns, schema=out_schema)
-    except duckdb.Error as exc:
-        raise engine_read_error(label, exc) from exc
-    finally:
-        con.close()
-
-
-def engine_read_error(label: str, exc: BaseException) -> FeatureGroupError:
-    """A DuckDB failure while reading ``label``, as one line: DuckDB's first line names the
-    problem and the file; the rest echoes batchscore's own SQL, which tells the user nothing."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return FeatureGroupError(
-        f"reading {label} failed: {first}. A data file of the feature group is damaged or "
-        "was changed outside batchscore: restore it, or re-ingest the records into a new "
-        "feature group (--debug shows the whole engine error)."
-    )
-
-
-def _take_winners(
-    con: Any, files: list[str], columns: list[str], batch_size: int
-) -> Iterator[pa.RecordBatch]:
-    """Stream each file once, keeping the rows ``newest`` names (with ``__deleted`` and
-    ``__versions``; the id, the first column, as ``newest`` holds it: trimmed). Row numbers
-    come sorted per file, so both sides advance together."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    for index, path in enumerate(files):
-        wanted = con.sql(
-            f"SELECT row, __versions, __id FROM newest WHERE file = {index} ORDER BY row"
-        ).to_arrow_reader(batch_size)
-        rows = np.empty(0, dtype=np.int64)
-        versions = np.empty(0, dtype=np.int64)
-        ids = pa.array([], pa.string())
-        exhausted = False
-        offset = 0
-        for batch in pq.ParquetFile(path).iter_batches(
-            batch_size=batch_size, columns=[*columns, "is_deleted"]
-        ):
-            end = offset + batch.num_rows
-            # Top up the wanted rows until they reach past this batch.
-            while not exhausted and (len(rows) == 0 or rows[-1] < end):
-                try:
-                    more = wanted.read_next_batch()
-                except StopIteration:
-                    exhausted = True
-                    break
-                rows = np.concatenate([rows, more.column(0).to_numpy(zero_copy_only=False)])
-                versions = np.concatenate([versions, more.column(1).to_numpy(zero_copy_only=False)])
-                ids = pa.concat_arrays([ids, more.column(2).cast(pa.string())])
-            here = int(np.searchsorted(rows, end))
-            if here:
-                taken = batch.take(pa.array(rows[:here] - offset))
-                yield pa.RecordBatch.from_arrays(
-                    [
-                        ids.slice(0, here),
-                        *taken.select(columns[1:]).columns,
-                        taken.column("is_deleted"),
-                        pa.array(versions[:here], pa.int64()),
-                    ],
-                    names=[*columns, "__deleted", "__versions"],
-                )
-                rows, versions, ids = rows[here:], versions[here:], ids.slice(here)
-            offset = end
 
 
 def _feature_types(

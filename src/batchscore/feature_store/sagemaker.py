@@ -38,11 +38,44 @@ TYPES = {"Integral": "Integral", "Fractional": "Fractional", "String": "String"}
 class SageMakerFeatureStore(FeatureStore):
     """Feature groups of SageMaker Feature Store (read-only)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sagemaker_client: Any = None,
+        filesystem: Any = None,
+        offline_catalog: Any = None,
+    ) -> None:
+        """The feature groups in the settings' region.
+
+        Args:
+            settings: ``region``, and ``catalog`` for an Iceberg offline store's Glue catalog.
+            sagemaker_client: the boto3 SageMaker client to talk through (default: one from
+                the standard AWS chain, in the settings' region).
+            filesystem: the pyarrow filesystem a Parquet (``Glue``) offline store is read
+                with (default: S3 with the chain's credentials).
+            offline_catalog: the pyiceberg catalog an ``Iceberg`` offline store is read from
+                (default: ``catalog`` from the settings, else the Glue catalog).
+
+        Raises:
+            ConfigError: boto3 is not installed, or no region is set anywhere.
+        """
         from batchscore import aws
 
         self.settings = settings
-        self.sagemaker = aws.client("sagemaker", settings)
+        self.sagemaker = sagemaker_client or aws.client("sagemaker", settings)
+        self._filesystem = filesystem
+        self._offline_catalog = offline_catalog
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, writable: bool = True) -> SageMakerFeatureStore:
+        """The store in the settings' region (``writable`` changes nothing: batchscore only
+        reads SageMaker's feature groups).
+
+        Raises:
+            ConfigError: boto3 is not installed, or no region is set anywhere.
+        """
+        return cls(settings)
 
     # Definition -------------------------------------------------------------------------
 
@@ -118,20 +151,13 @@ class SageMakerFeatureStore(FeatureStore):
         )
 
     def _iceberg_table(self, name: str, offline: dict[str, Any]) -> Any:
-        from pyiceberg.catalog import load_catalog
-
-        from batchscore.aws import glue_catalog_properties
-
         catalog_config = offline.get("DataCatalogConfig") or {}
         if not catalog_config.get("Database") or not catalog_config.get("TableName"):
             raise FeatureGroupError(
                 f"feature group {name!r} is in Iceberg format but names no Glue database and "
                 "table (OfflineStoreConfig.DataCatalogConfig)."
             )
-        properties = dict(
-            self.settings.catalog or glue_catalog_properties(_no_warehouse(self.settings))
-        )
-        catalog = load_catalog("sagemaker-offline-store", **properties)
+        catalog = self._catalog()
         identifier = f"{catalog_config['Database']}.{catalog_config['TableName']}"
         try:
             return catalog.load_table(identifier)
@@ -140,6 +166,19 @@ class SageMakerFeatureStore(FeatureStore):
                 f"the offline store table {identifier} of feature group {name!r} cannot be "
                 f"loaded from the Glue catalog: {exc}"
             ) from exc
+
+    def _catalog(self) -> Any:
+        """The Glue catalog of Iceberg offline stores (opened once)."""
+        if self._offline_catalog is None:
+            from pyiceberg.catalog import load_catalog
+
+            from batchscore.aws import glue_catalog_properties
+
+            properties = dict(
+                self.settings.catalog or glue_catalog_properties(_no_warehouse(self.settings))
+            )
+            self._offline_catalog = load_catalog("sagemaker-offline-store", **properties)
+        return self._offline_catalog
 
     def create_feature_group(self, name: str, features: Any, **kwargs: Any) -> FeatureGroup:
         raise FeatureGroupError(_READ_ONLY)
@@ -163,10 +202,10 @@ class SageMakerFeatureStore(FeatureStore):
         batch_size: int = 100_000,
         temp_dir: Path | None = None,
     ) -> LatestRecords:
-        from batchscore.feature_store.iceberg import (
-            _dedup_batches,
-            _scan_source,
+        from batchscore.feature_store.latest import (
+            latest_batches,
             pinned_snapshot,
+            scan_source,
             utc_naive,
         )
 
@@ -184,7 +223,7 @@ class SageMakerFeatureStore(FeatureStore):
                 source: Any = lambda: None  # noqa: E731  (never written to)
             else:
                 scan = table.scan(snapshot_id=snapshot_id)
-                source = lambda: _typed(_as_reader(_scan_source(scan)), event)  # noqa: E731
+                source = lambda: _typed(_as_reader(scan_source(scan)), event)  # noqa: E731
         else:
             dataset = self._parquet_dataset(name, offline)
             schema = dataset.schema
@@ -202,7 +241,7 @@ class SageMakerFeatureStore(FeatureStore):
                 for c in out_columns
             ]
         )
-        batches = _dedup_batches(
+        batches = latest_batches(
             source,
             key=key,
             event=event,
@@ -227,7 +266,7 @@ class SageMakerFeatureStore(FeatureStore):
         try:
             return ds.dataset(
                 f"{bucket}/{prefix.rstrip('/')}",
-                filesystem=s3_filesystem(self.settings),
+                filesystem=self._filesystem or s3_filesystem(self.settings),
                 format="parquet",
                 exclude_invalid_files=True,
             )

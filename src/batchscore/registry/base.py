@@ -10,13 +10,18 @@ from __future__ import annotations
 import abc
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from batchscore.errors import ModelError, ModelLoadError, SchemaMismatchError
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from batchscore.config import Settings
 
 APPROVAL_TAG = "approval_status"
 # A registry that keeps no approval history of its own gets one in this version tag: a JSON
@@ -230,7 +235,28 @@ def check_classifier(estimator: Any, version: ModelVersion) -> list[Any]:
 
 
 class ModelRegistry(abc.ABC):
-    """Where models come from. Implementations: ``mlflow.MlflowRegistry``."""
+    """Where models come from.
+
+    Implementations (``REGISTRIES`` in :mod:`batchscore.registry`): ``mlflow.MlflowRegistry``,
+    ``sagemaker.SageMakerRegistry``. Each is built from the settings by :meth:`from_settings`,
+    and its constructor takes the client it talks through (an ``MlflowClient``, boto3
+    clients), so a test can hand it one.
+    """
+
+    @classmethod
+    @abc.abstractmethod
+    def from_settings(cls, settings: Settings, *, writable: bool = True) -> Self:
+        """The registry as the settings describe it (what ``open_registry`` calls).
+
+        Args:
+            settings: the whole settings; the registry reads its own keys.
+            writable: False to only read (list versions); see ``open_registry``.
+
+        Raises:
+            ConfigError: the settings cannot reach the registry.
+            WorkspaceNotFoundError: reading, and the registry lives in a missing workspace.
+            StorageError: writing, and the workspace is not writable.
+        """
 
     @abc.abstractmethod
     def list_versions(self, group: str) -> list[ModelVersion]:

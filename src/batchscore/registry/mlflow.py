@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -33,6 +33,11 @@ from batchscore.registry.base import (
 )
 from batchscore.registry.cache import ModelCache
 from batchscore.workspace import readonly_sqlite_url, require_sqlite_file, sqlite_path
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from batchscore.config import Settings
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 PROFILE_FILE = "training_profile.json"
@@ -56,10 +61,24 @@ class MlflowRegistry(ModelRegistry):
         trusted_types: list[str] | tuple[str, ...] = (),
         *,
         writable: bool = True,
+        client: MlflowClient | None = None,
     ) -> None:
-        """``writable=False`` opens a SQLite store read-only and creates nothing: the
-        database must exist (else WorkspaceNotFoundError), and MLflow's own table creation
-        and migrations never run on it."""
+        """A registry on the MLflow tracking server or store at ``tracking_uri``.
+
+        Args:
+            tracking_uri: the MLflow tracking (and registry) URI; the model cache's key.
+            artifact_location: where new experiments keep their artifacts.
+            cache_dir: the workspace's model cache folder.
+            trusted_types: skops types to trust beyond batchscore's own list.
+            writable: False opens a SQLite store read-only and creates nothing: the
+                database must exist, and MLflow's own table creation and migrations never
+                run on it.
+            client: the ``MlflowClient`` to talk through (default: one for ``tracking_uri``,
+                read-only on SQLite when not ``writable``).
+
+        Raises:
+            WorkspaceNotFoundError: not ``writable``, and the SQLite database does not exist.
+        """
         _quiet_mlflow()
         from mlflow.tracking import MlflowClient
 
@@ -78,7 +97,31 @@ class MlflowRegistry(ModelRegistry):
         self.cache_dir = cache_dir
         self.cache = ModelCache(cache_dir)
         self.trusted_types = [*TRUSTED_SKOPS_TYPES, *trusted_types]
-        self.client = MlflowClient(tracking_uri=client_uri, registry_uri=client_uri)
+        self.client = client or MlflowClient(tracking_uri=client_uri, registry_uri=client_uri)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, writable: bool = True) -> MlflowRegistry:
+        """The registry at ``registry.tracking_uri`` (default: SQLite in the workspace), its
+        models cached in the workspace's ``models/``.
+
+        Raises:
+            WorkspaceNotFoundError: reading, and no workspace or MLflow database there.
+            StorageError: writing, and the workspace is not writable.
+        """
+        from batchscore.workspace import ensure_writable_workspace, require_workspace
+
+        if not settings.registry.tracking_uri:  # the embedded default lives in the workspace
+            if writable:
+                ensure_writable_workspace(settings)
+            else:
+                require_workspace(settings)
+        return cls(
+            tracking_uri=settings.tracking_uri,
+            artifact_location=settings.artifact_location,
+            cache_dir=settings.workspace_path / "models",
+            trusted_types=settings.registry.trusted_types,
+            writable=writable,
+        )
 
     # Listing and status -----------------------------------------------------------------
 

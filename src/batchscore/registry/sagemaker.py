@@ -45,18 +45,47 @@ PICKLE_NAMES = ("model.joblib", "model.pkl", "model.pickle")
 class SageMakerRegistry(ModelRegistry):
     """Model package groups in SageMaker's Model Registry."""
 
-    def __init__(self, settings: Settings, cache_dir: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        cache_dir: Path | None = None,
+        *,
+        sagemaker_client: Any = None,
+        s3_client: Any = None,
+    ) -> None:
+        """A registry in the settings' region, uploading under ``s3://bucket/prefix``.
+
+        Args:
+            settings: ``region``, ``bucket``/``prefix`` and the ``registry`` keys.
+            cache_dir: the model cache folder (default: the workspace's ``models/``).
+            sagemaker_client: the boto3 SageMaker client to talk through (default: one from
+                the standard AWS chain, in the settings' region).
+            s3_client: the boto3 S3 client for model archives (default: likewise).
+
+        Raises:
+            ConfigError: boto3 is not installed, or no region is set anywhere.
+        """
         from batchscore import aws
 
         self.region = aws.region_of(settings)
         self.settings = settings
-        self.sagemaker = aws.client("sagemaker", settings)
-        self.s3 = aws.client("s3", settings)
-        self.cache_dir = cache_dir
-        self.cache = ModelCache(cache_dir)
+        self.sagemaker = sagemaker_client or aws.client("sagemaker", settings)
+        self.s3 = s3_client or aws.client("s3", settings)
+        self.cache_dir = cache_dir if cache_dir is not None else settings.workspace_path / "models"
+        self.cache = ModelCache(self.cache_dir)
         self.max_archive_bytes = settings.registry.max_archive_bytes
         self.trusted_types = [*TRUSTED_SKOPS_TYPES, *settings.registry.trusted_types]
         self.trust_pickle = settings.registry.trust_pickle
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, writable: bool = True) -> SageMakerRegistry:
+        """The registry in the settings' region (``writable`` changes nothing: the
+        workspace only holds the model cache).
+
+        Raises:
+            ConfigError: boto3 is not installed, or no region is set anywhere.
+        """
+        return cls(settings)
 
     # Listing and status -----------------------------------------------------------------
 

@@ -1,0 +1,405 @@
+"""The latest-record rule, shared by every feature store that reads Parquet or Arrow rows.
+
+A feature group is append-only (see :mod:`batchscore.feature_store.base`): per record id, the
+newest version with event time <= ``as_of`` wins, ordered by (event time,
+``api_invocation_time``, ``write_time``); if that winner is a delete marker (``is_deleted``)
+the id is gone. Ids are compared by their number (:mod:`batchscore.feature_store.ids`).
+
+Here the rule runs in DuckDB, out of core, over whatever rows a store can hand over:
+
+- :func:`latest_batches` ranks a source and streams the winners as Arrow batches. Local
+  Parquet files are ranked on the key columns alone (an arg-max per id, no sort) and the
+  winning rows taken back from each file by row number (:func:`take_winners`); an Arrow
+  stream (remote files, row-level deletes) is ranked in one window pass.
+- :func:`summarize_latest` counts the live records and their id and event-time ranges.
+- :func:`scan_source` turns an Iceberg scan into such a source; :func:`pinned_snapshot`
+  checks the snapshot a resumed run pinned; :func:`utc_naive` puts ``as_of`` on the stores'
+  clock; :func:`sql_name` quotes a column for the SQL.
+
+The Iceberg store (its own tables) and the SageMaker store (its offline store, Parquet in S3 or
+an Iceberg table in Glue) both read through here; the Ray engine uses the same helpers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batchscore.errors import FeatureGroupError
+from batchscore.feature_store.base import UNMATCHED_EXAMPLES, ReadStats, RecordSummary
+from batchscore.feature_store.ids import id_number_sql, trimmed_id_sql
+from batchscore.sql import sql_string
+
+# DuckDB's buffer pool per read: past it the ranking spills to disk instead of growing.
+DUCKDB_MEMORY_LIMIT = "512MB"
+
+# A source of rows to rank: local Parquet paths, an Arrow stream, or None (no rows at all).
+RowSource = list[str] | pa.RecordBatchReader | None
+
+
+def sql_name(name: str) -> str:
+    """``name`` as a quoted SQL identifier (double quotes, inner quotes doubled).
+
+    Args:
+        name: a column name, as the feature group defines it.
+
+    Returns:
+        The identifier to splice into DuckDB SQL.
+    """
+    return '"' + name.replace('"', '""') + '"'
+
+
+def pinned_snapshot(
+    table: Any, name: str, snapshot_id: int | None, current: int | None
+) -> int | None:
+    """The snapshot a read uses: the run's pinned one, else the table's current one.
+
+    Args:
+        table: the pyiceberg ``Table`` read (the Iceberg store's own, or an offline store).
+        name: the feature group, for the error.
+        snapshot_id: the snapshot a resumed run pinned, or None for a new read.
+        current: the table's current snapshot (None: never written to).
+
+    Returns:
+        The snapshot id to scan, or None when the table has no snapshot.
+
+    Raises:
+        FeatureGroupError: the pinned snapshot no longer exists (expired).
+    """
+    if snapshot_id is None:
+        return current
+    if table.snapshot_by_id(snapshot_id) is None:
+        raise FeatureGroupError(
+            f"feature group {name!r} has no snapshot {snapshot_id}: it may have been expired. "
+            "Start a new run instead of resuming this one."
+        )
+    return snapshot_id
+
+
+def utc_naive(moment: dt.datetime | None) -> dt.datetime | None:
+    """A time as the stores compare it: UTC without a zone (naive times are taken as UTC).
+
+    Args:
+        moment: an ``as_of`` or delete time, zoned or naive, or None.
+
+    Returns:
+        The same instant, naive UTC (None stays None).
+    """
+    if moment is not None and moment.tzinfo is not None:
+        return moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return moment
+
+
+def scan_source(scan: Any) -> RowSource:
+    """An Iceberg scan as a source for :func:`latest_batches`.
+
+    Args:
+        scan: a pyiceberg ``DataScan`` (snapshot and row filter already set).
+
+    Returns:
+        The scan's local Parquet files for DuckDB to read itself, else pyiceberg's Arrow
+        reader (remote files, row-level deletes); None when the snapshot has no files.
+    """
+    tasks = list(scan.plan_files())
+    if not tasks:
+        return None
+    paths = [urlparse(t.file.file_path) for t in tasks]
+    if all(p.scheme in ("", "file") for p in paths) and not any(t.delete_files for t in tasks):
+        return [p.path for p in paths]
+    return scan.to_arrow_batch_reader()
+
+
+def latest_batches(
+    source: Callable[[], RowSource],
+    *,
+    key: str,
+    event: str,
+    out_columns: list[str],
+    out_schema: pa.Schema,
+    id_start: int,
+    id_end: int,
+    as_of: dt.datetime | None,
+    batch_size: int,
+    temp_dir: Path | None,
+    stats: ReadStats,
+    label: str = "the feature group",
+) -> Iterator[pa.RecordBatch]:
+    """The latest live version of each id in range, as Arrow batches: versions ranked per id
+    in DuckDB, newest first, then delete markers dropped (in that order).
+
+    Args:
+        source: called once the DuckDB connection is ready; gives local Parquet files (read
+            by DuckDB, ranked on the key columns alone), an Arrow record batch reader, or
+            None (no rows). The rows carry the store's columns ``api_invocation_time``,
+            ``write_time`` and ``is_deleted``; event times are naive UTC timestamps.
+        key: the record identifier column.
+        event: the event time column.
+        out_columns: the columns to yield, the id first.
+        out_schema: their schema (batches are cast to it).
+        id_start: the smallest id number to keep.
+        id_end: the largest id number to keep (inclusive).
+        as_of: only versions with event time <= as_of count (None: all).
+        batch_size: the most rows per yielded batch.
+        temp_dir: where DuckDB may spill (None: it keeps to memory).
+        stats: filled in as the batches are consumed (records, versions and deletes
+            skipped, ids without a number).
+        label: what is read, for errors (``"feature group 'churn'"``).
+
+    Yields:
+        Record batches of ``out_schema``, at most ``batch_size`` rows each.
+
+    Raises:
+        FeatureGroupError: DuckDB could not read the data (a damaged or missing file …): its
+            first line, never the SQL it echoes.
+    """
+    import duckdb
+
+    # A bounded buffer pool: past it DuckDB spills the window to temp_dir instead of growing
+    # (its default is 80% of RAM). Output order is irrelevant, which lets it stream.
+    config: dict[str, Any] = {
+        "memory_limit": DUCKDB_MEMORY_LIMIT,
+        "preserve_insertion_order": False,
+    }
+    if temp_dir is not None:
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        config["temp_directory"] = str(temp_dir)
+    con = duckdb.connect(":memory:", config=config)
+    try:
+        found = source()
+        if found is None:
+            return
+        if isinstance(found, list):
+            files = ", ".join(sql_string(p) for p in found)
+            located: str | None = f"read_parquet([{files}], file_row_number = true)"
+        else:  # an Arrow stream (remote files, row-level deletes): one pass, whole rows
+            con.register("__source", found)
+            located = None
+        selected = ", ".join(sql_name(c) for c in out_columns)
+        k, e = sql_name(key), sql_name(event)
+        time_filter = f"AND {e} <= $as_of" if as_of is not None else ""
+        number = id_number_sql(k)
+        # Ids without a number are kept through the ranking so they can be counted, then
+        # dropped: never scored, but never silently.
+        in_range = f"({number} BETWEEN $id_start AND $id_end OR {number} IS NULL) {time_filter}"
+        newest_first = f"ORDER BY {e} DESC, api_invocation_time DESC, write_time DESC"
+        params: dict[str, Any] = {"id_start": id_start, "id_end": id_end}
+        if as_of is not None:
+            params["as_of"] = as_of
+        reader: Iterator[pa.RecordBatch]
+        if located is not None:
+            # Pass 1, in DuckDB over the key columns alone: each id's newest version as a
+            # position (file, row) — a hash aggregate, arg_max by the three times, no sort —
+            # kept in a temporary table (spilled past the memory limit). Pass 2, in pyarrow:
+            # each file streamed once, its winning rows taken by row number. The wide feature
+            # columns are never sorted, hashed or joined, and memory stays bounded by a batch.
+            con.execute(
+                f"""
+                CREATE TEMP TABLE newest AS
+                SELECT __id, CAST(__position >> 40 AS INTEGER) AS file,
+                       CAST(__position & 1099511627775 AS BIGINT) AS row, __versions, __number,
+                       coalesce(__gone, false) AS __gone
+                FROM (
+                    SELECT {trimmed_id_sql(k)} AS __id,
+                           arg_max(CAST(file_index AS BIGINT) * 1099511627776
+                                       + CAST(file_row_number AS BIGINT),
+                                   ({e}, api_invocation_time, write_time)) AS __position,
+                           count(*) AS __versions, min({number}) AS __number,
+                           arg_max(is_deleted, ({e}, api_invocation_time, write_time)) AS __gone
+                    FROM {located}
+                    WHERE {in_range}
+                    GROUP BY __id
+                )
+                """,
+                params,
+            )
+            # Counted when live: an id whose newest version is a marker would not be scored.
+            unmatched = con.execute(
+                "SELECT count(*) FROM newest WHERE __number IS NULL AND NOT __gone"
+            ).fetchall()[0]
+            if unmatched[0]:
+                examples = con.execute(
+                    "SELECT __id FROM newest WHERE __number IS NULL AND NOT __gone ORDER BY __id "
+                    f"LIMIT {UNMATCHED_EXAMPLES}"
+                ).fetchall()
+                stats.unmatched_ids = unmatched[0]
+                stats.unmatched_id_examples = [r[0] for r in examples]
+            con.execute("DELETE FROM newest WHERE __number IS NULL")
+            reader = take_winners(con, found, out_columns, batch_size)  # type: ignore[arg-type]
+        else:
+            sql = f"""
+                SELECT {selected}, is_deleted AS __deleted, __versions, __number FROM (
+                    SELECT *,
+                        row_number() OVER (PARTITION BY {k} {newest_first}) AS __rank,
+                        count(*) OVER (PARTITION BY {k}) AS __versions
+                    FROM (
+                        SELECT * REPLACE ({trimmed_id_sql(k)} AS {k}), {number} AS __number
+                        FROM __source
+                        WHERE {in_range}
+                    )
+                )
+                WHERE __rank = 1
+            """
+            reader = iter(con.sql(sql, params=params).to_arrow_reader(batch_size))
+        for batch in reader:
+            if "__number" in batch.schema.names:
+                no_number = pc.is_null(batch.column("__number"))
+                if pc.any(no_number).as_py():
+                    live = pc.invert(batch.column("__deleted").fill_null(False))
+                    shown = pc.filter(batch.column(key), pc.and_(no_number, live))
+                    stats.add_unmatched(shown.to_pylist())
+                    batch = batch.filter(pc.invert(no_number))
+            deleted = batch.column("__deleted").fill_null(False)
+            versions = batch.column("__versions")
+            stats.duplicate_versions_skipped += (pc.sum(versions).as_py() or 0) - batch.num_rows
+            n_deleted = pc.sum(deleted.cast(pa.int64())).as_py() or 0
+            stats.deleted_records_skipped += n_deleted
+            live = batch.filter(pc.invert(deleted)) if n_deleted else batch
+            live = live.select(out_columns)
+            if live.num_rows:
+                stats.records += live.num_rows
+                if live.schema != out_schema:  # e.g. large_string in a file, string in the table
+                    live = pa.Table.from_batches([live]).cast(out_schema).to_batches()[0]
+                yield pa.RecordBatch.from_arrays(live.columns, schema=out_schema)
+    except duckdb.Error as exc:
+        raise engine_read_error(label, exc) from exc
+    finally:
+        con.close()
+
+
+def engine_read_error(label: str, exc: BaseException) -> FeatureGroupError:
+    """A DuckDB failure while reading ``label``, as one line: DuckDB's first line names the
+    problem and the file; the rest echoes batchscore's own SQL, which tells the user nothing.
+
+    Args:
+        label: what was read (``"feature group 'churn'"``).
+        exc: DuckDB's error.
+
+    Returns:
+        The FeatureGroupError to raise ``from exc``.
+    """
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return FeatureGroupError(
+        f"reading {label} failed: {first}. A data file of the feature group is damaged or "
+        "was changed outside batchscore: restore it, or re-ingest the records into a new "
+        "feature group (--debug shows the whole engine error)."
+    )
+
+
+def take_winners(
+    con: Any, files: list[str], columns: list[str], batch_size: int
+) -> Iterator[pa.RecordBatch]:
+    """The winning rows of each file, streamed once: the second pass of
+    :func:`latest_batches` over local Parquet files.
+
+    Args:
+        con: the DuckDB connection holding the temporary table ``newest`` (file index, row
+            number, versions and trimmed id of each winner).
+        files: the Parquet files, in the order ``newest`` numbers them.
+        columns: the columns to take, the id first.
+        batch_size: the most rows read from a file at a time.
+
+    Yields:
+        Batches of ``columns`` plus ``__deleted`` and ``__versions``, the id as ``newest``
+        holds it (trimmed). Row numbers come sorted per file, so both sides advance together.
+    """
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    for index, path in enumerate(files):
+        wanted = con.sql(
+            f"SELECT row, __versions, __id FROM newest WHERE file = {index} ORDER BY row"
+        ).to_arrow_reader(batch_size)
+        rows = np.empty(0, dtype=np.int64)
+        versions = np.empty(0, dtype=np.int64)
+        ids = pa.array([], pa.string())
+        exhausted = False
+        offset = 0
+        for batch in pq.ParquetFile(path).iter_batches(
+            batch_size=batch_size, columns=[*columns, "is_deleted"]
+        ):
+            end = offset + batch.num_rows
+            # Top up the wanted rows until they reach past this batch.
+            while not exhausted and (len(rows) == 0 or rows[-1] < end):
+                try:
+                    more = wanted.read_next_batch()
+                except StopIteration:
+                    exhausted = True
+                    break
+                rows = np.concatenate([rows, more.column(0).to_numpy(zero_copy_only=False)])
+                versions = np.concatenate([versions, more.column(1).to_numpy(zero_copy_only=False)])
+                ids = pa.concat_arrays([ids, more.column(2).cast(pa.string())])
+            here = int(np.searchsorted(rows, end))
+            if here:
+                taken = batch.take(pa.array(rows[:here] - offset))
+                yield pa.RecordBatch.from_arrays(
+                    [
+                        ids.slice(0, here),
+                        *taken.select(columns[1:]).columns,
+                        taken.column("is_deleted"),
+                        pa.array(versions[:here], pa.int64()),
+                    ],
+                    names=[*columns, "__deleted", "__versions"],
+                )
+                rows, versions, ids = rows[here:], versions[here:], ids.slice(here)
+            offset = end
+
+
+def summarize_latest(source: RowSource, *, key: str, event: str, label: str) -> RecordSummary:
+    """The live records of a source (each id's newest version, not a delete marker): how
+    many, their id numbers' range and their event times' range, in one DuckDB pass over the
+    id, time and delete-marker columns.
+
+    Args:
+        source: local Parquet files, an Arrow stream, or None (no rows).
+        key: the record identifier column.
+        event: the event time column.
+        label: what is read, for errors.
+
+    Returns:
+        The summary; ids without a number are counted in ``unmatched_ids`` and left out of
+        the ranges.
+
+    Raises:
+        FeatureGroupError: DuckDB could not read the data.
+    """
+    import duckdb
+
+    if source is None:
+        return RecordSummary(0, None, None, None, None)
+    k, e = sql_name(key), sql_name(event)
+    con = duckdb.connect(":memory:", config={"memory_limit": DUCKDB_MEMORY_LIMIT})
+    try:
+        if isinstance(source, list):
+            rows = f"read_parquet([{', '.join(sql_string(p) for p in source)}])"
+        else:
+            con.register("__source", source)
+            rows = "__source"
+        row = con.execute(
+            f"""
+            SELECT count(*) FILTER (WHERE NOT __deleted AND __number IS NOT NULL),
+                   min(__number) FILTER (WHERE NOT __deleted),
+                   max(__number) FILTER (WHERE NOT __deleted),
+                   min(__event) FILTER (WHERE NOT __deleted AND __number IS NOT NULL),
+                   max(__event) FILTER (WHERE NOT __deleted AND __number IS NOT NULL),
+                   count(*) FILTER (WHERE NOT __deleted AND __number IS NULL)
+            FROM (
+                SELECT {id_number_sql(k)} AS __number,
+                       coalesce(arg_max(is_deleted, ({e}, api_invocation_time, write_time)),
+                                false) AS __deleted,
+                       max({e}) AS __event
+                FROM {rows}
+                GROUP BY {trimmed_id_sql(k)}
+            )
+            """
+        ).fetchall()[0]
+    except duckdb.Error as exc:
+        raise engine_read_error(label, exc) from exc
+    finally:
+        con.close()
+    return RecordSummary(*row)
