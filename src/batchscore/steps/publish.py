@@ -7,8 +7,10 @@ unknown looks there first and never publishes a run twice.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pyiceberg.catalog import Catalog
 
@@ -18,6 +20,11 @@ from batchscore.tables import (
     find_run_commit,
     publish_predictions,
 )
+
+if TYPE_CHECKING:
+    from batchscore.steps.context import RunContext
+
+log = logging.getLogger("batchscore")
 
 
 @dataclass(frozen=True)
@@ -63,3 +70,33 @@ def publish(
         started=started,
     )
     return PublishResult(identifier, snapshot_id, rows)
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    """The Publish step of a run: BatchInference's predictions committed to the run's table
+    with the run's write mode, once (a commit found from an earlier attempt is reported)."""
+    record = ctx.record
+    scored = record.outputs("BatchInference")
+    database, _, table_name = record.output_table.partition(".")
+    result = publish(
+        ctx.backends.catalog,
+        database,
+        table_name,
+        scored["files"],
+        scored["rows"],
+        run_id=record.run_id,
+        logical_run=LogicalRun(
+            pipeline_name=record.pipeline_name,
+            inference_date=dt.date.fromisoformat(record.logical_date),
+            id_range=f"{record.id_start}-{record.id_end}",
+        ),
+        write_mode=record.write_mode,
+        started=dt.datetime.fromisoformat(record.started),
+    )
+    if result.already_published:
+        log.info(
+            "Publish: run %s was committed earlier (snapshot %d)",
+            record.run_id,
+            result.snapshot_id,
+        )
+    return result.to_dict()
