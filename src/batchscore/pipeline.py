@@ -406,27 +406,16 @@ class Pipeline:
         )  # fmt: skip
 
     def _fail(self, record: RunRecord, step: str, exc: BaseException) -> None:
-        step_record = record.steps[step]
         nothing = isinstance(exc, NothingToScoreError)
-        step_record.status = "nothing_to_score" if nothing else "failed"
-        step_record.ended = utcnow().isoformat()
         message = str(exc)
         if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM raised as one by the CLI
             message = (
                 f"interrupted ({message or 'Ctrl-C'}); resume it: batchscore resume {record.run_id}"
             )
-        step_record.error = {"type": type(exc).__name__, "message": self.settings.redact(message)}
-        names = list(record.steps)
-        for later in names[names.index(step) + 1 :]:
-            if record.steps[later].status == "pending":
-                record.steps[later].status = "skipped"
-        record.status = "nothing_to_score" if nothing else "failed"
-        record.failed_step = step
-        record.error = step_record.error
-        record.ended = utcnow().isoformat()
-        record.save()
+        error = {"type": type(exc).__name__, "message": self.settings.redact(message)}
+        record.fail(step, error, nothing_to_score=nothing)
         if nothing:
-            log.warning("%s: %s", step, step_record.error["message"])
+            log.warning("%s: %s", step, error["message"])
         else:
-            log.error("%s failed: %s: %s", step, *step_record.error.values())
+            log.error("%s failed: %s: %s", step, *error.values())
         self._call_hooks("on_pipeline_error", record, step, exc)

@@ -152,6 +152,20 @@ class RunRecord:
     def outputs(self, step: str) -> dict[str, Any]:
         return self.steps[step].outputs
 
+    def fail(self, step: str, error: dict[str, str], *, nothing_to_score: bool = False) -> None:
+        """Record that ``step`` failed with ``error`` (``type``, ``message``), or found nothing
+        to score; the steps after it that had not started are skipped. Saves the record."""
+        status = "nothing_to_score" if nothing_to_score else "failed"
+        now = utcnow().isoformat()
+        failed = self.steps[step]
+        failed.status, failed.ended, failed.error = status, now, error
+        names = list(self.steps)  # the run's own order
+        for later in names[names.index(step) + 1 :]:
+            if self.steps[later].status == "pending":
+                self.steps[later].status = "skipped"
+        self.status, self.failed_step, self.error, self.ended = status, step, error, now
+        self.save()
+
 
 class PipelineHooks:
     """Lifecycle hooks; override what you need. Exceptions in hooks are logged, not raised."""
