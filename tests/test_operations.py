@@ -177,6 +177,32 @@ def test_three_day_backfill_leaves_three_partitions(make, tmp_path: Path) -> Non
     assert again.groupby("inference_date").run_id.nunique().tolist() == [1, 1, 1]
 
 
+def test_a_backfill_reports_the_date_it_could_not_run(settings) -> None:
+    day = dt.date(2025, 9, 2)
+    holder = "20990101T000000-abcdef"
+    with run_lock(settings, settings.pipeline_name, day.isoformat(), holder, "4000-5000"):
+        report = Pipeline(settings).backfill(day, day)
+    assert (report.asked, report.succeeded, report.failed) == (1, 0, 1)
+    (only,) = report.dates
+    assert only.date == day and only.run is None and only.status == "failed"
+    assert f"run {holder}" in only.error
+    assert report.runs == []
+
+
+def test_a_backfill_with_a_locked_date_shows_every_date_and_fails(make, tmp_path: Path) -> None:
+    settings = make()
+    config = config_for(settings, tmp_path / "c.yaml")
+    holder = "20990101T000000-abcdef"
+    with run_lock(settings, settings.pipeline_name, "2025-09-02", holder, "4000-5000"):
+        result = cli("-c", str(config), "backfill", "--from", "2025-09-01", "--to", "2025-09-02")
+    assert result.returncode == 1
+    assert "1 of 2 date(s) did not succeed" in result.stderr
+    lines = {line.split()[1]: line for line in result.stdout.splitlines() if "2025-09-0" in line}
+    assert "succeeded" in lines["2025-09-01"]
+    assert "failed" in lines["2025-09-02"] and "–" in lines["2025-09-02"]
+    assert holder in result.stdout  # the error says who holds the date
+
+
 def test_the_lock_refuses_a_second_run_and_names_the_holder(settings) -> None:
     today = dt.datetime.now(dt.UTC).date().isoformat()
     holder = "20990101T000000-abcdef"

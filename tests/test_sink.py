@@ -403,7 +403,9 @@ def test_the_same_run_racing_itself_publishes_once(
 
 def test_open_sink_refuses_an_unknown_kind(tmp_path: Path) -> None:
     settings = load_settings(path=None, overrides={"workspace": str(tmp_path / "ws")}, env={})
-    with pytest.raises(ConfigError, match=r"unknown sink 'icebrg'.*Did you mean 'iceberg'"):
+    with pytest.raises(
+        ConfigError, match=r"sink 'icebrg' is not a known sink type. Did you mean 'iceberg'"
+    ):
         open_sink(settings, kind="icebrg")
 
 

@@ -30,6 +30,7 @@ from typer.exceptions import TyperException
 from batchscore.config import Settings, load_settings
 from batchscore.errors import BatchScoreError, ConfigError
 from batchscore.logs import OwnOrWarningFilter, RedactingFormatter
+from batchscore.steps import STEPS, by_slug, slugs_text, step_names
 
 if TYPE_CHECKING:
     from batchscore.progress import Progress
@@ -359,7 +360,7 @@ def _progress() -> Iterator[Progress]:
         yield LoggingProgress()
 
 
-@app.command()
+@app.command(help=f"Run {' → '.join(step_names())} once.")
 def run(
     date: Annotated[
         str | None,
@@ -369,7 +370,6 @@ def run(
         ),
     ] = None,
 ) -> None:
-    """Run DataSource → BatchInference → Publish once."""
     from batchscore.pipeline import Pipeline
 
     with _progress() as progress:
@@ -393,34 +393,25 @@ def resume(
     _print_run(record)
 
 
-STEP_NAMES = {
-    "data-source": "DataSource",
-    "batch-inference": "BatchInference",
-    "publish": "Publish",
-}
-
-
 @app.command()
 def step(
-    name: Annotated[
-        str, typer.Argument(help="data-source, batch-inference or publish.", metavar="STEP")
-    ],
+    name: Annotated[str, typer.Argument(help=f"{slugs_text()}.", metavar="STEP")],
     run_id: Annotated[str, typer.Option("--run-id", help="The run this step belongs to.")],
     date: Annotated[
         str | None,
-        typer.Option(help="Logical date YYYY-MM-DD (data-source only, when it starts the run)."),
+        typer.Option(
+            help=f"Logical date YYYY-MM-DD ({STEPS[0].slug} only, when it starts the run)."
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
 ) -> None:
     """Run one step of a run, as its own job (SageMaker Processing, Airflow, Kubernetes)."""
-    from batchscore.errors import ConfigError
     from batchscore.pipeline import Pipeline
 
-    if name not in STEP_NAMES:
-        raise ConfigError(f"step {name!r} is not one of {', '.join(STEP_NAMES)}.")
+    chosen = by_slug(name)
     with _progress() as progress:
         record = Pipeline(state.settings, progress=progress).run_step(
-            STEP_NAMES[name], run_id, date=_parse_date(date, "--date"), force=force
+            chosen.name, run_id, date=_parse_date(date, "--date"), force=force
         )
     _print_run(record)
 
@@ -1003,16 +994,24 @@ def backfill(
     start, end = _parse_date(date_from, "--from"), _parse_date(date_to, "--to")
     assert start is not None and end is not None
     with _progress() as progress:
-        records = Pipeline(state.settings, progress=progress).backfill(start, end)
+        report = Pipeline(state.settings, progress=progress).backfill(start, end)
+    errors = any(date.error for date in report.dates)
     table = Table("date", "run", "status", "rows", title="backfill", title_justify="left")
-    for r in records:
-        table.add_row(r.logical_date, r.run_id, r.status, _fmt(r.steps["BatchInference"].rows))
+    if errors:
+        table.add_column("error", overflow="fold")
+    for date in report.dates:
+        run = date.run
+        row = [
+            date.date.isoformat(),
+            run.run_id if run else "–",
+            date.status,
+            _fmt(run.steps["BatchInference"].rows if run else None),
+        ]
+        table.add_row(*row, *([Text(date.error or "")] if errors else []))
     console.print(table)
-    failed = [r for r in records if r.status != "succeeded"]
-    expected = (end - start).days + 1
-    if failed or len(records) < expected:
+    if report.failed:
         raise BatchScoreError(
-            f"{expected - len(records) + len(failed)} of {expected} date(s) did not succeed; "
+            f"{report.failed} of {report.asked} date(s) did not succeed; "
             "see 'batchscore runs list --status failed'."
         )
 

@@ -18,19 +18,18 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchscore.errors import ConfigError
+from batchscore.steps import STEPS, Step
 
 if TYPE_CHECKING:
     from batchscore.config import Settings
 
 SCHEMA_VERSION = "2020-12-01"
-# The seed's step names; each runs the batchscore step of the same meaning.
-STEPS = (("DataSource", "data-source"), ("BatchInference", "batch-inference"),
-         ("PublishToAthena", "publish"))  # fmt: skip
 CONFIG_DIR = "/opt/ml/processing/config"
 WORKSPACE_DIR = "/opt/ml/processing/workspace"
 TRANSIENT_JOB_ERRORS = ["SageMaker.JOB_INTERNAL_ERROR", "SageMaker.CAPACITY_ERROR"]
@@ -58,8 +57,11 @@ def _join(*values: Any) -> dict[str, Any]:
     return {"Std:Join": {"On": "", "Values": list(values)}}
 
 
-def pipeline_definition(settings: Settings, *, image_uri: str, config_uri: str) -> dict[str, Any]:
-    """The SageMaker Pipeline definition (JSON schema 2020-12-01) for ``settings``."""
+def pipeline_definition(
+    settings: Settings, *, image_uri: str, config_uri: str, steps: Sequence[Step] = STEPS
+) -> dict[str, Any]:
+    """The SageMaker Pipeline definition (JSON schema 2020-12-01) for ``settings``: one
+    Processing job per step of ``steps``, each after the one before."""
     if not settings.role_arn:
         raise ConfigError(
             "deploy sagemaker needs 'role_arn': the IAM role the processing jobs run as "
@@ -78,19 +80,19 @@ def pipeline_definition(settings: Settings, *, image_uri: str, config_uri: str) 
             "DefaultValue": settings.processing_instance_type or "ml.m5.xlarge",
         },
     ]
-    steps: list[dict[str, Any]] = []
-    for i, (name, command) in enumerate(STEPS):
+    jobs: list[dict[str, Any]] = []
+    for i, step in enumerate(steps):
         entrypoint: list[Any] = [
             "batchscore", "--config", f"{CONFIG_DIR}/pipeline_config.yaml",
             "--set", f"workspace={WORKSPACE_DIR}",
             "--set", _join("customer_id_start=", _get("Parameters.CustomerIdStart")),
             "--set", _join("customer_id_end=", _get("Parameters.CustomerIdEnd")),
-            "step", command, "--run-id", _get("Execution.PipelineExecutionId"),
+            "step", step.slug, "--run-id", _get("Execution.PipelineExecutionId"),
         ]  # fmt: skip
-        if command == "data-source":
+        if i == 0:  # the first step starts the run
             entrypoint += ["--date", _get("Parameters.LogicalDate")]
-        step: dict[str, Any] = {
-            "Name": name,
+        job: dict[str, Any] = {
+            "Name": step.sagemaker_name,
             "Type": "Processing",
             "Arguments": {
                 "ProcessingResources": {
@@ -156,13 +158,13 @@ def pipeline_definition(settings: Settings, *, image_uri: str, config_uri: str) 
             ],
         }
         if i > 0:
-            step["DependsOn"] = [STEPS[i - 1][0]]
-        steps.append(step)
+            job["DependsOn"] = [steps[i - 1].sagemaker_name]
+        jobs.append(job)
     return {
         "Version": SCHEMA_VERSION,
         "Metadata": {"GeneratedBy": "batchscore deploy sagemaker"},
         "Parameters": parameters,
-        "Steps": steps,
+        "Steps": jobs,
     }
 
 

@@ -18,22 +18,22 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+from batchscore.steps import STEPS, Step
 
 ENV = "BATCHSCORE_FAILPOINT"
 BARRIER_TIMEOUT_SECONDS = 60.0
 
-POINTS = (
-    "run:started",
-    "DataSource:start",
-    "DataSource:end",
-    "BatchInference:start",
-    "BatchInference:batch",
-    "BatchInference:end",
-    "Publish:start",
-    "Publish:files-placed",
-    "Publish:committed",
-)
+
+def points(steps: Sequence[Step] = STEPS) -> tuple[str, ...]:
+    """Every failpoint a run of ``steps`` passes, in order: the run's start, then each step's
+    (``<step>:start``, the points inside it, its end)."""
+    return ("run:started", *(point for step in steps for point in step.failpoints))
+
+
+POINTS = points()
 
 
 def failpoint(name: str) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,8 @@ from batchscore.config import Settings, map_strings
 from batchscore.durable import fsync_dir
 from batchscore.errors import ConfigError
 
-# The steps in the order they run (the seed's step names).
-STEPS = ("DataSource", "BatchInference", "Publish")
+log = logging.getLogger("batchscore")
+
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -88,6 +90,44 @@ class RunRecord:
     # Resumes that went ahead with a different config (``--force``): when and which keys.
     forced: list[dict[str, Any]] = field(default_factory=list)
 
+    @classmethod
+    def create(
+        cls,
+        settings: Settings,
+        run_id: str,
+        logical_date: dt.date,
+        as_of: dt.datetime,
+        now: dt.datetime,
+        steps: Sequence[str],
+    ) -> RunRecord:
+        """A new run of ``settings`` with a pending record per step, saved in its new folder.
+
+        Raises:
+            FileExistsError: the run's folder exists already.
+        """
+        run_dir = settings.runs_path / run_id
+        run_dir.mkdir(parents=True, exist_ok=False)
+        record = cls(
+            run_id=run_id,
+            pipeline_name=settings.pipeline_name,
+            logical_date=logical_date.isoformat(),
+            as_of=as_of.isoformat(),
+            id_start=settings.customer_id_start,
+            id_end=settings.customer_id_end,
+            feature_group=settings.feature_group_name,
+            output_table=settings.output_table,
+            write_mode=settings.write_mode,
+            config_fingerprint=config_fingerprint(settings),
+            config=run_identity(settings),
+            model_package_group=settings.model_package_group,
+            run_dir=str(run_dir),
+            log_path=str(run_dir / "run.log"),
+            started=now.isoformat(),
+            steps={name: StepRecord(name) for name in steps},
+        )
+        record.save()
+        return record
+
     @property
     def path(self) -> Path:
         return Path(self.run_dir) / "run.json"
@@ -111,6 +151,20 @@ class RunRecord:
 
     def outputs(self, step: str) -> dict[str, Any]:
         return self.steps[step].outputs
+
+    def fail(self, step: str, error: dict[str, str], *, nothing_to_score: bool = False) -> None:
+        """Record that ``step`` failed with ``error`` (``type``, ``message``), or found nothing
+        to score; the steps after it that had not started are skipped. Saves the record."""
+        status = "nothing_to_score" if nothing_to_score else "failed"
+        now = utcnow().isoformat()
+        failed = self.steps[step]
+        failed.status, failed.ended, failed.error = status, now, error
+        names = list(self.steps)  # the run's own order
+        for later in names[names.index(step) + 1 :]:
+            if self.steps[later].status == "pending":
+                self.steps[later].status = "skipped"
+        self.status, self.failed_step, self.error, self.ended = status, step, error, now
+        self.save()
 
 
 class PipelineHooks:
@@ -167,6 +221,43 @@ def changed_keys(before: dict[str, Any], after: dict[str, Any], prefix: str = ""
     return changed
 
 
+def check_config(record: RunRecord, settings: Settings, *, force: bool) -> None:
+    """Refuse to continue ``record`` with settings that differ in what the run reads,
+    scores or publishes; with ``force``, go on and note it in the record.
+
+    Raises:
+        ConfigError: the settings differ (the error names the keys) and not ``force``.
+    """
+    if record.config is None:
+        log.warning(
+            "run %s was recorded without its configuration (an earlier batchscore); the "
+            "current config is not compared with it",
+            record.run_id,
+        )
+        return
+    current = run_identity(settings)
+    changed = changed_keys(record.config, current)
+    if record.model_version is None:  # no model resolved yet: the current group decides
+        model_keys = ("model_package_group", "model_approval_status")
+        changed = [key for key in changed if key not in model_keys]
+        record.model_package_group = settings.model_package_group
+        record.config.update({key: current[key] for key in model_keys})
+        record.save()
+    if not changed:
+        return
+    if not force:
+        raise ConfigError(
+            f"run {record.run_id} was started with a different configuration: "
+            f"{', '.join(changed)} changed since. Restore those settings to continue it, "
+            "start a new run, or continue anyway with --force (the run keeps its own "
+            "table, model group and id range; the override is recorded)."
+        )
+    log.warning("run %s: continuing with changed settings (--force): %s",
+                record.run_id, ", ".join(changed))  # fmt: skip
+    record.forced.append({"at": utcnow().isoformat(), "keys": changed})
+    record.save()
+
+
 @dataclass(frozen=True)
 class LogicalRun:
     """What makes two runs "the same run" for write mode ``replace``: pipeline, date, ids."""
@@ -184,3 +275,46 @@ def parse_id_range(text: str) -> tuple[int, int]:
     """``"4000-5000"`` -> ``(4000, 5000)``."""
     start, _, end = text.partition("-")
     return int(start), int(end)
+
+
+@dataclass(frozen=True)
+class BackfillDate:
+    """One date of a backfill: its run, or why none ran."""
+
+    date: dt.date
+    run: RunRecord | None  # None: refused before a run was recorded (e.g. the date was locked)
+    error: str | None = None  # the error that stopped the date, if one did
+
+    @property
+    def status(self) -> str:
+        return self.run.status if self.run is not None else "failed"
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+
+@dataclass(frozen=True)
+class BackfillReport:
+    """What ``Pipeline.backfill`` did: every date asked for, in order, with its outcome."""
+
+    start: dt.date
+    end: dt.date
+    dates: list[BackfillDate] = field(default_factory=list)
+
+    @property
+    def asked(self) -> int:
+        return (self.end - self.start).days + 1
+
+    @property
+    def succeeded(self) -> int:
+        return sum(date.succeeded for date in self.dates)
+
+    @property
+    def failed(self) -> int:
+        """Dates that did not succeed (a date never reached counts too)."""
+        return self.asked - self.succeeded
+
+    @property
+    def runs(self) -> list[RunRecord]:
+        return [date.run for date in self.dates if date.run is not None]

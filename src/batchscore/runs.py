@@ -25,7 +25,7 @@ from typing import Any
 from batchscore.clock import utcnow
 from batchscore.config import Settings
 from batchscore.errors import ConfigError, RunNotFoundError, StorageError
-from batchscore.records import STEPS, PipelineHooks, RunRecord
+from batchscore.records import PipelineHooks, RunRecord
 from batchscore.workspace import ensure_writable_workspace, readonly_sqlite_uri, require_workspace
 
 log = logging.getLogger("batchscore")
@@ -284,8 +284,7 @@ class RunHistory:
                     error.get("type"), error.get("message"), run.run_dir, run.log_path,
                 ),
             )  # fmt: skip
-            for position, name in enumerate(STEPS):
-                step = run.steps[name]
+            for position, (name, step) in enumerate(run.steps.items()):  # in the run's order
                 step_error = step.error or {}
                 con.execute(
                     """INSERT OR REPLACE INTO steps VALUES

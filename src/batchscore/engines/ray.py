@@ -26,7 +26,7 @@ import datetime as dt
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchscore.catalog import catalog_properties
+from batchscore.engines.base import Engine
 from batchscore.errors import ConfigError
 from batchscore.feature_store.base import ReadStats
 from batchscore.progress import NO_PROGRESS, Progress, tracked
@@ -53,6 +54,7 @@ from batchscore.steps.parts import PartWriter
 
 if TYPE_CHECKING:
     from batchscore.config import Settings
+    from batchscore.feature_store import FeatureStore
     from batchscore.feature_store.iceberg import IcebergFeatureStore
     from batchscore.registry import LoadedModel
 
@@ -400,3 +402,78 @@ def ray_batch_inference(
     log.info("BatchInference: scored by %d actor(s) on %d node(s)", actors, len(nodes))
     result = totals.result(parts.files, ignored, target_column, output_dir.parent)
     return dataclasses.replace(result, engine="ray", nodes=sorted(nodes))
+
+
+# The engine -----------------------------------------------------------------------------------
+
+
+class RayEngine(Engine):
+    """Both steps on Ray Data. Ray is joined (or started) when a run first needs it, once per
+    ``session()``: a run resumed at Publish never starts it."""
+
+    name = "ray"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._session: contextlib.ExitStack | None = None
+        self._connected = False  # joined Ray in this session
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        self._session = contextlib.ExitStack()
+        try:
+            yield
+        finally:
+            session, self._session = self._session, None
+            self._connected = False
+            session.close()
+
+    @contextlib.contextmanager
+    def _joined(self) -> Iterator[None]:
+        """Ray, for one step: the session's connection (made now if not yet), or, outside a
+        session, a connection for this call only."""
+        if self._session is None:
+            with ray_session(self.settings):
+                yield
+            return
+        if not self._connected:
+            self._session.enter_context(ray_session(self.settings))
+            self._connected = True
+        yield
+
+    def data_source(
+        self,
+        store: FeatureStore,
+        feature_group_name: str,
+        id_start: int,
+        id_end: int,
+        output_dir: Path,
+        *,
+        as_of: dt.datetime | None,
+        snapshot_id: int | None,
+        progress: Progress = NO_PROGRESS,
+    ) -> DataSourceResult:
+        with self._joined():
+            return ray_data_source(
+                self.settings, store, feature_group_name, id_start, id_end, output_dir,
+                as_of=as_of, snapshot_id=snapshot_id, progress=progress,
+            )  # fmt: skip
+
+    def batch_inference(
+        self,
+        input_files: Sequence[str],
+        model: LoadedModel,
+        output_dir: Path,
+        *,
+        record_identifier: str,
+        lineage: Lineage,
+        target_column: str | None,
+        source_label: str,
+        progress: Progress = NO_PROGRESS,
+    ) -> BatchInferenceResult:
+        with self._joined():
+            return ray_batch_inference(
+                self.settings, list(input_files), model, output_dir,
+                record_identifier=record_identifier, lineage=lineage,
+                target_column=target_column, source_label=source_label, progress=progress,
+            )  # fmt: skip

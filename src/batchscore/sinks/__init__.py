@@ -7,10 +7,9 @@ implementation is imported only when it is opened.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
-from batchscore.errors import ConfigError, did_you_mean
+from batchscore.loaders import Loader, load_implementation
 from batchscore.sinks.base import PredictionSink, SnapshotInfo
 
 if TYPE_CHECKING:
@@ -19,8 +18,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_SINK", "SINKS", "PredictionSink", "SnapshotInfo", "open_sink"]
 
 # sink name -> "module:class" of its implementation, imported on first use
-SINKS: dict[str, str] = {
-    "iceberg": "batchscore.sinks.iceberg:IcebergSink",
+SINKS: dict[str, Loader] = {
+    "iceberg": Loader("batchscore.sinks.iceberg:IcebergSink"),
 }
 DEFAULT_SINK = "iceberg"
 
@@ -46,11 +45,5 @@ def open_sink(
         WorkspaceNotFoundError: reading, and no workspace where the settings point.
         StorageError: writing, and the workspace is not writable.
     """
-    if kind not in SINKS:
-        raise ConfigError(
-            f"unknown sink {kind!r}: use one of {', '.join(sorted(SINKS))}."
-            + did_you_mean(kind, SINKS)
-        )
-    module, _, name = SINKS[kind].partition(":")
-    implementation: type[PredictionSink] = getattr(importlib.import_module(module), name)
+    implementation: type[PredictionSink] = load_implementation(SINKS, kind, kind="sink", key="sink")
     return implementation.from_settings(settings, table or settings.output_table, writable=writable)

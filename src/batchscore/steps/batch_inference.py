@@ -10,9 +10,9 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,35 +25,12 @@ from batchscore.progress import NO_PROGRESS, Progress, tracked
 from batchscore.registry import LoadedModel
 from batchscore.sinks.schema import PREDICTIONS_SCHEMA
 from batchscore.steps.parts import PartWriter
+from batchscore.steps.results import BatchInferenceResult, Lineage
+
+if TYPE_CHECKING:
+    from batchscore.steps.context import RunContext
 
 log = logging.getLogger("batchscore")
-
-
-@dataclass(frozen=True)
-class Lineage:
-    """What every prediction row carries about where it came from."""
-
-    run_id: str
-    pipeline_name: str
-    id_range: str
-    inference_date: dt.date
-    timestamp: dt.datetime
-
-
-@dataclass(frozen=True)
-class BatchInferenceResult:
-    rows: int
-    files: list[str]
-    evaluation: dict[str, Any] | None
-    evaluation_path: str | None
-    ignored_columns: list[str]
-    unseen_categories: dict[str, int] = field(default_factory=dict)
-    non_finite_values: dict[str, int] = field(default_factory=dict)
-    engine: str = "local"
-    nodes: list[str] = field(default_factory=list)  # Ray nodes that scored (engine: ray)
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def snapshot_rows(files: Sequence[str | Path]) -> int:
@@ -280,3 +257,37 @@ def batch_inference(
             totals.add(scored)
             progress.advance("BatchInference", batch.num_rows)
     return totals.result(parts.files, ignored, target_column, output_dir.parent)
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    """The BatchInference step of a run: the DataSource snapshot scored by the run's model on
+    its engine, every row carrying the run's lineage."""
+    record = ctx.record
+    model = ctx.loaded_model()
+    lineage = Lineage(
+        run_id=record.run_id,
+        pipeline_name=record.pipeline_name,
+        id_range=f"{record.id_start}-{record.id_end}",
+        inference_date=dt.date.fromisoformat(record.logical_date),
+        timestamp=dt.datetime.fromisoformat(record.started),
+    )
+    result = ctx.engine.batch_inference(
+        record.outputs("DataSource")["files"],
+        model,
+        Path(record.run_dir) / "predictions",
+        record_identifier=ctx.settings.record_identifier,
+        lineage=lineage,
+        target_column=ctx.settings.target_column,
+        source_label=f"feature group {record.feature_group!r}",
+        progress=ctx.progress,
+    )
+    if result.evaluation:
+        e = result.evaluation
+        log.info(
+            "evaluation on %d labelled rows: accuracy %.3f, F1 %.3f, ROC AUC %s",
+            e["rows"],
+            e["accuracy"],
+            e["f1"],
+            f"{e['roc_auc']:.3f}" if e["roc_auc"] is not None else "n/a",
+        )
+    return result.to_dict()

@@ -8,31 +8,19 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from batchscore.errors import NothingToScoreError
 from batchscore.feature_store import FeatureStore, ReadStats
 from batchscore.progress import NO_PROGRESS, Progress, tracked
 from batchscore.steps.parts import PartWriter
+from batchscore.steps.results import DataSourceResult
+
+if TYPE_CHECKING:
+    from batchscore.steps.context import RunContext
 
 log = logging.getLogger("batchscore")
-
-
-@dataclass(frozen=True)
-class DataSourceResult:
-    rows: int
-    files: list[str]
-    snapshot_id: int | None
-    duplicate_versions_skipped: int
-    deleted_records_skipped: int
-    columns: list[str]
-    # Ids without a number (feature_store.ids): never scored; how many, and up to five.
-    unmatched_ids: int = 0
-    unmatched_id_examples: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def return_memory() -> None:
@@ -132,3 +120,26 @@ def data_source_result(
         unmatched_ids=stats.unmatched_ids,
         unmatched_id_examples=list(stats.unmatched_id_examples),
     )
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    """The DataSource step of a run: the run's id range as of its time, read by its engine
+    at the feature group snapshot the run first saw (resumed or retried, it reads the same)."""
+    record = ctx.record
+    result = ctx.engine.data_source(
+        ctx.backends.feature_store,
+        record.feature_group,
+        record.id_start,
+        record.id_end,
+        Path(record.run_dir) / "input",
+        as_of=dt.datetime.fromisoformat(record.as_of),
+        snapshot_id=record.feature_snapshot_id,
+        progress=ctx.progress,
+    )
+    log.info(
+        "DataSource: %d records (skipped %d older versions, %d deleted)",
+        result.rows,
+        result.duplicate_versions_skipped,
+        result.deleted_records_skipped,
+    )
+    return result.to_dict()

@@ -7,13 +7,18 @@ first (``find_commit``) and never publishes a run twice.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from batchscore.records import LogicalRun
 
 if TYPE_CHECKING:
-    from batchscore.records import LogicalRun
     from batchscore.sinks import PredictionSink
+    from batchscore.steps.context import RunContext
+
+log = logging.getLogger("batchscore")
 
 
 @dataclass(frozen=True)
@@ -70,3 +75,30 @@ def publish(
         started=started,
     )
     return PublishResult(sink.identifier, commit_id, rows)
+
+
+def run(ctx: RunContext) -> dict[str, Any]:
+    """The Publish step of a run: BatchInference's predictions committed to the run's table
+    with the run's write mode, once (a commit found from an earlier attempt is reported)."""
+    record = ctx.record
+    scored = record.outputs("BatchInference")
+    result = publish(
+        ctx.backends.sink(record.output_table),
+        scored["files"],
+        scored["rows"],
+        run_id=record.run_id,
+        logical_run=LogicalRun(
+            pipeline_name=record.pipeline_name,
+            inference_date=dt.date.fromisoformat(record.logical_date),
+            id_range=f"{record.id_start}-{record.id_end}",
+        ),
+        write_mode=record.write_mode,
+        started=dt.datetime.fromisoformat(record.started),
+    )
+    if result.already_published:
+        log.info(
+            "Publish: run %s was committed earlier (snapshot %d)",
+            record.run_id,
+            result.snapshot_id,
+        )
+    return result.to_dict()
