@@ -172,7 +172,7 @@ def test_odd_but_scoreable_data_is_scored_and_counted(make) -> None:
         store.ingest("oddities", pa.Table.from_pylist([*rows, tie, *odd_ids]))
     store.ingest("oddities", pa.Table.from_pylist([*rows, *odd_ids]))
     # The same tie written around batchscore's ingest (another writer): the read still copes.
-    table = store._table("oddities")
+    table = store.iceberg_table("oddities")
     stamped = table.scan().to_arrow().filter(pa.compute.equal(pa.compute.field("customer_id"),
                                                                rows[5]["customer_id"]))  # fmt: skip
     table.append(stamped.set_column(stamped.schema.get_field_index("tenure_months"),

@@ -64,7 +64,7 @@ def test_create_describe_and_ingest_stamps_store_columns(store: IcebergFeatureSt
     assert group.features == {"x": "Fractional", "n": "Integral", "c": "String"}
     before = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     assert store.ingest("fg", records([("CUST_000001", T0, 1.0)])).rows == 1
-    row = store._table("fg").scan().to_arrow().to_pylist()[0]
+    row = store.iceberg_table("fg").scan().to_arrow().to_pylist()[0]
     assert row["write_time"] >= before and row["api_invocation_time"] >= before
     assert row["is_deleted"] is False and row["n"] is None
     assert store.describe("fg").total_rows == 1
@@ -173,7 +173,7 @@ def test_latest_records_match_the_pandas_reference(
         for n, d, _, dead, _x in rows:
             if dead:
                 store.delete_records(name, [f"CUST_{n:06d}"], event_time=T0 + dt.timedelta(days=d))
-    written = store._table(name).scan().to_arrow().to_pandas()
+    written = store.iceberg_table(name).scan().to_arrow().to_pandas()
     as_of = None if as_of_day is None else T0 + dt.timedelta(days=as_of_day)
     expected = reference_latest(written, start, start + width, as_of)
     got = store.latest_records(name, start, start + width, as_of=as_of).to_table().to_pandas()

@@ -125,7 +125,7 @@ def test_id_rule_trims_and_counts_ids_without_a_number(store, tmp_path: Path) ->
         }
     )
     store.ingest("fg", table)
-    stored = store._table("fg").scan().to_arrow().column("customer_id").to_pylist()
+    stored = store.iceberg_table("fg").scan().to_arrow().column("customer_id").to_pylist()
     assert " CUST_002910 " not in stored and "CUST_002910" in stored  # stored trimmed
     result = data_source(store, "fg", 2900, 3000, tmp_path / "run" / "input")
     scored = pa.concat_tables(pq.read_table(f) for f in result.files).column(0).to_pylist()
@@ -137,7 +137,7 @@ def test_id_rule_trims_and_counts_ids_without_a_number(store, tmp_path: Path) ->
 
 def test_untrimmed_ids_written_by_others_are_trimmed_at_read(store, tmp_path: Path) -> None:
     """A row written around batchscore's ingest (SageMaker's own writer, say)."""
-    table = store._table("fg")
+    table = store.iceberg_table("fg")
     schema = table.schema().as_arrow()
     at = dt.datetime(2026, 1, 1)
     raw = {

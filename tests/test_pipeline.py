@@ -41,7 +41,7 @@ def snapshot(settings) -> int | None:
 def expected_latest(settings, start=4000, end=5000, as_of=None) -> pd.DataFrame:
     from batchscore.feature_store import open_feature_store
 
-    raw = open_feature_store(settings)._table(settings.feature_group_name).scan().to_arrow()
+    raw = open_feature_store(settings).iceberg_table(settings.feature_group_name).scan().to_arrow()
     return reference_latest(raw.to_pandas(), start, end, as_of)
 
 

@@ -128,3 +128,21 @@ def test_engines_come_from_the_registry(make) -> None:
         ConfigError, match=r"engine 'spark' is not a known engine type.*Known types: local, ray"
     ):
         open_engine(spark)
+
+
+def test_the_ray_engine_refuses_a_feature_store_it_cannot_read(make, tmp_path: Path) -> None:
+    """The config refuses engine: ray with a non-Iceberg store; a store handed to the engine
+    directly gets the same answer, not an AttributeError from inside the Ray read."""
+    import boto3
+
+    from batchscore.feature_store.sagemaker import SageMakerFeatureStore
+
+    settings = make(engine="ray")
+    client = boto3.client(
+        "sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    store = SageMakerFeatureStore(settings, sagemaker_client=client)
+    with pytest.raises(ConfigError, match="engine 'ray' reads Iceberg feature groups only"):
+        open_engine(settings).data_source(
+            store, "churn", 4000, 5000, tmp_path / "input", as_of=None, snapshot_id=None
+        )

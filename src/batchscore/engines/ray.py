@@ -206,7 +206,7 @@ def ray_data_source(
     group = store.describe(feature_group_name)
     key, event = group.record_identifier, group.event_time_feature
     out_columns = [key, event, *group.features]
-    table = store._table(feature_group_name)
+    table = store.iceberg_table(feature_group_name)
     out_schema = pa.schema([table.schema().as_arrow().field(c) for c in out_columns])
     snapshot_id = pinned_snapshot(table, feature_group_name, snapshot_id, group.snapshot_id)
     as_of = utc_naive(as_of)
@@ -453,6 +453,13 @@ class RayEngine(Engine):
         snapshot_id: int | None,
         progress: Progress = NO_PROGRESS,
     ) -> DataSourceResult:
+        from batchscore.feature_store.iceberg import IcebergFeatureStore
+
+        if not isinstance(store, IcebergFeatureStore):  # the config refuses this; an injected
+            raise ConfigError(  # store may not
+                f"engine 'ray' reads Iceberg feature groups only, not a {type(store).__name__}: "
+                "use engine: local with this feature store."
+            )
         with self._joined():
             return ray_data_source(
                 self.settings, store, feature_group_name, id_start, id_end, output_dir,

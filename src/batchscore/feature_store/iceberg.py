@@ -90,7 +90,12 @@ class IcebergFeatureStore(FeatureStore):
         validate_identifier(name, "feature_group_name", RESOURCE_NAME)
         return f"{self.namespace}.{name}"
 
-    def _table(self, name: str) -> Table:
+    def iceberg_table(self, name: str) -> Table:
+        """The Iceberg table behind feature group ``name`` (what the Ray engine reads).
+
+        Raises:
+            FeatureGroupError: no such feature group (with "Did you mean").
+        """
         table = load_table(self.catalog, self._identifier(name))
         if table is None or table.properties.get(PROP_MARKER) != "true":
             known = self.list_feature_groups()
@@ -143,7 +148,7 @@ class IcebergFeatureStore(FeatureStore):
         return self.describe(name)
 
     def describe(self, name: str) -> FeatureGroup:
-        table = self._table(name)
+        table = self.iceberg_table(name)
         props = table.properties
         types = dict(pair.split(":", 1) for pair in props.get(PROP_TYPES, "").split(",") if pair)
         snapshot = table.current_snapshot()
@@ -173,7 +178,7 @@ class IcebergFeatureStore(FeatureStore):
         delimiter: str | None = None,
     ) -> IngestResult:
         group = self.describe(name)
-        table = self._table(name)
+        table = self.iceberg_table(name)
         target = table.schema().as_arrow()
         checks = _IngestChecks(group, allow_missing_columns, ignore_extra_columns)
         chunks = [
@@ -202,7 +207,7 @@ class IcebergFeatureStore(FeatureStore):
         self, name: str, record_ids: list[str], event_time: dt.datetime | None = None
     ) -> DeleteResult:
         group = self.describe(name)
-        table = self._table(name)
+        table = self.iceberg_table(name)
         ids = list(dict.fromkeys(str(i).strip(ID_WHITESPACE) for i in record_ids))
         if not ids:
             return DeleteResult(markers_written=0, deleted=0)
@@ -285,7 +290,7 @@ class IcebergFeatureStore(FeatureStore):
         group = self.describe(name)
         if group.snapshot_id is None:
             return RecordSummary(0, None, None, None, None)
-        source = scan_source(self._table(name).scan(snapshot_id=group.snapshot_id))
+        source = scan_source(self.iceberg_table(name).scan(snapshot_id=group.snapshot_id))
         return summarize_latest(
             source,
             key=group.record_identifier,
@@ -307,7 +312,7 @@ class IcebergFeatureStore(FeatureStore):
         temp_dir: Path | None = None,
     ) -> LatestRecords:
         group = self.describe(name)
-        table = self._table(name)
+        table = self.iceberg_table(name)
         snapshot_id = pinned_snapshot(table, name, snapshot_id, group.snapshot_id)
         as_of = utc_naive(as_of)
 
