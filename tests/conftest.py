@@ -1,4 +1,5 @@
 """Shared fixtures: real SQLite catalogs and MLflow stores under tmp paths, nothing mocked.
+(Plain helpers, constants and the CLI runner are in ``tests/helpers.py``.)
 
 Training and logging a model costs seconds, so one session-wide "shared" catalog and registry
 holds the demo feature group and an approved model; each test gets its own workspace (runs
@@ -8,7 +9,6 @@ folder) and its own output table inside them, so tests never see each other's re
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from batchscore.config import Settings, load_settings
 from batchscore.feature_store import open_feature_store
 from batchscore.registry import open_registry
 from batchscore.training import train_model
+from tests.helpers import make_settings, overrides_of  # noqa: F401 - also imported from here
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
@@ -29,39 +30,6 @@ def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith("BATCHSCORE_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-
-
-def make_settings(shared: Path, workspace: Path, **overrides: object) -> Settings:
-    """Settings that use the shared catalog and registry, with a private workspace."""
-    values: dict[str, object] = {
-        "workspace": str(workspace),
-        "catalog": {
-            "type": "sql",
-            "uri": f"sqlite:///{shared / 'catalog.db'}",
-            "warehouse": (shared / "warehouse").as_uri(),
-        },
-        "registry": {
-            "tracking_uri": f"sqlite:///{shared / 'mlflow.db'}",
-            "artifact_location": (shared / "mlartifacts").as_uri(),
-        },
-        "athena_output_table": f"predictions_{uuid.uuid4().hex[:10]}",
-    }
-    values.update(overrides)
-    return load_settings(path=None, overrides=values, env={})
-
-
-def overrides_of(settings: Settings, **extra: object) -> dict[str, object]:
-    """The overrides that rebuild ``settings`` (as made by ``make``) in another process."""
-    return {
-        "workspace": settings.workspace,
-        "catalog": settings.catalog,
-        "registry": {
-            "tracking_uri": settings.tracking_uri,
-            "artifact_location": settings.artifact_location,
-        },
-        "athena_output_table": settings.athena_output_table,
-        **extra,
-    }
 
 
 @pytest.fixture(scope="session")

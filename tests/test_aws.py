@@ -29,9 +29,9 @@ from batchscore.feature_store import open_feature_store
 from batchscore.pipeline import Pipeline
 from batchscore.registry import open_registry
 from batchscore.training import train_model
+from tests.helpers import SEED_CONFIG
 from tests.reference import reference_latest
 from tests.servers import free_port
-from tests.test_config import SEED_CONFIG
 
 REGION = "us-west-2"  # the seed's
 BUCKET = "mlbucket-sagemaker"

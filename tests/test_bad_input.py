@@ -18,10 +18,15 @@ from batchscore.cli import main
 from batchscore.errors import TransientStoreError
 from batchscore.feature_store import open_feature_store
 from batchscore.pipeline import Pipeline
-from tests.conftest import overrides_of
+from tests.helpers import (
+    config_for,
+    forkserver,
+    log_external,
+    numeric_training_frame,
+    overrides_of,
+    table_snapshot,
+)
 from tests.reliability import record
-from tests.test_cli import config_for, table_snapshot
-from tests.test_faults import _context
 
 CONFIG_CASES = [
     (
@@ -217,7 +222,6 @@ def test_missing_model_artifact(make, capsys, tmp_path) -> None:
     from sklearn.linear_model import LogisticRegression
 
     from batchscore.registry import open_registry
-    from tests.test_registry import log_external, numeric_training_frame
 
     settings = make(model_package_group="lost-artifact")
     frame, y = numeric_training_frame(settings)
@@ -241,7 +245,6 @@ def test_signature_that_does_not_match_the_features(make) -> None:
     from sklearn.linear_model import LogisticRegression
 
     from batchscore.errors import SchemaMismatchError
-    from tests.test_registry import log_external, numeric_training_frame
 
     settings = make(model_package_group="wrong-types")
     # The same logical run published earlier with the good model: its rows must stay.
@@ -410,7 +413,7 @@ def test_full_disk(make) -> None:
     catalog_db = sqlite3.connect(settings.catalog["uri"].removeprefix("sqlite:///"))
     catalog_db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     catalog_db.close()
-    process = _context.Process(target=_run_with_file_size_limit, args=(overrides, 34_000))
+    process = forkserver.Process(target=_run_with_file_size_limit, args=(overrides, 34_000))
     process.start()
     process.join(120)
     assert process.exitcode == 7  # StorageError

@@ -9,40 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from batchscore.cli import main
-from batchscore.tables import load_table, open_catalog
-from tests.conftest import overrides_of
+from batchscore.tables import open_catalog
+from tests.helpers import BIN, cli, config_for, table_snapshot
 from tests.reliability import record
-
-BIN = Path(sys.executable).parent / "batchscore"
-
-
-def cli(
-    *args: str, cwd: Path | None = None, env: dict | None = None
-) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCORE_")}
-    full_env["COLUMNS"] = "200"  # Rich wraps tables at 80 columns without a terminal
-    full_env.update(env or {})
-    return subprocess.run(
-        [str(BIN), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
-    )
-
-
-def config_for(settings, path: Path, **extra) -> Path:
-    """A config file for ``settings`` (as made by the ``make`` fixture), plus ``extra``."""
-    path.write_text(yaml.safe_dump(overrides_of(settings, **extra)))
-    return path
-
-
-def table_snapshot(settings):
-    table = load_table(open_catalog(settings), settings.output_table)
-    return (
-        None
-        if table is None or table.current_snapshot() is None
-        else (table.current_snapshot().snapshot_id)
-    )
 
 
 def test_quickstart_twice_from_nothing_and_another_reader_agrees(tmp_path: Path) -> None:

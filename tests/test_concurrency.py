@@ -11,10 +11,8 @@ import time
 from batchscore.config import load_settings
 from batchscore.records import RunRecord
 from batchscore.tables import ensure_predictions_table, load_table, open_catalog, run_query
-from tests.conftest import overrides_of
+from tests.helpers import expected_latest, forkserver, overrides_of, table_rows
 from tests.reliability import record
-from tests.test_faults import _context
-from tests.test_pipeline import expected_latest, table_rows
 
 DAY = dt.date(2026, 7, 1)
 
@@ -50,7 +48,7 @@ def _child(
 
 
 def run_together(*jobs: tuple[dict, str, float]) -> list[int]:
-    processes = [_context.Process(target=_child, args=job) for job in jobs]
+    processes = [forkserver.Process(target=_child, args=job) for job in jobs]
     for p in processes:
         p.start()
     for p in processes:

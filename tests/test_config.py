@@ -6,41 +6,8 @@ import pytest
 
 from batchscore.config import AWS_ONLY_KEYS, load_settings
 from batchscore.errors import ConfigError, InvalidIdentifierError
+from tests.helpers import SEED_CONFIG
 from tests.reliability import record
-
-# The proof of concept's own configs/pipeline_config.yaml, verbatim.
-SEED_CONFIG = """\
-# Project settings
-project_name: classification-model-batch-inference
-region: us-west-2
-bucket: mlbucket-sagemaker
-prefix: mlops/batch_inference
-pipeline_name: classification-model-batch-inference-pipeline
-model_package_group: classification-model-group  # Source of the trained model
-
-# IAM Role - should have SageMaker, S3, Feature Store, Athena, Glue permissions
-role_arn: arn:aws:iam::ACCOUNT_ID:role/ML-Role-Pipelines
-
-# Instance types (processing only for batch inference)
-processing_instance_type: ml.m5.xlarge
-
-# Feature Store settings (replaces Athena input table)
-feature_group_name: mlops_poc_churn_classification_feature
-customer_id_start: 4000  # Inference data: customer_id 4000-5000
-customer_id_end: 5000
-athena_query_results: s3://mlbucket-sagemaker/athena-query-results/
-
-# Athena settings (for output table only)
-athena_database: ml_metrics
-athena_output_table: mlops_poc_daily_inference
-
-# Failure notification settings
-sns_topic_arn: arn:aws:sns:us-west-2:ACCOUNT_ID:ml-model-pipeline-failures
-notification_email: your-email@example.com
-
-# Deployment settings (model source)
-model_approval_status: Approved  # Latest approved model will be used for inference
-"""
 
 
 def write(tmp_path: Path, text: str) -> Path:
