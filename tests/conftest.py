@@ -9,6 +9,7 @@ folder) and its own output table inside them, so tests never see each other's re
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from batchscore.config import Settings, load_settings
 from batchscore.feature_store import open_feature_store
 from batchscore.registry import open_registry
 from batchscore.training import train_model
-from tests.helpers import make_settings, overrides_of  # noqa: F401 - also imported from here
+from tests.helpers import config_for, make_settings, overrides_of  # noqa: F401 - also imported from here
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
@@ -65,6 +66,34 @@ def make(shared_dir: Path, tmp_path: Path):
         return make_settings(shared_dir, workspace, **overrides)
 
     return build
+
+
+@dataclass(frozen=True)
+class PublishedTable:
+    """An output table one run has published, for tests that only read it or must leave it
+    untouched (refused inputs): ``snapshot`` is its snapshot id after that run."""
+
+    settings: Settings
+    config: Path  # a config file for ``settings``
+    snapshot: int
+    run_id: str
+
+
+@pytest.fixture(scope="module")
+def published(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> PublishedTable:
+    """One published run per test module, shared by its tests; a test must not change it (the
+    refused-input tests assert it stays as it is)."""
+    from batchscore.pipeline import Pipeline
+
+    folder = tmp_path_factory.mktemp("published")
+    settings = make_settings(shared_dir, folder / "ws")
+    with pytest.MonkeyPatch.context() as monkeypatch:  # _isolate is per test: not yet applied
+        for name in [n for n in os.environ if n.startswith("BATCHSCORE_")]:
+            monkeypatch.delenv(name)
+        run = Pipeline(settings).run()
+    assert run.status == "succeeded"
+    snapshot = run.steps["Publish"].outputs["snapshot_id"]
+    return PublishedTable(settings, config_for(settings, folder / "c.yaml"), snapshot, run.run_id)
 
 
 @pytest.fixture

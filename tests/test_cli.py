@@ -96,19 +96,16 @@ def test_start_after_end_via_cli(settings, tmp_path: Path, capsys) -> None:
     ],
 )
 def test_bad_input_exits_non_zero_and_leaves_the_table(
-    settings, tmp_path: Path, capsys, overrides, message, code
+    published, capsys, overrides, message, code
 ) -> None:
-    config = config_for(settings, tmp_path / "c.yaml")
-    assert main(["-q", "-c", str(config), "run"]) == 0
-    before = table_snapshot(settings)
-    args = ["-c", str(config)]
+    args = ["-c", str(published.config)]
     for pair in overrides:
         args += ["--set", pair]
     capsys.readouterr()
     assert main([*args, "run"]) == code
     err = capsys.readouterr().err
     assert message in err.split("Error: ", 1)[1]
-    assert table_snapshot(settings) == before
+    assert table_snapshot(published.settings) == published.snapshot
 
 
 def test_run_prints_a_summary(settings, tmp_path: Path, capsys) -> None:
