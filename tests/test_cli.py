@@ -506,20 +506,56 @@ def test_a_damaged_feature_file_is_one_error_line_without_sql(make, tmp_path: Pa
     assert "Resume it: batchscore resume " in errors[0]
 
 
-def test_help_imports_nothing_heavy() -> None:
-    """`batchscore --help` (and `import batchscore`) must not pay for pandas, pyarrow,
-    pyiceberg, MLflow or scikit-learn: 1.45 s -> 0.45 s when this held (docs/benchmarks.md)."""
+HEAVY_MODULES = ("pandas", "pyarrow", "pyiceberg", "mlflow", "sklearn", "duckdb", "boto3",
+                 "batchscore.pipeline")  # fmt: skip
+
+
+def imports_after(*commands: list[str]) -> list[str]:
+    """The heavy modules imported once ``main`` ran each command, in a fresh interpreter."""
     code = (
         "import sys\n"
         "from batchscore.cli import main\n"
-        "assert main(['--help']) == 0\n"
+        f"for args in {list(commands)!r}:\n"
+        "    assert main(args) == 0, args\n"
         "import batchscore\n"
-        "heavy = [m for m in ('pandas', 'pyarrow', 'pyiceberg', 'mlflow', 'sklearn', 'duckdb',\n"
-        "         'batchscore.pipeline') if m in sys.modules]\n"
-        "print('HEAVY', heavy)\n"
+        f"print('HEAVY', [m for m in {HEAVY_MODULES!r} if m in sys.modules])\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert "HEAVY []" in result.stdout, result.stdout[-300:]
+    return json.loads(result.stdout.split("HEAVY ")[-1].replace("'", '"'))
+
+
+def test_help_imports_nothing_heavy() -> None:
+    """`batchscore --help` (and `import batchscore`) must not pay for pandas, pyarrow,
+    pyiceberg, MLflow or scikit-learn: 1.45 s -> 0.45 s when this held (docs/benchmarks.md)."""
+    assert imports_after(["--help"]) == []
+
+
+def test_runs_list_and_show_import_nothing_heavy(published) -> None:
+    """Reading the run history needs neither the runner nor the data libraries: `runs list`
+    1.3 s -> 0.4 s when this held (docs/benchmarks.md)."""
+    config, run_id = ["-c", str(published.config)], published.run_id
+    commands = [[*config, *command, "-f", fmt] for fmt in ("table", "json", "csv")
+                for command in (["runs", "list"], ["runs", "show", run_id])]  # fmt: skip
+    assert imports_after(*commands) == []
+
+
+def test_the_history_returns_a_run_as_a_typed_record(published) -> None:
+    from batchscore.errors import RunNotFoundError
+    from batchscore.runs import RunDetails, RunHistory
+
+    history = RunHistory.for_settings(published.settings, writable=False)
+    run = history.get(published.run_id)
+    assert isinstance(run, RunDetails)
+    assert (run.run_id, run.status, run.note) == (published.run_id, "succeeded", None)
+    assert run.table_snapshot == published.snapshot
+    assert run.output_table == published.settings.output_table
+    assert [s.step for s in run.steps] == ["DataSource", "BatchInference", "Publish"]
+    assert all(s.status == "succeeded" and s.attempts == 1 and s.error is None for s in run.steps)
+    assert run.rows == run.steps[1].rows > 0 and run.evaluation["rows"] == run.rows
+    assert run.prediction_files and all(Path(f).is_file() for f in run.prediction_files)
+    assert run.model == f"{published.settings.model_package_group} v1"
+    with pytest.raises(RunNotFoundError, match="List runs with 'batchscore runs list'"):
+        history.get("no-such-run")

@@ -4,7 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from batchscore.config import AWS_ONLY_KEYS, load_settings
+from batchscore.config import (
+    AWS_ONLY_KEYS,
+    DEFAULT_CONFIG_PATH,
+    load_settings,
+    resolve_config_path,
+)
 from batchscore.errors import ConfigError, InvalidIdentifierError
 from tests.helpers import SEED_CONFIG
 from tests.reliability import record
@@ -155,3 +160,21 @@ def test_the_ray_engine_with_the_sagemaker_feature_store_is_refused() -> None:
         )
     settings = load_settings(None, {"engine": "ray"}, env={})  # Iceberg feature groups: fine
     assert settings.engine == "ray"
+
+
+def test_config_path_precedence_given_then_environment_then_default_file(tmp_path: Path) -> None:
+    # The autouse fixture runs every test in its own tmp_path.
+    assert resolve_config_path(None, env={}) is None
+    DEFAULT_CONFIG_PATH.parent.mkdir()
+    DEFAULT_CONFIG_PATH.write_text("batch_size: 1\n")
+    (tmp_path / "from-env.yaml").write_text("batch_size: 2\n")
+    (tmp_path / "given.yaml").write_text("batch_size: 3\n")
+    from_env = {"BATCHSCORE_CONFIG": "from-env.yaml"}
+    assert resolve_config_path(None, env={}) == DEFAULT_CONFIG_PATH
+    assert resolve_config_path(None, env={"BATCHSCORE_CONFIG": ""}) == DEFAULT_CONFIG_PATH
+    assert resolve_config_path(None, env=from_env) == Path("from-env.yaml")
+    assert resolve_config_path("given.yaml", env=from_env) == Path("given.yaml")
+    # load_settings reads the file resolve_config_path names.
+    assert load_settings(env={}).batch_size == 1
+    assert load_settings(env=from_env).batch_size == 2
+    assert load_settings("given.yaml", env=from_env).batch_size == 3

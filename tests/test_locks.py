@@ -340,14 +340,14 @@ def test_a_live_run_is_running_not_abandoned(make, tmp_path: Path) -> None:
         while not history.list_runs() and time.time() < deadline:
             time.sleep(0.1)
         run = history.get("alive")  # paused before DataSource until the gate opens
-        assert run["status"] == "running" and run["note"] is None
+        assert run.status == "running" and run.note is None
         assert [r["run_id"] for r in history.list_runs(status="running")] == ["alive"]
         assert history.list_runs(status="abandoned") == []
     finally:
         gate.touch()
         process.join(180)
     assert process.exitcode == 0
-    assert history.get("alive")["status"] == "succeeded"
+    assert history.get("alive").status == "succeeded"
 
 
 def test_history_without_settings_shows_runs_as_recorded(make, tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def test_failure_mail_resume_and_history_through_the_cli(settings, tmp_path: Pat
     assert record.steps["BatchInference"].ended == scored_at  # not scored again
     rows = table_rows(settings)
     assert len(rows) == len(expected_latest(settings)) and rows.customer_id.is_unique
-    assert history.get(run["run_id"])["status"] == "succeeded"
+    assert history.get(run["run_id"]).status == "succeeded"
     json_log = cli("-c", str(config), "runs", "logs", run["run_id"], "--json")
     entries = [json.loads(line) for line in json_log.stdout.splitlines()]
     assert {e["run_id"] for e in entries} == {run["run_id"]}
