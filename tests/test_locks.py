@@ -318,7 +318,7 @@ def test_a_killed_run_is_abandoned_its_log_stops_and_resume_completes_it(
     resumed = cli("-c", str(config), "resume", "doomed")
     assert resumed.returncode == 0, resumed.stderr
     run = RunHistory.for_settings(settings).get("doomed")
-    assert run["status"] == "succeeded" and run["note"] is None
+    assert run.status == "succeeded" and run.note is None
 
 
 def test_a_live_run_is_running_not_abandoned(make, tmp_path: Path) -> None:
@@ -356,8 +356,8 @@ def test_history_without_settings_shows_runs_as_recorded(make, tmp_path: Path) -
     record = dataclasses.replace(record, status="running")
     bare = RunHistory(settings.workspace_path / "runs.db")
     bare.record(record)
-    assert bare.get("done")["status"] == "running"  # cannot tell without the locks
-    assert RunHistory.for_settings(settings).get("done")["status"] == "abandoned"
+    assert bare.get("done").status == "running"  # cannot tell without the locks
+    assert RunHistory.for_settings(settings).get("done").status == "abandoned"
 
 
 def test_the_shared_lock_lives_where_runs_meet(aws: str, tmp_path: Path) -> None:  # noqa: F811
