@@ -163,10 +163,8 @@ def run_contender(name: str, setup: dict) -> dict:
         from batchscore.runs import RunHistory
 
         run = RunHistory(Path(setup["workspace"]) / "runs.db").list_runs(limit=1)[0]
-        steps = {
-            s["step"]: s["seconds"]
-            for s in RunHistory(Path(setup["workspace"]) / "runs.db").get(run["run_id"])["steps"]
-        }
+        history = RunHistory(Path(setup["workspace"]) / "runs.db")
+        steps = {s.step: s.seconds for s in history.get(run["run_id"]).steps}
         return {
             "wall": wall,
             "rss": rss,
