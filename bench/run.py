@@ -127,7 +127,7 @@ def setup_size(customers: int, root: Path, reuse: bool = False) -> dict:
     warm = Pipeline(settings).run()  # also caches the model; its snapshot is the dedup input
     dedup_dir = Path(warm.run_dir) / "input"
     model_dir = settings.workspace_path / "models" / "bench-model" / str(version.version)
-    table = store._table("bench_features")  # type: ignore[attr-defined]
+    table = store.iceberg_table("bench_features")  # type: ignore[attr-defined]
     offline = [t.file.file_path.removeprefix("file://") for t in table.scan().plan_files()]
     numeric, categorical = data.NUMERIC, data.CATEGORICAL
     # mlflow's input: the deduplicated rows as CSV, numbers written as floats (its schema
@@ -163,10 +163,8 @@ def run_contender(name: str, setup: dict) -> dict:
         from batchscore.runs import RunHistory
 
         run = RunHistory(Path(setup["workspace"]) / "runs.db").list_runs(limit=1)[0]
-        steps = {
-            s["step"]: s["seconds"]
-            for s in RunHistory(Path(setup["workspace"]) / "runs.db").get(run["run_id"])["steps"]
-        }
+        history = RunHistory(Path(setup["workspace"]) / "runs.db")
+        steps = {s.step: s.seconds for s in history.get(run["run_id"]).steps}
         return {
             "wall": wall,
             "rss": rss,

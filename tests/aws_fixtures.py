@@ -22,8 +22,8 @@ import yaml
 
 from batchscore import demo
 from batchscore.config import load_settings
+from tests.helpers import SEED_CONFIG
 from tests.servers import free_port
-from tests.test_config import SEED_CONFIG
 
 REGION = "us-west-2"  # the seed's
 BUCKET = "mlbucket-sagemaker"

@@ -1,4 +1,5 @@
 """Shared fixtures: real SQLite catalogs and MLflow stores under tmp paths, nothing mocked.
+(Plain helpers, constants and the CLI runner are in ``tests/helpers.py``.)
 
 Training and logging a model costs seconds, so one session-wide "shared" catalog and registry
 holds the demo feature group and an approved model; each test gets its own workspace (runs
@@ -8,8 +9,8 @@ folder) and its own output table inside them, so tests never see each other's re
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from batchscore.config import Settings, load_settings
 from batchscore.feature_store import open_feature_store
 from batchscore.registry import open_registry
 from batchscore.training import train_model
+from tests.helpers import config_for, make_settings, overrides_of  # noqa: F401 - also imported from here
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
@@ -30,39 +32,6 @@ def _isolate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith("BATCHSCORE_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-
-
-def make_settings(shared: Path, workspace: Path, **overrides: object) -> Settings:
-    """Settings that use the shared catalog and registry, with a private workspace."""
-    values: dict[str, object] = {
-        "workspace": str(workspace),
-        "catalog": {
-            "type": "sql",
-            "uri": f"sqlite:///{shared / 'catalog.db'}",
-            "warehouse": (shared / "warehouse").as_uri(),
-        },
-        "registry": {
-            "tracking_uri": f"sqlite:///{shared / 'mlflow.db'}",
-            "artifact_location": (shared / "mlartifacts").as_uri(),
-        },
-        "athena_output_table": f"predictions_{uuid.uuid4().hex[:10]}",
-    }
-    values.update(overrides)
-    return load_settings(path=None, overrides=values, env={})
-
-
-def overrides_of(settings: Settings, **extra: object) -> dict[str, object]:
-    """The overrides that rebuild ``settings`` (as made by ``make``) in another process."""
-    return {
-        "workspace": settings.workspace,
-        "catalog": settings.catalog,
-        "registry": {
-            "tracking_uri": settings.tracking_uri,
-            "artifact_location": settings.artifact_location,
-        },
-        "athena_output_table": settings.athena_output_table,
-        **extra,
-    }
 
 
 @pytest.fixture(scope="session")
@@ -119,6 +88,34 @@ def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     reset_moto(moto_url)
     return moto_url
+
+
+@dataclass(frozen=True)
+class PublishedTable:
+    """An output table one run has published, for tests that only read it or must leave it
+    untouched (refused inputs): ``snapshot`` is its snapshot id after that run."""
+
+    settings: Settings
+    config: Path  # a config file for ``settings``
+    snapshot: int
+    run_id: str
+
+
+@pytest.fixture(scope="module")
+def published(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> PublishedTable:
+    """One published run per test module, shared by its tests; a test must not change it (the
+    refused-input tests assert it stays as it is)."""
+    from batchscore.pipeline import Pipeline
+
+    folder = tmp_path_factory.mktemp("published")
+    settings = make_settings(shared_dir, folder / "ws")
+    with pytest.MonkeyPatch.context() as monkeypatch:  # _isolate is per test: not yet applied
+        for name in [n for n in os.environ if n.startswith("BATCHSCORE_")]:
+            monkeypatch.delenv(name)
+        run = Pipeline(settings).run()
+    assert run.status == "succeeded"
+    snapshot = run.steps["Publish"].outputs["snapshot_id"]
+    return PublishedTable(settings, config_for(settings, folder / "c.yaml"), snapshot, run.run_id)
 
 
 @pytest.fixture

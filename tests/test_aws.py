@@ -37,8 +37,8 @@ from tests.aws_fixtures import (
     seed_settings,
     seed_settings_data,
 )
+from tests.helpers import SEED_CONFIG
 from tests.reference import reference_latest
-from tests.test_config import SEED_CONFIG
 
 
 @pytest.fixture

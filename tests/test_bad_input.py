@@ -18,10 +18,15 @@ from batchscore.cli import main
 from batchscore.errors import TransientStoreError
 from batchscore.feature_store import open_feature_store
 from batchscore.pipeline import Pipeline
-from tests.conftest import overrides_of
+from tests.helpers import (
+    config_for,
+    forkserver,
+    log_external,
+    numeric_training_frame,
+    overrides_of,
+    table_snapshot,
+)
 from tests.reliability import record
-from tests.test_cli import config_for, table_snapshot
-from tests.test_faults import _context
 
 CONFIG_CASES = [
     (
@@ -85,40 +90,31 @@ CONFIG_CASES = [
 ]
 
 
-@pytest.fixture
-def published(settings, tmp_path: Path, capsys):
-    config = config_for(settings, tmp_path / "c.yaml")
-    assert main(["-q", "-c", str(config), "run"]) == 0
+def expect_refusal(capsys, args: list[str], code: int, message: str, published) -> None:
+    """``batchscore *args`` exits ``code`` with ``message`` after "Error: ", and the published
+    table is as it was."""
     capsys.readouterr()
-    return settings, config, table_snapshot(settings)
-
-
-def expect_refusal(capsys, args: list[str], code: int, message: str, settings, before) -> None:
     assert main(args) == code
     err = capsys.readouterr().err
     assert "Error: " in err and message in err.split("Error: ", 1)[1], err[-800:]
-    assert table_snapshot(settings) == before
+    assert table_snapshot(published.settings) == published.snapshot
 
 
 @pytest.mark.parametrize(
     ("category", "case", "args", "code", "message"), CONFIG_CASES, ids=[c[1] for c in CONFIG_CASES]
 )
 def test_refused_with_a_clear_error(published, capsys, category, case, args, code, message):
-    settings, config, before = published
-    expect_refusal(capsys, ["-c", str(config), *args, "run"], code, message, settings, before)
+    expect_refusal(capsys, ["-c", str(published.config), *args, "run"], code, message, published)
     record(category, case, outcome=f"exit {code}: “{message}”; table untouched")
 
 
 def test_yaml_syntax_error_and_missing_file(published, tmp_path: Path, capsys) -> None:
-    settings, _, before = published
     bad = tmp_path / "bad.yaml"
     bad.write_text("customer_id_start: 4000\ncustomer_id_end: [5000\nwrite_mode: replace\n")
-    expect_refusal(
-        capsys, ["-c", str(bad), "run"], 2, "is not valid YAML at line", settings, before
-    )
+    expect_refusal(capsys, ["-c", str(bad), "run"], 2, "is not valid YAML at line", published)
     record("config", "YAML syntax error", outcome="exit 2: names the line; table untouched")
     expect_refusal(
-        capsys, ["-c", str(tmp_path / "nope.yaml"), "run"], 2, "does not exist", settings, before
+        capsys, ["-c", str(tmp_path / "nope.yaml"), "run"], 2, "does not exist", published
     )
     record("config", "missing config file", outcome="exit 2: names the file; table untouched")
 
@@ -217,7 +213,6 @@ def test_missing_model_artifact(make, capsys, tmp_path) -> None:
     from sklearn.linear_model import LogisticRegression
 
     from batchscore.registry import open_registry
-    from tests.test_registry import log_external, numeric_training_frame
 
     settings = make(model_package_group="lost-artifact")
     frame, y = numeric_training_frame(settings)
@@ -237,17 +232,17 @@ def test_missing_model_artifact(make, capsys, tmp_path) -> None:
     )
 
 
-def test_signature_that_does_not_match_the_features(make) -> None:
+def test_signature_that_does_not_match_the_features(make, published) -> None:
     from sklearn.linear_model import LogisticRegression
 
     from batchscore.errors import SchemaMismatchError
-    from tests.test_registry import log_external, numeric_training_frame
 
-    settings = make(model_package_group="wrong-types")
     # The same logical run published earlier with the good model: its rows must stay.
-    Pipeline(make(athena_output_table=settings.athena_output_table)).run()
-    before = table_snapshot(settings)
-    assert before is not None
+    settings = make(
+        model_package_group="wrong-types",
+        athena_output_table=published.settings.athena_output_table,
+    )
+    before = published.snapshot
     frame, y = numeric_training_frame(settings)
     frame = frame.rename(columns={"age": "contract_type"})  # a string feature, as a number
     log_external(settings, "wrong-types", LogisticRegression().fit(frame, y), frame, "Approved")
@@ -261,14 +256,13 @@ def test_signature_that_does_not_match_the_features(make) -> None:
     )
 
 
-def test_catalog_locked_missing_or_corrupt(make, tmp_path: Path, capsys) -> None:
-    base = make()
-    Pipeline(base).run()
-    before = table_snapshot(base)
+def test_catalog_locked_missing_or_corrupt(make, published, tmp_path: Path, capsys) -> None:
+    base, before = published.settings, published.snapshot
     db = base.catalog["uri"].removeprefix("sqlite:///")
 
-    # Locked for longer than every retry.
+    # Locked for longer than every retry; a run that would replace the published rows.
     locked = make(
+        athena_output_table=base.athena_output_table,
         catalog={**base.catalog, "uri": f"sqlite:///{db}?timeout=0.2"},
         max_attempts=2,
         retry_backoff_seconds=0.1,
@@ -284,7 +278,7 @@ def test_catalog_locked_missing_or_corrupt(make, tmp_path: Path, capsys) -> None
         holder.close()
     assert "\n" not in str(err.value) and "nothing was started" in str(err.value)
     assert table_snapshot(base) == before
-    assert not (base.runs_path / "locked-throughout").exists()  # no half-started run
+    assert not (locked.runs_path / "locked-throughout").exists()  # no half-started run
     record(
         "infrastructure",
         "a catalog database locked for longer than every retry",
@@ -410,7 +404,7 @@ def test_full_disk(make) -> None:
     catalog_db = sqlite3.connect(settings.catalog["uri"].removeprefix("sqlite:///"))
     catalog_db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     catalog_db.close()
-    process = _context.Process(target=_run_with_file_size_limit, args=(overrides, 34_000))
+    process = forkserver.Process(target=_run_with_file_size_limit, args=(overrides, 34_000))
     process.start()
     process.join(120)
     assert process.exitcode == 7  # StorageError

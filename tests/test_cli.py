@@ -9,40 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from batchscore.catalog import load_table, open_catalog
+from batchscore.catalog import open_catalog
 from batchscore.cli import main
-from tests.conftest import overrides_of
+from tests.helpers import BIN, cli, config_for, table_snapshot
 from tests.reliability import record
-
-BIN = Path(sys.executable).parent / "batchscore"
-
-
-def cli(
-    *args: str, cwd: Path | None = None, env: dict | None = None
-) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCORE_")}
-    full_env["COLUMNS"] = "200"  # Rich wraps tables at 80 columns without a terminal
-    full_env.update(env or {})
-    return subprocess.run(
-        [str(BIN), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300
-    )
-
-
-def config_for(settings, path: Path, **extra) -> Path:
-    """A config file for ``settings`` (as made by the ``make`` fixture), plus ``extra``."""
-    path.write_text(yaml.safe_dump(overrides_of(settings, **extra)))
-    return path
-
-
-def table_snapshot(settings):
-    table = load_table(open_catalog(settings), settings.output_table)
-    return (
-        None
-        if table is None or table.current_snapshot() is None
-        else (table.current_snapshot().snapshot_id)
-    )
 
 
 def test_quickstart_twice_from_nothing_and_another_reader_agrees(tmp_path: Path) -> None:
@@ -125,19 +96,16 @@ def test_start_after_end_via_cli(settings, tmp_path: Path, capsys) -> None:
     ],
 )
 def test_bad_input_exits_non_zero_and_leaves_the_table(
-    settings, tmp_path: Path, capsys, overrides, message, code
+    published, capsys, overrides, message, code
 ) -> None:
-    config = config_for(settings, tmp_path / "c.yaml")
-    assert main(["-q", "-c", str(config), "run"]) == 0
-    before = table_snapshot(settings)
-    args = ["-c", str(config)]
+    args = ["-c", str(published.config)]
     for pair in overrides:
         args += ["--set", pair]
     capsys.readouterr()
     assert main([*args, "run"]) == code
     err = capsys.readouterr().err
     assert message in err.split("Error: ", 1)[1]
-    assert table_snapshot(settings) == before
+    assert table_snapshot(published.settings) == published.snapshot
 
 
 def test_run_prints_a_summary(settings, tmp_path: Path, capsys) -> None:
@@ -538,20 +506,56 @@ def test_a_damaged_feature_file_is_one_error_line_without_sql(make, tmp_path: Pa
     assert "Resume it: batchscore resume " in errors[0]
 
 
-def test_help_imports_nothing_heavy() -> None:
-    """`batchscore --help` (and `import batchscore`) must not pay for pandas, pyarrow,
-    pyiceberg, MLflow or scikit-learn: 1.45 s -> 0.45 s when this held (docs/benchmarks.md)."""
+HEAVY_MODULES = ("pandas", "pyarrow", "pyiceberg", "mlflow", "sklearn", "duckdb", "boto3",
+                 "batchscore.pipeline")  # fmt: skip
+
+
+def imports_after(*commands: list[str]) -> list[str]:
+    """The heavy modules imported once ``main`` ran each command, in a fresh interpreter."""
     code = (
         "import sys\n"
         "from batchscore.cli import main\n"
-        "assert main(['--help']) == 0\n"
+        f"for args in {list(commands)!r}:\n"
+        "    assert main(args) == 0, args\n"
         "import batchscore\n"
-        "heavy = [m for m in ('pandas', 'pyarrow', 'pyiceberg', 'mlflow', 'sklearn', 'duckdb',\n"
-        "         'batchscore.pipeline') if m in sys.modules]\n"
-        "print('HEAVY', heavy)\n"
+        f"print('HEAVY', [m for m in {HEAVY_MODULES!r} if m in sys.modules])\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert "HEAVY []" in result.stdout, result.stdout[-300:]
+    return json.loads(result.stdout.split("HEAVY ")[-1].replace("'", '"'))
+
+
+def test_help_imports_nothing_heavy() -> None:
+    """`batchscore --help` (and `import batchscore`) must not pay for pandas, pyarrow,
+    pyiceberg, MLflow or scikit-learn: 1.45 s -> 0.45 s when this held (docs/benchmarks.md)."""
+    assert imports_after(["--help"]) == []
+
+
+def test_runs_list_and_show_import_nothing_heavy(published) -> None:
+    """Reading the run history needs neither the runner nor the data libraries: `runs list`
+    1.3 s -> 0.4 s when this held (docs/benchmarks.md)."""
+    config, run_id = ["-c", str(published.config)], published.run_id
+    commands = [[*config, *command, "-f", fmt] for fmt in ("table", "json", "csv")
+                for command in (["runs", "list"], ["runs", "show", run_id])]  # fmt: skip
+    assert imports_after(*commands) == []
+
+
+def test_the_history_returns_a_run_as_a_typed_record(published) -> None:
+    from batchscore.errors import RunNotFoundError
+    from batchscore.runs import RunDetails, RunHistory
+
+    history = RunHistory.for_settings(published.settings, writable=False)
+    run = history.get(published.run_id)
+    assert isinstance(run, RunDetails)
+    assert (run.run_id, run.status, run.note) == (published.run_id, "succeeded", None)
+    assert run.table_snapshot == published.snapshot
+    assert run.output_table == published.settings.output_table
+    assert [s.step for s in run.steps] == ["DataSource", "BatchInference", "Publish"]
+    assert all(s.status == "succeeded" and s.attempts == 1 and s.error is None for s in run.steps)
+    assert run.rows == run.steps[1].rows > 0 and run.evaluation["rows"] == run.rows
+    assert run.prediction_files and all(Path(f).is_file() for f in run.prediction_files)
+    assert run.model == f"{published.settings.model_package_group} v1"
+    with pytest.raises(RunNotFoundError, match="List runs with 'batchscore runs list'"):
+        history.get("no-such-run")

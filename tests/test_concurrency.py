@@ -13,10 +13,8 @@ from batchscore.config import load_settings
 from batchscore.queries import run_query
 from batchscore.records import RunRecord
 from batchscore.sinks.iceberg import ensure_predictions_table
-from tests.conftest import overrides_of
+from tests.helpers import expected_latest, forkserver, overrides_of, table_rows
 from tests.reliability import record
-from tests.test_faults import _context
-from tests.test_pipeline import expected_latest, table_rows
 
 DAY = dt.date(2026, 7, 1)
 
@@ -52,7 +50,7 @@ def _child(
 
 
 def run_together(*jobs: tuple[dict, str, float]) -> list[int]:
-    processes = [_context.Process(target=_child, args=job) for job in jobs]
+    processes = [forkserver.Process(target=_child, args=job) for job in jobs]
     for p in processes:
         p.start()
     for p in processes:

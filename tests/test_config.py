@@ -5,43 +5,15 @@ from pathlib import Path
 import pytest
 
 from batchscore.catalog import catalog_properties
-from batchscore.config import AWS_ONLY_KEYS, load_settings
+from batchscore.config import (
+    AWS_ONLY_KEYS,
+    DEFAULT_CONFIG_PATH,
+    load_settings,
+    resolve_config_path,
+)
 from batchscore.errors import ConfigError, InvalidIdentifierError
+from tests.helpers import SEED_CONFIG
 from tests.reliability import record
-
-# The proof of concept's own configs/pipeline_config.yaml, verbatim.
-SEED_CONFIG = """\
-# Project settings
-project_name: classification-model-batch-inference
-region: us-west-2
-bucket: mlbucket-sagemaker
-prefix: mlops/batch_inference
-pipeline_name: classification-model-batch-inference-pipeline
-model_package_group: classification-model-group  # Source of the trained model
-
-# IAM Role - should have SageMaker, S3, Feature Store, Athena, Glue permissions
-role_arn: arn:aws:iam::ACCOUNT_ID:role/ML-Role-Pipelines
-
-# Instance types (processing only for batch inference)
-processing_instance_type: ml.m5.xlarge
-
-# Feature Store settings (replaces Athena input table)
-feature_group_name: mlops_poc_churn_classification_feature
-customer_id_start: 4000  # Inference data: customer_id 4000-5000
-customer_id_end: 5000
-athena_query_results: s3://mlbucket-sagemaker/athena-query-results/
-
-# Athena settings (for output table only)
-athena_database: ml_metrics
-athena_output_table: mlops_poc_daily_inference
-
-# Failure notification settings
-sns_topic_arn: arn:aws:sns:us-west-2:ACCOUNT_ID:ml-model-pipeline-failures
-notification_email: your-email@example.com
-
-# Deployment settings (model source)
-model_approval_status: Approved  # Latest approved model will be used for inference
-"""
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -189,3 +161,21 @@ def test_the_ray_engine_with_the_sagemaker_feature_store_is_refused() -> None:
         )
     settings = load_settings(None, {"engine": "ray"}, env={})  # Iceberg feature groups: fine
     assert settings.engine == "ray"
+
+
+def test_config_path_precedence_given_then_environment_then_default_file(tmp_path: Path) -> None:
+    # The autouse fixture runs every test in its own tmp_path.
+    assert resolve_config_path(None, env={}) is None
+    DEFAULT_CONFIG_PATH.parent.mkdir()
+    DEFAULT_CONFIG_PATH.write_text("batch_size: 1\n")
+    (tmp_path / "from-env.yaml").write_text("batch_size: 2\n")
+    (tmp_path / "given.yaml").write_text("batch_size: 3\n")
+    from_env = {"BATCHSCORE_CONFIG": "from-env.yaml"}
+    assert resolve_config_path(None, env={}) == DEFAULT_CONFIG_PATH
+    assert resolve_config_path(None, env={"BATCHSCORE_CONFIG": ""}) == DEFAULT_CONFIG_PATH
+    assert resolve_config_path(None, env=from_env) == Path("from-env.yaml")
+    assert resolve_config_path("given.yaml", env=from_env) == Path("given.yaml")
+    # load_settings reads the file resolve_config_path names.
+    assert load_settings(env={}).batch_size == 1
+    assert load_settings(env=from_env).batch_size == 2
+    assert load_settings("given.yaml", env=from_env).batch_size == 3

@@ -9,8 +9,6 @@ each killed process is a fresh, real process that starts in milliseconds. BATCHS
 
 from __future__ import annotations
 
-import datetime as dt
-import multiprocessing as mp
 import os
 import random
 import signal
@@ -18,49 +16,20 @@ import time
 
 import pytest
 
-from batchscore.config import load_settings
 from batchscore.faults import POINTS
 from batchscore.records import RunRecord
-from tests.conftest import overrides_of
+from tests.helpers import (
+    PROCESS_RUN_DATE,
+    expected_latest,
+    overrides_of,
+    start_run_process,
+    table_rows,
+)
 from tests.reliability import record
-from tests.test_pipeline import expected_latest, table_rows
 
-DAY = dt.date(2026, 6, 30)
+DAY = PROCESS_RUN_DATE
 REPEATS = int(os.environ.get("BATCHSCORE_KILL_REPEATS", "3"))  # kills per failpoint
 RANDOM_KILLS = int(os.environ.get("BATCHSCORE_SOAK", "12"))
-
-_context = mp.get_context("forkserver")
-_context.set_forkserver_preload(
-    [
-        "batchscore.pipeline",
-        "batchscore.registry.mlflow",
-        "batchscore.runs",
-        "batchscore.notify",
-        "mlflow.tracking",
-        "sklearn.ensemble",
-        "skops.io",
-        "duckdb",
-        "pyiceberg.catalog.sql",
-    ]
-)
-
-
-def _child(overrides: dict, failpoint: str, run_id: str, resume: bool) -> None:
-    from batchscore.pipeline import Pipeline
-
-    os.environ["BATCHSCORE_FAILPOINT"] = failpoint
-    settings = load_settings(overrides=overrides, env={})
-    pipeline = Pipeline(settings)
-    if resume:
-        pipeline.resume(run_id)
-    else:
-        pipeline.run(date=DAY, run_id=run_id)
-
-
-def start(overrides: dict, run_id: str, *, failpoint: str = "", resume: bool = False):
-    process = _context.Process(target=_child, args=(overrides, failpoint, run_id, resume))
-    process.start()
-    return process
 
 
 def check_table(settings, expected: int) -> tuple[int, int]:
@@ -88,7 +57,7 @@ def fault_settings(make):
 
 
 def kill_and_resume(settings, overrides, run_id, expected, *, failpoint="", delay=None) -> dict:
-    process = start(overrides, run_id, failpoint=failpoint)
+    process = start_run_process(overrides, run_id, failpoint=failpoint)
     if delay is not None:
         time.sleep(delay)
         if process.is_alive():
@@ -102,11 +71,11 @@ def kill_and_resume(settings, overrides, run_id, expected, *, failpoint="", dela
     if (settings.runs_path / run_id / "run.json").exists():
         status = RunRecord.load(settings.runs_path / run_id).status
         if status != "succeeded":
-            resumed = start(overrides, run_id, resume=True)
+            resumed = start_run_process(overrides, run_id, resume=True)
             resumed.join(120)
             assert resumed.exitcode == 0, f"resume of {run_id} failed ({failpoint or delay})"
     else:  # killed before the run existed: a rerun under the same id
-        rerun = start(overrides, run_id)
+        rerun = start_run_process(overrides, run_id)
         rerun.join(120)
         assert rerun.exitcode == 0
     rows = table_rows(settings)
@@ -148,7 +117,7 @@ def test_sigkill_at_random_moments_then_resume(fault_settings) -> None:
     expected = len(expected_latest(settings, 4000, 4300))
     # How long a whole run takes here, to spread the kills over it.
     began = time.perf_counter()
-    process = start(overrides, "timing-run")
+    process = start_run_process(overrides, "timing-run")
     process.join(120)
     duration = time.perf_counter() - began
     rng = random.Random(20261127)

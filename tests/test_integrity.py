@@ -17,9 +17,15 @@ from batchscore.pipeline import Pipeline
 from batchscore.queries import run_query
 from batchscore.records import RunRecord
 from batchscore.sinks.iceberg import table_snapshots
+from tests.helpers import (
+    block_publish,
+    cli,
+    config_for,
+    expected_latest,
+    table_rows,
+    table_snapshot,
+)
 from tests.reliability import record
-from tests.test_cli import cli, config_for
-from tests.test_pipeline import block_publish, expected_latest, snapshot, table_rows
 
 DAY = dt.date(2026, 5, 4)
 
@@ -51,7 +57,9 @@ def test_resume_refuses_a_changed_config_and_force_keeps_the_runs_table(make) ->
     message = str(refused.value)
     assert "athena_output_table" in message and "customer_id_end" in message
     assert "batch_size" not in message and "--force" in message
-    assert snapshot(settings) is None and snapshot(elsewhere) is None  # nothing published
+    assert (
+        table_snapshot(settings) is None and table_snapshot(elsewhere) is None
+    )  # nothing published
 
     resumed = Pipeline(elsewhere).resume(run_id, force=True)
     assert resumed.status == "succeeded"
@@ -114,11 +122,11 @@ def test_an_old_run_resumed_late_does_not_replace_a_newer_runs_rows(make) -> Non
         Pipeline(settings).run(date=DAY, run_id="older")
     blocker.unlink()
     newer = Pipeline(settings).run(date=DAY, run_id="newer")
-    before = snapshot(settings)
+    before = table_snapshot(settings)
 
     with pytest.raises(PublishError, match=r"run newer .* after this run started"):
         Pipeline(settings).resume("older")
-    assert snapshot(settings) == before
+    assert table_snapshot(settings) == before
     assert set(table_rows(settings).run_id) == {newer.run_id}
     assert RunRecord.load(settings.runs_path / "older").status == "failed"
     record(
@@ -134,13 +142,13 @@ def test_an_old_run_resumed_late_does_not_replace_a_newer_runs_rows(make) -> Non
 def test_replace_never_publishes_a_customer_twice(make, tmp_path: Path) -> None:
     narrow = make(customer_id_end=4500)
     Pipeline(narrow).run(date=DAY)
-    first = snapshot(narrow)
+    first = table_snapshot(narrow)
 
     table = narrow.athena_output_table
     overlapping = make(customer_id_start=4400, customer_id_end=5000, athena_output_table=table)
     with pytest.raises(PublishRefusedError, match="overlap"):
         Pipeline(overlapping).run(date=DAY)
-    assert snapshot(narrow) == first
+    assert table_snapshot(narrow) == first
     config = config_for(overlapping, tmp_path / "c.yaml", customer_id_start=4400)
     refused = cli("-c", str(config), "run", "--date", DAY.isoformat())
     assert refused.returncode == 1 and "overlap" in refused.stderr
@@ -173,7 +181,7 @@ def test_table_snapshots_and_rollback(make, tmp_path: Path) -> None:
     settings = make(customer_id_end=4100)
     config = config_for(settings, tmp_path / "c.yaml", customer_id_end=4100)
     Pipeline(settings).run(date=DAY)
-    good = snapshot(settings)
+    good = table_snapshot(settings)
     good_rows = len(table_rows(settings))
     wipe = make(
         customer_id_start=4000,
@@ -192,7 +200,7 @@ def test_table_snapshots_and_rollback(make, tmp_path: Path) -> None:
 
     rolled = cli("-c", str(config), "table", "rollback", "--to-snapshot", str(good))
     assert rolled.returncode == 0, rolled.stderr
-    assert snapshot(settings) == good and len(table_rows(settings)) == good_rows
+    assert table_snapshot(settings) == good and len(table_rows(settings)) == good_rows
 
     unknown = cli("-c", str(config), "table", "rollback", "--to-snapshot", "12345")
     assert unknown.returncode == 2

@@ -5,7 +5,6 @@ is shown as abandoned, its log stops following, and resume completes it."""
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import json
 import os
 import signal
@@ -26,12 +25,19 @@ from batchscore.pipeline import Pipeline
 from batchscore.records import RunRecord
 from batchscore.runs import RunHistory
 from tests.aws_fixtures import BUCKET, REGION
-from tests.conftest import overrides_of
-from tests.test_cli import BIN, cli, config_for
-from tests.test_faults import _context, start
-from tests.test_pipeline import expected_latest, table_rows
+from tests.helpers import (
+    BIN,
+    PROCESS_RUN_DATE,
+    cli,
+    config_for,
+    expected_latest,
+    forkserver,
+    overrides_of,
+    start_run_process,
+    table_rows,
+)
 
-DAY = dt.date(2026, 6, 30)  # test_faults' start() runs this date
+DAY = PROCESS_RUN_DATE  # the date start_run_process runs
 DAY_KEY = ("classification-model-batch-inference-pipeline", DAY.isoformat(), "4000-4300")
 
 
@@ -92,7 +98,7 @@ def test_two_workspaces_sharing_a_catalog_run_a_logical_run_once(make, tmp_path:
             )
             for s, name in ((a, "a"), (b, "b"))
         ]
-        processes = [_context.Process(target=_child, args=job) for job in jobs]
+        processes = [forkserver.Process(target=_child, args=job) for job in jobs]
         for p in processes:
             p.start()
         for p in processes:
@@ -125,7 +131,7 @@ def test_the_shared_lock_is_released_after_a_run(make, tmp_path: Path) -> None:
 def test_a_killed_holders_lock_is_taken_over_at_once_on_its_machine(make, tmp_path) -> None:
     # A long lease: only the holder's death (its pid gone on this machine) frees it.
     a, b = two_machines(make, tmp_path, lock_lease_seconds=600)
-    process = start(
+    process = start_run_process(
         overrides_of(a, customer_id_end=4300, lock_lease_seconds=600),
         "killed",
         failpoint="BatchInference:start",
@@ -287,7 +293,7 @@ def test_a_killed_run_is_abandoned_its_log_stops_and_resume_completes_it(
 ) -> None:
     settings = make(customer_id_end=4300, batch_size=50)
     overrides = overrides_of(settings, customer_id_end=4300, batch_size=50)
-    process = start(overrides, "doomed", failpoint="BatchInference:batch")
+    process = start_run_process(overrides, "doomed", failpoint="BatchInference:batch")
     process.join(120)
     assert process.exitcode == -signal.SIGKILL
     assert RunRecord.load(settings.runs_path / "doomed").status == "running"  # as it died
@@ -312,14 +318,14 @@ def test_a_killed_run_is_abandoned_its_log_stops_and_resume_completes_it(
     resumed = cli("-c", str(config), "resume", "doomed")
     assert resumed.returncode == 0, resumed.stderr
     run = RunHistory.for_settings(settings).get("doomed")
-    assert run["status"] == "succeeded" and run["note"] is None
+    assert run.status == "succeeded" and run.note is None
 
 
 def test_a_live_run_is_running_not_abandoned(make, tmp_path: Path) -> None:
     settings = make(customer_id_end=4300)
     history = RunHistory.for_settings(settings)
     gate = tmp_path / "go"
-    process = _context.Process(
+    process = forkserver.Process(
         target=_child,
         args=(
             overrides_of(settings, customer_id_end=4300),
@@ -334,14 +340,14 @@ def test_a_live_run_is_running_not_abandoned(make, tmp_path: Path) -> None:
         while not history.list_runs() and time.time() < deadline:
             time.sleep(0.1)
         run = history.get("alive")  # paused before DataSource until the gate opens
-        assert run["status"] == "running" and run["note"] is None
+        assert run.status == "running" and run.note is None
         assert [r["run_id"] for r in history.list_runs(status="running")] == ["alive"]
         assert history.list_runs(status="abandoned") == []
     finally:
         gate.touch()
         process.join(180)
     assert process.exitcode == 0
-    assert history.get("alive")["status"] == "succeeded"
+    assert history.get("alive").status == "succeeded"
 
 
 def test_history_without_settings_shows_runs_as_recorded(make, tmp_path: Path) -> None:
@@ -350,8 +356,8 @@ def test_history_without_settings_shows_runs_as_recorded(make, tmp_path: Path) -
     record = dataclasses.replace(record, status="running")
     bare = RunHistory(settings.workspace_path / "runs.db")
     bare.record(record)
-    assert bare.get("done")["status"] == "running"  # cannot tell without the locks
-    assert RunHistory.for_settings(settings).get("done")["status"] == "abandoned"
+    assert bare.get("done").status == "running"  # cannot tell without the locks
+    assert RunHistory.for_settings(settings).get("done").status == "abandoned"
 
 
 def test_the_shared_lock_lives_where_runs_meet(aws: str, tmp_path: Path) -> None:

@@ -26,10 +26,9 @@ from batchscore.pipeline import Pipeline
 from batchscore.records import PipelineHooks, RunRecord
 from batchscore.runs import RunHistory
 from batchscore.scheduler import Scheduler, schedule_unit, systemd_on_calendar
+from tests.helpers import BIN, block_publish, cli, config_for, expected_latest, table_rows
 from tests.reliability import record
 from tests.servers import mail_text, smtp_server, webhook_server
-from tests.test_cli import cli, config_for
-from tests.test_pipeline import block_publish, expected_latest, table_rows
 
 
 def test_failure_mail_resume_and_history_through_the_cli(settings, tmp_path: Path) -> None:
@@ -79,7 +78,7 @@ def test_failure_mail_resume_and_history_through_the_cli(settings, tmp_path: Pat
     assert record.steps["BatchInference"].ended == scored_at  # not scored again
     rows = table_rows(settings)
     assert len(rows) == len(expected_latest(settings)) and rows.customer_id.is_unique
-    assert history.get(run["run_id"])["status"] == "succeeded"
+    assert history.get(run["run_id"]).status == "succeeded"
     json_log = cli("-c", str(config), "runs", "logs", run["run_id"], "--json")
     entries = [json.loads(line) for line in json_log.stdout.splitlines()]
     assert {e["run_id"] for e in entries} == {run["run_id"]}
@@ -267,7 +266,6 @@ def test_schedule_on_a_seconds_cron_runs_twice(make, tmp_path: Path) -> None:
 
 
 def test_schedule_stops_cleanly_on_sigterm(settings, tmp_path: Path) -> None:
-    from tests.test_cli import BIN
 
     config = config_for(settings, tmp_path / "c.yaml")
     process = subprocess.Popen(

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from batchscore.catalog import load_table, open_catalog
+from batchscore.catalog import open_catalog
 from batchscore.errors import (
     FeatureGroupError,
     NoApprovedModelError,
@@ -20,40 +20,8 @@ from batchscore.errors import (
 from batchscore.pipeline import Pipeline
 from batchscore.queries import run_query
 from batchscore.records import RunRecord
-from batchscore.sinks.iceberg import ensure_predictions_table
-from tests.reference import reference_latest
+from tests.helpers import block_publish, expected_latest, table_rows, table_snapshot
 from tests.reliability import record
-
-
-def table_rows(settings) -> pd.DataFrame:
-    table = load_table(open_catalog(settings), settings.output_table)
-    return table.scan().to_arrow().to_pandas() if table is not None else pd.DataFrame()
-
-
-def snapshot(settings) -> int | None:
-    table = load_table(open_catalog(settings), settings.output_table)
-    if table is None:
-        return None
-    current = table.current_snapshot()
-    return current.snapshot_id if current else None
-
-
-def expected_latest(settings, start=4000, end=5000, as_of=None) -> pd.DataFrame:
-    from batchscore.feature_store import open_feature_store
-
-    raw = open_feature_store(settings).iceberg_table(settings.feature_group_name).scan().to_arrow()
-    return reference_latest(raw.to_pandas(), start, end, as_of)
-
-
-def block_publish(settings, day: dt.date) -> Path:
-    """A file where the partition's data folder must go: Publish fails until it is removed."""
-    table = ensure_predictions_table(
-        open_catalog(settings), settings.athena_database, settings.athena_output_table
-    )
-    blocker = Path(table.location().removeprefix("file://")) / "data" / f"inference_date={day}"
-    blocker.parent.mkdir(parents=True, exist_ok=True)
-    blocker.write_text("in the way")
-    return blocker
 
 
 def test_run_publishes_one_row_per_live_customer(settings) -> None:
@@ -198,7 +166,7 @@ def test_query_runs_sql_over_the_table(settings) -> None:
 def test_unknown_feature_group(make) -> None:
     settings = make()
     Pipeline(settings).run()
-    before = snapshot(settings)
+    before = table_snapshot(settings)
     bad = make(
         athena_output_table=settings.athena_output_table,
         feature_group_name="mlops_poc_churn_classification_featur",
@@ -207,7 +175,7 @@ def test_unknown_feature_group(make) -> None:
         FeatureGroupError, match="Did you mean 'mlops_poc_churn_classification_feature'"
     ):
         Pipeline(bad).run()
-    assert snapshot(settings) == before
+    assert table_snapshot(settings) == before
     record("data", "an unknown feature group", outcome="error with did-you-mean; table untouched")
 
 
@@ -215,7 +183,7 @@ def test_no_approved_model(make) -> None:
     settings = make(model_package_group="nobody-trained-this")
     with pytest.raises(NoApprovedModelError, match="has no versions"):
         Pipeline(settings).run()
-    assert snapshot(settings) is None
+    assert table_snapshot(settings) is None
     runs = list(settings.runs_path.iterdir())
     record = RunRecord.load(runs[0])
     assert record.status == "failed" and record.failed_step == "BatchInference"
@@ -226,7 +194,7 @@ def test_nothing_to_score_commits_nothing(make) -> None:
     settings = make(customer_id_start=900000, customer_id_end=900010)
     with pytest.raises(NothingToScoreError, match="nothing to score"):
         Pipeline(settings).run()
-    assert snapshot(settings) is None
+    assert table_snapshot(settings) is None
     record = RunRecord.load(next(settings.runs_path.iterdir()))
     assert record.status == "nothing_to_score"
     assert record.steps["Publish"].status == "skipped"
@@ -258,7 +226,7 @@ def test_missing_column_is_named(make, shared_dir) -> None:
         Pipeline(scoring).run()
     assert "needs column 'loyalty_points'" in str(err.value)
     assert "mlops_poc_churn_classification_feature" in str(err.value)
-    assert snapshot(scoring) is None
+    assert table_snapshot(scoring) is None
     record(
         "data",
         "a column the model needs is missing",
@@ -276,7 +244,7 @@ def test_resume_continues_at_the_failed_step(make) -> None:
     record = RunRecord.load(next(settings.runs_path.iterdir()))
     assert record.status == "failed" and record.failed_step == "Publish"
     assert record.steps["BatchInference"].status == "succeeded"
-    assert snapshot(settings) is None
+    assert table_snapshot(settings) is None
     scored_at = record.steps["BatchInference"].ended
 
     blocker.unlink()

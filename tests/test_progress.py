@@ -14,28 +14,9 @@ import pytest
 from batchscore.errors import ConfigError
 from batchscore.pipeline import Pipeline
 from batchscore.progress import LoggingProgress, interval_from_environment
-from tests.test_cli import BIN, cli, config_for
+from tests.helpers import BIN, RecordingProgress, cli, config_for
 
 PERCENT_LINE = re.compile(r"BatchInference: (\d+)% \(([\d,]+) of ([\d,]+) rows")
-
-
-class RecordingProgress:
-    """Our Progress interface, keeping every call in order."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple] = []
-
-    def start(self, task: str, total: int | None = None, unit: str | None = None) -> None:
-        self.calls.append(("start", task, total, unit))
-
-    def advance(self, task: str, n: int) -> None:
-        self.calls.append(("advance", task, n))
-
-    def done(self, task: str) -> None:
-        self.calls.append(("done", task))
-
-    def of(self, task: str) -> list[tuple]:
-        return [c for c in self.calls if c[1] == task]
 
 
 def test_the_steps_report_rows_per_batch_adding_up_to_the_rows(make) -> None:

@@ -22,8 +22,7 @@ import ray
 
 from batchscore.catalog import load_table, open_catalog
 from batchscore.pipeline import Pipeline
-from tests.test_cli import cli, config_for
-from tests.test_progress import RecordingProgress
+from tests.helpers import RecordingProgress, cli, config_for
 
 RAY = Path(sys.executable).parent / "ray"
 DAY = dt.date(2025, 6, 1)  # mid-data: as_of excludes later versions, some deletes are past

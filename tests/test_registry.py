@@ -10,51 +10,13 @@ import functools
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from batchscore.errors import ModelLoadError, NoApprovedModelError
 from batchscore.pipeline import Pipeline
 from batchscore.registry import open_registry
-from batchscore.registry.base import APPROVAL_TAG
+from tests.helpers import log_external, numeric_training_frame
 from tests.reliability import record
-
-
-def log_external(settings, group: str, estimator, frame: pd.DataFrame, status: str, **kw):
-    """Register a model the way a user would without batchscore: plain MLflow calls."""
-    import mlflow
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
-
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_registry_uri(settings.tracking_uri)
-    experiment = mlflow.set_experiment(f"external-{group}")
-    with mlflow.start_run(experiment_id=experiment.experiment_id):
-        mlflow.sklearn.log_model(
-            estimator,
-            name="model",
-            signature=infer_signature(frame, estimator.predict_proba(frame)),
-            registered_model_name=group,
-            pip_requirements=["scikit-learn"],
-            **kw,
-        )
-    client = mlflow.MlflowClient(settings.tracking_uri)
-    version = max(int(v.version) for v in client.search_model_versions(f"name = '{group}'"))
-    client.set_model_version_tag(group, str(version), APPROVAL_TAG, status)
-    return version
-
-
-def numeric_training_frame(settings) -> tuple[pd.DataFrame, np.ndarray]:
-    from batchscore.feature_store import open_feature_store
-
-    table = (
-        open_feature_store(settings)
-        .latest_records(settings.feature_group_name, 1, 1000)
-        .to_table()
-        .to_pandas()
-    )
-    columns = ["tenure_months", "num_support_calls", "age", "num_products"]
-    return table[columns].astype("float64"), table["churn"].to_numpy()
 
 
 def test_train_registers_pending_versions_with_their_training_profile(make) -> None:
@@ -79,7 +41,7 @@ def test_train_registers_pending_versions_with_their_training_profile(make) -> N
 def test_only_rejected_versions(make) -> None:
     from sklearn.linear_model import LogisticRegression
 
-    from tests.test_pipeline import snapshot
+    from tests.helpers import table_snapshot as snapshot
 
     settings = make(model_package_group="rejected-only")
     # The same logical run published earlier with an approved model: its rows must stay.

@@ -17,9 +17,8 @@ from batchscore.config import load_settings
 from batchscore.errors import BatchScoreError, ConfigError
 from batchscore.pipeline import Pipeline
 from batchscore.records import PipelineHooks, RunRecord
-from tests.conftest import overrides_of
+from tests.helpers import cli, config_for, overrides_of
 from tests.reliability import record
-from tests.test_cli import cli, config_for
 
 # A webhook URL shaped like the real ones: a password, tokens in the path and the query.
 HOOK_URL = (

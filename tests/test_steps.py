@@ -18,7 +18,7 @@ from batchscore.records import RunRecord
 from batchscore.runs import RunHistory
 from batchscore.steps import STEPS, Step, by_name, by_slug, step_names
 from batchscore.steps.context import RunContext
-from tests.test_cli import cli, config_for
+from tests.helpers import cli, config_for
 
 FAIL_VALIDATION = "BATCHSCORE_TEST_FAIL_VALIDATION"
 

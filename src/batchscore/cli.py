@@ -27,7 +27,7 @@ from rich.text import Text
 from typer.core import TyperOption
 from typer.exceptions import TyperException
 
-from batchscore.config import Settings, load_settings
+from batchscore.config import Settings, load_settings, resolve_config_path
 from batchscore.errors import BatchScoreError, ConfigError
 from batchscore.logs import OwnOrWarningFilter, RedactingFormatter
 from batchscore.steps import STEPS, by_slug, slugs_text, step_names
@@ -102,8 +102,8 @@ def _global_options(
         typer.Option(
             "--config",
             "-c",
-            help="YAML config (default: configs/pipeline_config.yaml "
-            "when present, or $BATCHSCORE_CONFIG).",
+            help="YAML config (default: $BATCHSCORE_CONFIG, else "
+            "configs/pipeline_config.yaml when present).",
         ),
     ] = None,
     set_: Annotated[
@@ -440,7 +440,7 @@ def deploy_sagemaker(
     """Write the SageMaker Pipeline definition: a Processing job per step."""
     from batchscore.deploy import deploy_sagemaker as deploy
 
-    config = state.config or _implicit_config()
+    config = resolve_config_path(state.config)
     done = deploy(
         state.settings,
         config,
@@ -1053,7 +1053,7 @@ def schedule(
                 print_,
                 expression,
                 settings,
-                state.config or _implicit_config(),
+                resolve_config_path(state.config),
                 overrides=state.overrides,
                 image=image,
             ),
@@ -1070,17 +1070,6 @@ def schedule(
         f"runs started: {len(report.started)}, failed: {len(report.failed)}, "
         f"skipped (previous run still going): {len(report.skipped)}"
     )
-
-
-def _implicit_config() -> Path | None:
-    """The config file load_settings reads when --config is not given."""
-    import os
-
-    from batchscore.config import DEFAULT_CONFIG_PATH
-
-    if os.environ.get("BATCHSCORE_CONFIG"):
-        return Path(os.environ["BATCHSCORE_CONFIG"])
-    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
 
 
 @app.command()
@@ -1165,7 +1154,7 @@ def runs_show(
     from batchscore.runs import RunHistory
 
     _check_format(fmt)
-    run = RunHistory.for_settings(state.settings, writable=False).details(run_id)
+    run = RunHistory.for_settings(state.settings, writable=False).get(run_id)
     if fmt == "json":
         _print_json(asdict(run))
         return
@@ -1251,14 +1240,14 @@ def runs_logs(
 
     history = RunHistory.for_settings(state.settings, writable=False)
     run = history.get(run_id)
-    path = Path(run["log_path"])
+    path = Path(run.log_path)
     if json_lines:
         path = path.with_suffix(".jsonl")
     if not path.exists():
         raise BatchScoreError(
             f"the log of run {run_id} is gone ({path}); 'batchscore clean' may have removed it."
         )
-    status = run["status"]
+    status = run.status
     with path.open() as handle:
         while True:
             line = handle.readline()
@@ -1269,7 +1258,7 @@ def runs_logs(
                 break
             sys.stdout.flush()
             time.sleep(0.5)
-            status = history.get(run_id)["status"]  # then read what it wrote meanwhile
+            status = history.get(run_id).status  # then read what it wrote meanwhile
     sys.stdout.flush()
     if follow and status == ABANDONED:
         raise BatchScoreError(

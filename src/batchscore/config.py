@@ -522,6 +522,34 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     return data
 
 
+def resolve_config_path(
+    explicit: str | Path | None, env: Mapping[str, str] | None = None
+) -> Path | None:
+    """The config file batchscore reads, the first of:
+
+    1. ``explicit`` (``--config``/``-c``, or a library caller's path);
+    2. ``$BATCHSCORE_CONFIG``, when set and not empty;
+    3. ``configs/pipeline_config.yaml`` under the current folder, when it exists;
+    4. none: the defaults, the environment and ``--set`` alone.
+
+    Every command and ``load_settings`` find the file through this one function, so what
+    ``deploy`` uploads and ``schedule --print`` names is what a run reads.
+
+    Args:
+        explicit: the path given by the user, or None.
+        env: the environment to read; ``os.environ`` by default.
+
+    Returns:
+        The path to read (not checked for existence when given), or None.
+    """
+    env = os.environ if env is None else env
+    if explicit is not None:
+        return Path(explicit)
+    if env.get("BATCHSCORE_CONFIG"):
+        return Path(env["BATCHSCORE_CONFIG"])
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
 def load_settings(
     path: str | Path | None = None,
     overrides: Iterable[str] | Mapping[str, Any] = (),
@@ -530,8 +558,9 @@ def load_settings(
     """Build Settings from a YAML file, the environment and explicit overrides, in that order.
 
     Args:
-        path: YAML config file. None reads ``$BATCHSCORE_CONFIG`` or, when present,
-            ``configs/pipeline_config.yaml``; otherwise the defaults alone.
+        path: YAML config file. None finds one as ``resolve_config_path`` does
+            (``$BATCHSCORE_CONFIG``, else ``configs/pipeline_config.yaml`` when present);
+            without one, the defaults alone.
         overrides: ``key=value`` strings (dotted keys for nested settings) or a mapping.
         env: the environment to read; ``os.environ`` by default.
 
@@ -539,10 +568,7 @@ def load_settings(
         ConfigError: unreadable or invalid YAML, an unknown key, a bad value, an unset ``${VAR}``.
     """
     env = os.environ if env is None else env
-    if path is None and env.get("BATCHSCORE_CONFIG"):
-        path = env["BATCHSCORE_CONFIG"]
-    if path is None and DEFAULT_CONFIG_PATH.exists():
-        path = DEFAULT_CONFIG_PATH
+    path = resolve_config_path(path, env)
     secrets: dict[str, str] = {}  # secret value -> where it came from
 
     data: dict[str, Any] = {}

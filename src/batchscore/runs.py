@@ -159,11 +159,16 @@ class RunDetails(RunSummary):
         return f"{self.failed_step}: {self.error_type}: {self.error_message}"
 
     @classmethod
-    def from_history(cls, run: dict[str, Any]) -> RunDetails:
-        """From ``RunHistory.get``'s dict."""
-        record = run.get("record") or {}
+    def from_history(
+        cls,
+        row: dict[str, Any],
+        steps: list[dict[str, Any]],
+        record: dict[str, Any] | None,
+    ) -> RunDetails:
+        """From the run's ``runs.db`` row, its step rows and its ``run.json`` (None once its
+        folder is gone)."""
         outputs = {name: (step.get("outputs") or {})
-                   for name, step in (record.get("steps") or {}).items()}  # fmt: skip
+                   for name, step in ((record or {}).get("steps") or {}).items()}  # fmt: skip
         data = outputs.get("DataSource", {})
         scored = outputs.get("BatchInference", {})
         published = outputs.get("Publish", {})
@@ -172,11 +177,11 @@ class RunDetails(RunSummary):
             "log_path", "error_type", "error_message",
         }  # fmt: skip
         return cls(
-            **{f: run.get(f) for f in names},
-            outputs_removed=bool(run.get("outputs_removed")),
+            **{f: row.get(f) for f in names},
+            outputs_removed=bool(row.get("outputs_removed")),
             steps=[
                 StepSummary(**{f: s.get(f) for f in StepSummary.__dataclass_fields__})
-                for s in run.get("steps", [])
+                for s in steps
             ],
             evaluation=scored.get("evaluation"),
             input_files=list(data.get("files") or []),
@@ -333,12 +338,19 @@ class RunHistory:
             for r in self.list_runs(status=status, pipeline=pipeline, limit=limit)
         ]
 
-    def details(self, run_id: str) -> RunDetails:
-        """``get`` as a typed record. Raises RunNotFoundError naming how to list runs."""
-        return RunDetails.from_history(self.get(run_id))
+    def get(self, run_id: str) -> RunDetails:
+        """One run: its history row (a run whose process is gone shows as abandoned), its
+        steps in order and, while its folder exists, what its ``run.json`` holds.
 
-    def get(self, run_id: str) -> dict[str, Any]:
-        """One run with its steps (``steps``) and, when its folder exists, its full record."""
+        Args:
+            run_id: the run's id, as ``batchscore runs list`` shows it.
+
+        Returns:
+            The run as a typed record; its ``steps`` are in pipeline order.
+
+        Raises:
+            RunNotFoundError: the history has no such run; the message says how to list runs.
+        """
         with self._connect() as con:
             row = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).fetchone()
             if row is None:
@@ -349,10 +361,9 @@ class RunHistory:
                 "SELECT * FROM steps WHERE run_id = ? ORDER BY position", [run_id]
             ).fetchall()
         run = self._with_liveness(dict(row))
-        run["steps"] = [dict(s) for s in steps]
         record_path = Path(run["run_dir"]) / "run.json"
-        run["record"] = json.loads(record_path.read_text()) if record_path.exists() else None
-        return run
+        record = json.loads(record_path.read_text()) if record_path.exists() else None
+        return RunDetails.from_history(run, [dict(s) for s in steps], record)
 
     def _with_liveness(self, run: dict[str, Any]) -> dict[str, Any]:
         """Mark a run recorded as running whose lock it does not hold as abandoned: a running
