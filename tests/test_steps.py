@@ -58,7 +58,7 @@ def test_an_added_step_runs_is_recorded_and_has_failpoints(
     assert list(barrier.glob("*.arrived")), "the runner passed the failpoint Validate:start"
     assert points(WITH_VALIDATE)[6:9] == ("Validate:start", "Validate:end", "Publish:start")
 
-    details = RunHistory.for_settings(settings).details(record.run_id)
+    details = RunHistory.for_settings(settings).get(record.run_id)
     assert [s.step for s in details.steps] == list(record.steps)
     shown = cli("-c", str(config_for(settings, tmp_path / "c.yaml")), "runs", "show", record.run_id)
     assert shown.returncode == 0, shown.stderr
