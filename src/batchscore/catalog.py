@@ -1,9 +1,14 @@
 """The Iceberg catalog: its properties, opening it, and what it holds.
 
 Catalog settings are pyiceberg properties passed through untouched, so whatever works in
-``.pyiceberg.yaml`` works here. Without them each backend has its default: a SqlCatalog on
-SQLite in the workspace (local), the Glue catalog with its warehouse in
-``s3://bucket/prefix/warehouse`` (aws). The feature store, the Iceberg sink and the DuckDB
+``.pyiceberg.yaml`` works here; ``catalog.name`` is the catalog's name, as ``load_catalog(name,
+**properties)`` takes it, and pyiceberg's own configuration for that name (``.pyiceberg.yaml``
+in ``PYICEBERG_HOME``, the home or the current directory, and ``PYICEBERG_CATALOG__<NAME>__*``
+variables) is merged under the settings' properties, as pyiceberg merges it. Without catalog
+settings, pyiceberg's default catalog (``default-catalog``, else ``default``) is used when its
+configuration names one; otherwise each backend has its default: a SqlCatalog on SQLite in the
+workspace (local), the Glue catalog with its warehouse in ``s3://bucket/prefix/warehouse``
+(aws). The feature store, the Iceberg sink and the DuckDB
 query all open the catalog here. Importing this module imports no pyiceberg.
 """
 
@@ -35,26 +40,103 @@ if TYPE_CHECKING:
 RUN_ID_PROPERTY = "batchscore.run_id"
 
 
-def catalog_properties(settings: Settings) -> dict[str, str]:
-    """pyiceberg catalog properties: the configured ones, else the backend's default —
-    SQLite in the workspace (local), the Glue catalog with its warehouse in
-    ``s3://bucket/prefix/warehouse`` (aws).
+# The name the catalog is opened under when the settings give none (pyiceberg needs one).
+DEFAULT_CATALOG_NAME = "batchscore"
+
+
+@dataclass(frozen=True)
+class CatalogChoice:
+    """Which catalog the settings select: its name, its properties, and where they came from."""
+
+    name: str
+    properties: dict[str, str]
+    # "settings" (the catalog key, merged over pyiceberg's config for the name), "pyiceberg"
+    # (.pyiceberg.yaml / PYICEBERG_CATALOG__* alone) or "default" (the backend's default).
+    source: str
+
+    @property
+    def embedded(self) -> bool:
+        """True for the backend's default, which lives with the workspace."""
+        return self.source == "default"
+
+
+def pyiceberg_config(name: str | None) -> tuple[str, dict[str, str]]:
+    """pyiceberg's own configuration of catalog ``name`` (its default catalog when None), read
+    now — ``.pyiceberg.yaml`` (in ``PYICEBERG_HOME``, ``~`` or the current directory) under
+    ``PYICEBERG_CATALOG__<NAME>__<KEY>`` variables — as ``pyiceberg.utils.config.Config``
+    reads it (``load_catalog`` reads it once, at import).
+
+    Args:
+        name: the catalog's name, or None for pyiceberg's default (``default-catalog``, else
+            ``default``).
+
+    Returns:
+        The name and its properties ({} when pyiceberg's configuration has none for it).
+    """
+    from pyiceberg.utils.config import Config
+
+    config = Config()
+    chosen = name or config.get_default_catalog_name()
+    found = config.get_catalog_config(chosen) or {}
+    return chosen, {str(k): str(v) for k, v in found.items() if not isinstance(v, dict)}
+
+
+def choose_catalog(settings: Settings) -> CatalogChoice:
+    """The catalog the settings select, as pyiceberg would select it.
+
+    ``catalog.name`` names it; the other ``catalog`` keys are its properties, merged over
+    pyiceberg's own configuration for that name. Without any ``catalog`` key, pyiceberg's
+    default catalog when its configuration has one, else the backend's default.
 
     Raises:
-        ConfigError: the aws backend without ``bucket``.
+        ConfigError: ``catalog.name`` names a catalog with no properties anywhere; the aws
+            backend without ``bucket``.
     """
-    if settings.catalog:
-        return dict(settings.catalog)
+    given = dict(settings.catalog)
+    name = given.pop("name", None) or None
+    if name is not None:
+        name, configured = pyiceberg_config(name)
+        properties = {**configured, **given}
+        if not properties:
+            raise ConfigError(
+                f"catalog.name is {name!r}, but no properties of that catalog were found: "
+                f"neither .pyiceberg.yaml (catalog: {name}: …) nor PYICEBERG_CATALOG__"
+                f"{name.upper()}__* variables define it. Add them, or set its properties "
+                "under 'catalog' (type, uri, warehouse …)."
+            )
+        return CatalogChoice(name, properties, "settings")
+    if given:
+        return CatalogChoice(DEFAULT_CATALOG_NAME, given, "settings")
+    name, configured = pyiceberg_config(None)
+    if configured:
+        return CatalogChoice(name, configured, "pyiceberg")
     if settings.backend == "aws":
         from batchscore.aws import glue_catalog_properties
 
-        return glue_catalog_properties(settings)
+        return CatalogChoice(DEFAULT_CATALOG_NAME, glue_catalog_properties(settings), "default")
     ws = settings.workspace_path
-    return {
-        "type": "sql",
-        "uri": f"sqlite:///{ws / 'catalog.db'}",
-        "warehouse": (ws / "warehouse").as_uri(),
-    }
+    return CatalogChoice(
+        DEFAULT_CATALOG_NAME,
+        {
+            "type": "sql",
+            "uri": f"sqlite:///{ws / 'catalog.db'}",
+            "warehouse": (ws / "warehouse").as_uri(),
+        },
+        "default",
+    )
+
+
+def catalog_properties(settings: Settings) -> dict[str, str]:
+    """pyiceberg catalog properties in effect (:func:`choose_catalog`): the configured ones
+    (over pyiceberg's configuration for ``catalog.name``), else pyiceberg's default catalog,
+    else the backend's default — SQLite in the workspace (local), the Glue catalog with its
+    warehouse in ``s3://bucket/prefix/warehouse`` (aws).
+
+    Raises:
+        ConfigError: ``catalog.name`` without properties anywhere; the aws backend without
+            ``bucket``.
+    """
+    return choose_catalog(settings).properties
 
 
 def open_catalog(settings: Settings, *, writable: bool = True) -> Catalog:
@@ -74,8 +156,9 @@ def open_catalog(settings: Settings, *, writable: bool = True) -> Catalog:
     """
     from pyiceberg.catalog import load_catalog
 
-    properties = catalog_properties(settings)
-    if not settings.catalog:  # the embedded default lives in the workspace
+    choice = choose_catalog(settings)
+    properties = choice.properties
+    if choice.embedded:  # the embedded default lives in the workspace
         if writable:
             ensure_writable_workspace(settings)
         else:
@@ -94,7 +177,7 @@ def open_catalog(settings: Settings, *, writable: bool = True) -> Catalog:
             "init_catalog_tables": "false",
         }
     try:
-        catalog = load_catalog("batchscore", **properties)
+        catalog = load_catalog(choice.name, **properties)
         if writable:
             _use_wal(properties.get("uri", ""))
         return catalog

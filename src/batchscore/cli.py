@@ -159,6 +159,13 @@ def _parse_date(value: str | None, option: str) -> dt.date | None:
         raise ConfigError(f"{option} {value!r} is not a date: use YYYY-MM-DD or today.") from None
 
 
+def _id_range(id_start: int | None, id_end: int | None) -> str:
+    """A run's id range as ``runs show`` prints it (``all`` when the config sets none)."""
+    from batchscore.records import format_id_range
+
+    return format_id_range(id_start, id_end).replace("-", "–")
+
+
 def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     table = Table(title=title, show_header=False, title_justify="left", box=None, padding=(0, 2))
     table.add_column(style="bold", no_wrap=True)
@@ -293,7 +300,7 @@ def _print_run(record: Any) -> None:
         ("status", record.status),
         ("logical date", record.logical_date),
         ("features as of", record.as_of),
-        ("ids", f"{record.id_start}–{record.id_end} of {record.feature_group}"),
+        ("ids", f"{_id_range(record.id_start, record.id_end)} of {record.feature_group}"),
         ("model", f"{record.model_name} v{record.model_version}" if record.model_name else None),
         ("rows scored", scored.get("rows")),
         (

@@ -35,6 +35,9 @@ WRITE_MODES = ("replace", "append", "overwrite")
 SQL_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # Feature group and model group names follow SageMaker's rules: letters, digits, '-' and '_'.
 RESOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+# A feature group may also be any Iceberg table, named ``namespace.table`` (the namespace may
+# itself be dotted: ``a.b.table``).
+TABLE_NAME = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_-]{0,62}\.){0,3}[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 
 # The seed's AWS-only keys: accepted so its config loads unchanged, unused by the local backend.
 AWS_ONLY_KEYS = (
@@ -71,6 +74,7 @@ def validate_identifier(value: str, what: str, pattern: re.Pattern[str] = SQL_ID
             "letters, digits and '_', not starting with a digit"
             if pattern is SQL_IDENTIFIER
             else "letters, digits, '-' and '_', at most 63 characters"
+            + (", or namespace.table" if pattern is TABLE_NAME else "")
         )
         raise InvalidIdentifierError(
             f"{what} {value!r} is not a valid name: use {allowed} (for example 'ml_metrics')."
@@ -151,8 +155,10 @@ class Settings(BaseModel):
     project_name: str = "classification-model-batch-inference"
     pipeline_name: str = "classification-model-batch-inference-pipeline"
     feature_group_name: str = "mlops_poc_churn_classification_feature"
-    customer_id_start: Annotated[int, WHOLE, Field(ge=0)] = 4000
-    customer_id_end: Annotated[int, WHOLE, Field(ge=0)] = 5000
+    # The ids scored, by their number (feature_store/ids.py). None is an open bound; both None
+    # (null): every live record, numbered or not (the run's id range reads "all").
+    customer_id_start: Annotated[int, WHOLE, Field(ge=0)] | None = 4000
+    customer_id_end: Annotated[int, WHOLE, Field(ge=0)] | None = 5000
     model_package_group: str = "classification-model-group"
     model_approval_status: Literal["PendingManualApproval", "Approved", "Rejected"] = "Approved"
     athena_database: str = "ml_metrics"
@@ -216,7 +222,7 @@ class Settings(BaseModel):
         validate_identifier(self.event_time_feature, "event_time_feature")
         if self.target_column is not None:
             validate_identifier(self.target_column, "target_column")
-        validate_identifier(self.feature_group_name, "feature_group_name", RESOURCE_NAME)
+        validate_identifier(self.feature_group_name, "feature_group_name", TABLE_NAME)
         validate_identifier(self.model_package_group, "model_package_group", RESOURCE_NAME)
         # It names lock files, S3 keys, unit files and SageMaker / EventBridge resources.
         validate_identifier(self.pipeline_name, "pipeline_name", RESOURCE_NAME)
@@ -229,7 +235,16 @@ class Settings(BaseModel):
                 f"(feature_store.type: iceberg), not the {self.feature_store_type} feature "
                 "store: set engine: local with it."
             )
-        if self.customer_id_start > self.customer_id_end:
+        if self.engine == "ray" and None in (self.customer_id_start, self.customer_id_end):
+            raise ValueError(
+                "engine 'ray' reads an id range: set customer_id_start and customer_id_end, "
+                "or use engine: local to score every record."
+            )
+        if (
+            self.customer_id_start is not None
+            and self.customer_id_end is not None
+            and self.customer_id_start > self.customer_id_end
+        ):
             raise ValueError(
                 f"customer_id_start ({self.customer_id_start}) is greater than customer_id_end "
                 f"({self.customer_id_end}): the range is inclusive, so set start <= end."

@@ -44,6 +44,7 @@ from batchscore.records import (
     StepRecord,
     check_config,
     check_run_id,
+    format_id_range,
     new_run_id,
 )
 from batchscore.registry import ModelRegistry, ModelVersion
@@ -134,7 +135,7 @@ class Pipeline:
                 logical_date,
                 now.date(),
             )
-        id_range = f"{s.customer_id_start}-{s.customer_id_end}"
+        id_range = format_id_range(s.customer_id_start, s.customer_id_end)
         with run_lock(s, s.pipeline_name, logical_date.isoformat(), run_id, id_range):
             record = RunRecord.create(s, run_id, logical_date, as_of, now, step_names(self.steps))
             return self._execute(record)
@@ -168,7 +169,7 @@ class Pipeline:
             now = utcnow()
             logical_date = date or now.date()
             as_of = end_of_day(date) if date else now
-            id_range = f"{s.customer_id_start}-{s.customer_id_end}"
+            id_range = format_id_range(s.customer_id_start, s.customer_id_end)
             with run_lock(s, s.pipeline_name, logical_date.isoformat(), run_id, id_range):
                 if not (run_dir / "run.json").exists():
                     RunRecord.create(s, run_id, logical_date, as_of, now, names)
@@ -249,7 +250,7 @@ class Pipeline:
     def _continue(self, record: RunRecord, force: bool, through: str | None = None) -> RunRecord:
         """Run ``record``'s unfinished steps through ``through`` (default: all), holding its
         logical run's lock."""
-        id_range = f"{record.id_start}-{record.id_end}"
+        id_range = format_id_range(record.id_start, record.id_end)
         s = self.settings
         with run_lock(s, record.pipeline_name, record.logical_date, record.run_id, id_range):
             record = RunRecord.load(Path(record.run_dir))  # as it is now that we hold the lock

@@ -65,8 +65,8 @@ class RunRecord:
     pipeline_name: str
     logical_date: str
     as_of: str
-    id_start: int
-    id_end: int
+    id_start: int | None  # None: no lower bound (both None: every id)
+    id_end: int | None
     feature_group: str
     output_table: str
     write_mode: str
@@ -271,10 +271,37 @@ class LogicalRun:
         return parse_id_range(self.id_range)
 
 
+# What an id range text says when the config sets no bound: every live record.
+EVERY_ID = "all"
+# The bounds an open end stands for when ranges are compared (ids are 0 to 18 digits).
+_LOWEST, _HIGHEST = 0, 10**18 - 1
+
+
+def format_id_range(id_start: int | None, id_end: int | None) -> str:
+    """The id range as runs, locks and the predictions' ``id_range`` column name it.
+
+    Args:
+        id_start: the smallest id number scored, or None (no lower bound).
+        id_end: the largest, or None (no upper bound).
+
+    Returns:
+        ``"4000-5000"``; an open bound is ``*`` (``"4000-*"``); both open: ``"all"``.
+    """
+    if id_start is None and id_end is None:
+        return EVERY_ID
+    return f"{'*' if id_start is None else id_start}-{'*' if id_end is None else id_end}"
+
+
 def parse_id_range(text: str) -> tuple[int, int]:
-    """``"4000-5000"`` -> ``(4000, 5000)``."""
+    """``"4000-5000"`` -> ``(4000, 5000)``; an open bound (``*``) or ``"all"`` -> the lowest or
+    highest id number, so ``all`` covers (and, with ``replace``, replaces) every range."""
+    if text == EVERY_ID:
+        return _LOWEST, _HIGHEST
     start, _, end = text.partition("-")
-    return int(start), int(end)
+    return (
+        _LOWEST if start == "*" else int(start),
+        _HIGHEST if end == "*" else int(end),
+    )
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batchscore.catalog import catalog_properties
+from batchscore.catalog import choose_catalog
 from batchscore.engines.base import Engine
 from batchscore.errors import ConfigError
 from batchscore.feature_store.base import ReadStats
@@ -211,11 +211,12 @@ def ray_data_source(
     snapshot_id = pinned_snapshot(table, feature_group_name, snapshot_id, group.snapshot_id)
     as_of = utc_naive(as_of)
     stats = ReadStats()
+    catalog = choose_catalog(settings)
     with tracked(progress, "DataSource", unit="rows"), PartWriter(output_dir) as parts:
         if snapshot_id is not None:
             ds = ray.data.read_iceberg(
                 table_identifier=group.table_identifier,
-                catalog_kwargs={"name": "batchscore", **catalog_properties(settings)},
+                catalog_kwargs={"name": catalog.name, **catalog.properties},
                 row_filter=LessThanOrEqual(event, as_of.isoformat()) if as_of else AlwaysTrue(),
                 snapshot_id=snapshot_id,
             )

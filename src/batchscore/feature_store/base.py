@@ -56,6 +56,13 @@ class FeatureGroup:
     location: str
     snapshot_id: int | None = None
     total_rows: int = 0
+    # How the latest-record rule reads it (feature_store/latest.py's ReadPlan): the event
+    # time's kind, the tie-break columns after it, the delete marker column (None: none), and
+    # whether batchscore created it (False: any table, read by the config's column names).
+    event_time_kind: str = "timestamp"
+    tie_breaks: tuple[str, ...] = ("api_invocation_time", "write_time")
+    delete_marker: str | None = "is_deleted"
+    managed: bool = True
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -1,8 +1,15 @@
-"""A feature group as an append-only Iceberg table ``feature_store.<name>``.
+"""A feature group as an append-only Iceberg table ``feature_store.<name>``, or any Iceberg table.
 
 The embedded default keeps it in the workspace's SQLite catalog; pointed at a Glue catalog the
 same code reads SageMaker Feature Store's Iceberg offline store. The latest-record read runs in
 DuckDB over the table's Parquet files (out of core, streaming), never in pandas.
+
+A name with a dot (``sales.customers``) is that table of the catalog; a plain name is the
+table of the ``feature_store`` namespace. A table batchscore created carries its definition in
+its ``batchscore.*`` properties; any other table is read by the configured
+``record_identifier`` and ``event_time_feature``, its other columns being the features, the
+store's columns used when present (:func:`batchscore.feature_store.latest.plan_read`). Such a
+table is read, never written: ingest and delete refuse it.
 """
 
 from __future__ import annotations
@@ -22,10 +29,11 @@ from pyiceberg.table import Table
 
 from batchscore.catalog import ensure_namespace, load_table
 from batchscore.clock import utcnow
-from batchscore.config import RESOURCE_NAME, validate_identifier
+from batchscore.config import RESOURCE_NAME, TABLE_NAME, validate_identifier
 from batchscore.errors import FeatureGroupError, did_you_mean
 from batchscore.feature_store.base import (
     FEATURE_TYPES,
+    STORE_COLUMNS,
     DeleteResult,
     FeatureGroup,
     FeatureStore,
@@ -37,8 +45,10 @@ from batchscore.feature_store.base import (
 )
 from batchscore.feature_store.ids import ID_WHITESPACE, trim_ids
 from batchscore.feature_store.latest import (
+    ReadPlan,
     latest_batches,
     pinned_snapshot,
+    plan_read,
     scan_source,
     summarize_latest,
     utc_naive,
@@ -61,15 +71,27 @@ INGEST_CHUNK_ROWS = 1_000_000
 class IcebergFeatureStore(FeatureStore):
     """Feature groups in an Iceberg catalog (pyiceberg), read through DuckDB."""
 
-    def __init__(self, catalog: Catalog, namespace: str = NAMESPACE) -> None:
-        """Feature groups as the tables of ``namespace`` in ``catalog``.
+    def __init__(
+        self,
+        catalog: Catalog,
+        namespace: str = NAMESPACE,
+        *,
+        record_identifier: str = "customer_id",
+        event_time_feature: str = "event_time",
+    ) -> None:
+        """Feature groups as the tables of ``namespace`` in ``catalog`` (or any table named
+        ``namespace.table``).
 
         Args:
             catalog: the pyiceberg catalog to talk through (any type: SQL, Glue, REST …).
             namespace: the namespace that holds the feature groups.
+            record_identifier: the id column of a table without batchscore's properties.
+            event_time_feature: the event time column of such a table.
         """
         self.catalog = catalog
         self.namespace = namespace
+        self.record_identifier = record_identifier
+        self.event_time_feature = event_time_feature
 
     @classmethod
     def from_settings(cls, settings: Settings, *, writable: bool = True) -> IcebergFeatureStore:
@@ -82,11 +104,17 @@ class IcebergFeatureStore(FeatureStore):
         """
         from batchscore.catalog import open_catalog
 
-        return cls(open_catalog(settings, writable=writable))
+        return cls(
+            open_catalog(settings, writable=writable),
+            record_identifier=settings.record_identifier,
+            event_time_feature=settings.event_time_feature,
+        )
 
     # Definition -------------------------------------------------------------------------
 
     def _identifier(self, name: str) -> str:
+        if "." in name:  # any table of the catalog: namespace.table
+            return validate_identifier(name, "feature_group_name", TABLE_NAME)
         validate_identifier(name, "feature_group_name", RESOURCE_NAME)
         return f"{self.namespace}.{name}"
 
@@ -97,7 +125,7 @@ class IcebergFeatureStore(FeatureStore):
             FeatureGroupError: no such feature group (with "Did you mean").
         """
         table = load_table(self.catalog, self._identifier(name))
-        if table is None or table.properties.get(PROP_MARKER) != "true":
+        if table is None:
             known = self.list_feature_groups()
             listing = f" Feature groups here: {', '.join(known)}." if known else ""
             raise FeatureGroupError(
@@ -148,23 +176,67 @@ class IcebergFeatureStore(FeatureStore):
         return self.describe(name)
 
     def describe(self, name: str) -> FeatureGroup:
+        """The feature group's definition and how it is read: from its ``batchscore.*``
+        properties, or, for any other table, from the configured id and event time columns.
+
+        Raises:
+            FeatureGroupError: no such table; a configured column is missing (naming it, the
+                table's columns and the key to set) or the event time is not a time.
+        """
         table = self.iceberg_table(name)
         props = table.properties
-        types = dict(pair.split(":", 1) for pair in props.get(PROP_TYPES, "").split(",") if pair)
         snapshot = table.current_snapshot()
         total = 0
         if snapshot is not None and snapshot.summary is not None:
             total = int(snapshot.summary.additional_properties.get("total-records", 0))
+        managed = props.get(PROP_MARKER) == "true"
+        schema = table.schema().as_arrow()
+        if managed:
+            types = dict(
+                pair.split(":", 1) for pair in props.get(PROP_TYPES, "").split(",") if pair
+            )
+            plan = ReadPlan(key=props[PROP_RECORD_ID], event=props[PROP_EVENT_TIME])
+        else:
+            plan = plan_read(
+                schema,
+                self.record_identifier,
+                self.event_time_feature,
+                label=f"table {self._identifier(name)!r}",
+            )
+            types = {
+                f.name: feature_type_of(f.type)
+                for f in schema
+                if f.name not in (plan.key, plan.event, *STORE_COLUMNS)
+            }
         return FeatureGroup(
             name=name,
-            record_identifier=props[PROP_RECORD_ID],
-            event_time_feature=props[PROP_EVENT_TIME],
+            record_identifier=plan.key,
+            event_time_feature=plan.event,
             features=types,
             table_identifier=self._identifier(name),
             location=table.location(),
             snapshot_id=snapshot.snapshot_id if snapshot else None,
             total_rows=total,
+            event_time_kind=plan.event_kind,
+            tie_breaks=plan.tie_breaks,
+            delete_marker=plan.deleted,
+            managed=managed,
         )
+
+    def _writable(self, name: str) -> FeatureGroup:
+        """The group, refused when batchscore did not create it (it only reads such tables).
+
+        Raises:
+            FeatureGroupError: a table without batchscore's properties.
+        """
+        group = self.describe(name)
+        if not group.managed:
+            raise FeatureGroupError(
+                f"table {group.table_identifier!r} was not created by batchscore: it is read "
+                "as a feature group, never written to. Write to it with the tool that owns "
+                "it, or create a feature group with 'batchscore features create'."
+            )
+        return group
 
     # Writing ----------------------------------------------------------------------------
 
@@ -177,7 +249,7 @@ class IcebergFeatureStore(FeatureStore):
         ignore_extra_columns: bool = False,
         delimiter: str | None = None,
     ) -> IngestResult:
-        group = self.describe(name)
+        group = self._writable(name)
         table = self.iceberg_table(name)
         target = table.schema().as_arrow()
         checks = _IngestChecks(group, allow_missing_columns, ignore_extra_columns)
@@ -206,7 +278,7 @@ class IcebergFeatureStore(FeatureStore):
     def delete_records(
         self, name: str, record_ids: list[str], event_time: dt.datetime | None = None
     ) -> DeleteResult:
-        group = self.describe(name)
+        group = self._writable(name)
         table = self.iceberg_table(name)
         ids = list(dict.fromkeys(str(i).strip(ID_WHITESPACE) for i in record_ids))
         if not ids:
@@ -291,20 +363,15 @@ class IcebergFeatureStore(FeatureStore):
         if group.snapshot_id is None:
             return RecordSummary(0, None, None, None, None)
         source = scan_source(self.iceberg_table(name).scan(snapshot_id=group.snapshot_id))
-        return summarize_latest(
-            source,
-            key=group.record_identifier,
-            event=group.event_time_feature,
-            label=f"feature group {name!r}",
-        )
+        return summarize_latest(source, **_plan(group).kwargs(), label=f"feature group {name!r}")
 
     # Reading ----------------------------------------------------------------------------
 
     def latest_records(
         self,
         name: str,
-        id_start: int,
-        id_end: int,
+        id_start: int | None,
+        id_end: int | None,
         *,
         as_of: dt.datetime | None = None,
         snapshot_id: int | None = None,
@@ -323,14 +390,11 @@ class IcebergFeatureStore(FeatureStore):
         if snapshot_id is None:  # never written to
             return LatestRecords(out_schema, iter(()), None, as_of, stats)
 
-        scan = table.scan(
-            snapshot_id=snapshot_id,
-            row_filter=LessThanOrEqual(event, as_of.isoformat()) if as_of else AlwaysTrue(),
-        )
+        plan = _plan(group)
+        scan = table.scan(snapshot_id=snapshot_id, row_filter=as_of_filter(plan, as_of))
         batches = latest_batches(
             lambda: scan_source(scan),
-            key=key,
-            event=event,
+            **plan.kwargs(),
             out_columns=out_columns,
             out_schema=out_schema,
             id_start=id_start,
@@ -342,6 +406,40 @@ class IcebergFeatureStore(FeatureStore):
             label=f"feature group {name!r}",
         )
         return LatestRecords(out_schema, batches, snapshot_id, as_of, stats)
+
+
+def _plan(group: FeatureGroup) -> ReadPlan:
+    return ReadPlan(
+        key=group.record_identifier,
+        event=group.event_time_feature,
+        event_kind=group.event_time_kind,
+        tie_breaks=group.tie_breaks,
+        deleted=group.delete_marker,
+    )
+
+
+def as_of_filter(plan: ReadPlan, as_of: dt.datetime | None) -> Any:
+    """The Iceberg row filter that prunes files by ``as_of`` (naive UTC) for the event time's
+    kind; DuckDB applies the exact comparison in UTC afterwards.
+
+    Args:
+        plan: how the table is read.
+        as_of: the read's time, or None (every version).
+
+    Returns:
+        A pyiceberg expression: the bound written as the column's type expects it (a zone for
+        ``timestamptz``, a day for a date); AlwaysTrue for strings and epoch numbers, which
+        Iceberg cannot compare as times.
+    """
+    if as_of is None:
+        return AlwaysTrue()
+    if plan.event_kind == "timestamp":
+        return LessThanOrEqual(plan.event, as_of.isoformat())
+    if plan.event_kind == "timestamptz":
+        return LessThanOrEqual(plan.event, as_of.replace(tzinfo=dt.UTC).isoformat())
+    if plan.event_kind == "date":
+        return LessThanOrEqual(plan.event, as_of.date().isoformat())
+    return AlwaysTrue()
 
 
 def _role(group: FeatureGroup, column: str) -> str:

@@ -5,6 +5,13 @@ newest version with event time <= ``as_of`` wins, ordered by (event time,
 ``api_invocation_time``, ``write_time``); if that winner is a delete marker (``is_deleted``)
 the id is gone. Ids are compared by their number (:mod:`batchscore.feature_store.ids`).
 
+Any table reads by the same rule (:class:`ReadPlan`, made by :func:`plan_read` from its
+schema): the store's columns are used when present — the tie-breaks are those of
+``api_invocation_time``, ``write_time`` it has, and without ``is_deleted`` nothing is a delete
+marker. The event time may be a timestamp with or without zone, a date, an ISO 8601 string or
+epoch seconds/milliseconds (:func:`event_time_sql`); it is ranked and compared with ``as_of``
+as naive UTC in every case.
+
 Here the rule runs in DuckDB, out of core, over whatever rows a store can hand over:
 
 - :func:`latest_batches` ranks a source and streams the winners as Arrow batches. Local
@@ -22,8 +29,10 @@ an Iceberg table in Glue) both read through here; the Ray engine uses the same h
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -41,6 +50,162 @@ DUCKDB_MEMORY_LIMIT = "512MB"
 
 # A source of rows to rank: local Parquet paths, an Arrow stream, or None (no rows at all).
 RowSource = list[str] | pa.RecordBatchReader | None
+
+# The store's ordering columns after the event time, and its delete marker (SageMaker's).
+TIE_BREAKS = ("api_invocation_time", "write_time")
+DELETE_MARKER = "is_deleted"
+
+# Epoch numbers whose magnitude is below this are seconds (up to the year 5138); from it on
+# they are milliseconds (from March 1973 on). Told per value, so a column may mix them.
+EPOCH_MILLIS_START = 100_000_000_000
+
+# What an event time column holds, by Arrow type (see event_time_kind).
+EVENT_KINDS = ("timestamp", "timestamptz", "date", "string", "epoch")
+
+
+def event_time_kind(arrow_type: pa.DataType) -> str | None:
+    """How an event time column of ``arrow_type`` is read (one of :data:`EVENT_KINDS`).
+
+    Args:
+        arrow_type: the column's Arrow type.
+
+    Returns:
+        ``timestamp`` (no zone: UTC), ``timestamptz``, ``date`` (midnight UTC), ``string``
+        (ISO 8601, an offset converted to UTC, none meaning UTC), ``epoch`` (integers: seconds
+        below :data:`EPOCH_MILLIS_START`, milliseconds from it), or None (not a time).
+    """
+    if pa.types.is_timestamp(arrow_type):
+        return "timestamptz" if arrow_type.tz is not None else "timestamp"
+    if pa.types.is_date(arrow_type):
+        return "date"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "string"
+    if pa.types.is_integer(arrow_type):
+        return "epoch"
+    return None
+
+
+def event_time_sql(column: str, kind: str) -> str:
+    """DuckDB SQL for the event time in ``column`` (a quoted name) as a naive UTC timestamp.
+
+    Args:
+        column: the quoted column name.
+        kind: what it holds (:func:`event_time_kind`).
+
+    Returns:
+        A TIMESTAMP expression (the column itself for a naive timestamp).
+    """
+    if kind == "timestamp":
+        return column  # as stored: Parquet statistics still prune
+    if kind == "timestamptz":
+        return f"CAST({column} AS TIMESTAMP)"  # the UTC wall time (the session is UTC)
+    if kind == "date":
+        return f"CAST({column} AS TIMESTAMP)"
+    if kind == "string":
+        return f"CAST(CAST({column} AS TIMESTAMPTZ) AS TIMESTAMP)"
+    if kind == "epoch":
+        micros = (
+            f"CASE WHEN abs({column}) >= {EPOCH_MILLIS_START} THEN CAST({column} AS BIGINT) * 1000 "
+            f"ELSE CAST({column} AS BIGINT) * 1000000 END"
+        )
+        return f"make_timestamp({micros})"
+    raise ValueError(f"unknown event time kind {kind!r}")
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """How a table is read by the latest-record rule: which columns play which part.
+
+    ``key``: the record identifier. ``event``: the event time, holding ``event_kind``
+    (:data:`EVENT_KINDS`). ``tie_breaks``: the columns that order two versions with the same
+    event time, newest last (those of :data:`TIE_BREAKS` the table has). ``deleted``: the
+    delete marker column, or None (no version is a marker).
+    """
+
+    key: str
+    event: str
+    event_kind: str = "timestamp"
+    tie_breaks: tuple[str, ...] = TIE_BREAKS
+    deleted: str | None = DELETE_MARKER
+
+    def kwargs(self) -> dict[str, Any]:
+        """The plan as keyword arguments of :func:`latest_batches` / :func:`summarize_latest`."""
+        return {
+            "key": self.key,
+            "event": self.event,
+            "event_kind": self.event_kind,
+            "tie_breaks": self.tie_breaks,
+            "deleted": self.deleted,
+        }
+
+
+def plan_read(
+    schema: pa.Schema,
+    key: str,
+    event: str,
+    *,
+    label: str,
+    key_setting: str = "record_identifier",
+    event_setting: str = "event_time_feature",
+) -> ReadPlan:
+    """The read plan of a table with ``schema`` whose id is ``key`` and event time ``event``.
+
+    Args:
+        schema: the table's Arrow schema.
+        key: the record identifier column (from the config or the table's properties).
+        event: the event time column.
+        label: what is read, for errors (``"table 'sales.customers'"``).
+        key_setting: the config key that names ``key``, for the error.
+        event_setting: the config key that names ``event``, for the error.
+
+    Returns:
+        The plan: the store's columns the table has, the event time's kind.
+
+    Raises:
+        FeatureGroupError: ``key`` or ``event`` is not a column (naming the column, the
+            table's columns and the key to set), or the event time is not a time.
+    """
+    names = schema.names
+    for column, setting in ((key, key_setting), (event, event_setting)):
+        if column not in names:
+            raise FeatureGroupError(
+                f"{label} has no column {column!r} (set by {setting}). Its columns: "
+                f"{', '.join(names)}. Set {setting} to the column that holds the "
+                f"{'record identifier' if setting == key_setting else 'event time'}."
+            )
+    kind = event_time_kind(schema.field(event).type)
+    if kind is None:
+        raise FeatureGroupError(
+            f"event time column {event!r} of {label} is {schema.field(event).type}: use a "
+            "timestamp (with or without zone), a date, an ISO 8601 string or epoch seconds or "
+            f"milliseconds (integers), or set {event_setting} to another column."
+        )
+    return ReadPlan(
+        key=key,
+        event=event,
+        event_kind=kind,
+        tie_breaks=tuple(c for c in TIE_BREAKS if c in names),
+        deleted=DELETE_MARKER if DELETE_MARKER in names else None,
+    )
+
+
+def _utc_session(con: Any) -> None:
+    """Timestamps with zone cast to UTC: with the ICU extension loaded DuckDB would use the
+    machine's zone; without it (the default here) casts are UTC already and SET fails."""
+    import duckdb
+
+    with contextlib.suppress(duckdb.Error):
+        con.execute("SET TimeZone = 'UTC'")
+
+
+def id_range_sql(number: str, id_start: int | None, id_end: int | None) -> str:
+    """SQL keeping the ids in range (a None bound is open) and those without a number (they
+    are counted, then dropped); TRUE when both bounds are None: every id, numbered or not."""
+    if id_start is None and id_end is None:
+        return "TRUE"
+    bounds = [f"{number} >= $id_start" if id_start is not None else None,
+              f"{number} <= $id_end" if id_end is not None else None]  # fmt: skip
+    return f"(({' AND '.join(b for b in bounds if b)}) OR {number} IS NULL)"
 
 
 def sql_name(name: str) -> str:
@@ -122,13 +287,16 @@ def latest_batches(
     event: str,
     out_columns: list[str],
     out_schema: pa.Schema,
-    id_start: int,
-    id_end: int,
+    id_start: int | None,
+    id_end: int | None,
     as_of: dt.datetime | None,
     batch_size: int,
     temp_dir: Path | None,
     stats: ReadStats,
     label: str = "the feature group",
+    event_kind: str = "timestamp",
+    tie_breaks: Sequence[str] = TIE_BREAKS,
+    deleted: str | None = DELETE_MARKER,
 ) -> Iterator[pa.RecordBatch]:
     """The latest live version of each id in range, as Arrow batches: versions ranked per id
     in DuckDB, newest first, then delete markers dropped (in that order).
@@ -136,23 +304,29 @@ def latest_batches(
     Args:
         source: called once the DuckDB connection is ready; gives local Parquet files (read
             by DuckDB, ranked on the key columns alone), an Arrow record batch reader, or
-            None (no rows). The rows carry the store's columns ``api_invocation_time``,
-            ``write_time`` and ``is_deleted``; event times are naive UTC timestamps.
+            None (no rows).
         key: the record identifier column.
         event: the event time column.
         out_columns: the columns to yield, the id first.
         out_schema: their schema (batches are cast to it).
-        id_start: the smallest id number to keep.
-        id_end: the largest id number to keep (inclusive).
+        id_start: the smallest id number to keep (None: no lower bound).
+        id_end: the largest id number to keep, inclusive (None: no upper bound). Both None:
+            every id, with a number or not.
         as_of: only versions with event time <= as_of count (None: all).
         batch_size: the most rows per yielded batch.
         temp_dir: where DuckDB may spill (None: it keeps to memory).
         stats: filled in as the batches are consumed (records, versions and deletes
             skipped, ids without a number).
         label: what is read, for errors (``"feature group 'churn'"``).
+        event_kind: what the event time column holds (:func:`event_time_kind`); it is
+            ranked and compared with ``as_of`` as naive UTC.
+        tie_breaks: the columns ordering versions with equal event times (those the rows
+            have; :func:`plan_read` picks them).
+        deleted: the delete marker column, or None (no version is a marker).
 
     Yields:
-        Record batches of ``out_schema``, at most ``batch_size`` rows each.
+        Record batches of ``out_schema``, at most ``batch_size`` rows each; columns as
+        stored (the id trimmed when it is text).
 
     Raises:
         FeatureGroupError: DuckDB could not read the data (a damaged or missing file …): its
@@ -170,6 +344,7 @@ def latest_batches(
         temp_dir.mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = str(temp_dir)
     con = duckdb.connect(":memory:", config=config)
+    _utc_session(con)
     try:
         found = source()
         if found is None:
@@ -181,14 +356,25 @@ def latest_batches(
             con.register("__source", found)
             located = None
         selected = ", ".join(sql_name(c) for c in out_columns)
-        k, e = sql_name(key), sql_name(event)
+        k = sql_name(key)
+        e = event_time_sql(sql_name(event), event_kind)
         time_filter = f"AND {e} <= $as_of" if as_of is not None else ""
-        number = id_number_sql(k)
+        every_id = id_start is None and id_end is None
+        # Every id scored: none is "without a number" (the constant is never NULL).
+        number = "0" if every_id else id_number_sql(k)
         # Ids without a number are kept through the ranking so they can be counted, then
         # dropped: never scored, but never silently.
-        in_range = f"({number} BETWEEN $id_start AND $id_end OR {number} IS NULL) {time_filter}"
-        newest_first = f"ORDER BY {e} DESC, api_invocation_time DESC, write_time DESC"
-        params: dict[str, Any] = {"id_start": id_start, "id_end": id_end}
+        in_range = f"{id_range_sql(number, id_start, id_end)} {time_filter}"
+        order = ", ".join([e, *(sql_name(c) for c in tie_breaks)])
+        newest_first = "ORDER BY " + ", ".join(
+            f"{c} DESC" for c in [e, *(sql_name(c) for c in tie_breaks)]
+        )
+        marker = sql_name(deleted) if deleted else "false"
+        params: dict[str, Any] = {}
+        if id_start is not None:
+            params["id_start"] = id_start
+        if id_end is not None:
+            params["id_end"] = id_end
         if as_of is not None:
             params["as_of"] = as_of
         reader: Iterator[pa.RecordBatch]
@@ -208,9 +394,9 @@ def latest_batches(
                     SELECT {trimmed_id_sql(k)} AS __id,
                            arg_max(CAST(file_index AS BIGINT) * 1099511627776
                                        + CAST(file_row_number AS BIGINT),
-                                   ({e}, api_invocation_time, write_time)) AS __position,
+                                   ({order})) AS __position,
                            count(*) AS __versions, min({number}) AS __number,
-                           arg_max(is_deleted, ({e}, api_invocation_time, write_time)) AS __gone
+                           arg_max({marker}, ({order})) AS __gone
                     FROM {located}
                     WHERE {in_range}
                     GROUP BY __id
@@ -230,10 +416,10 @@ def latest_batches(
                 stats.unmatched_ids = unmatched[0]
                 stats.unmatched_id_examples = [r[0] for r in examples]
             con.execute("DELETE FROM newest WHERE __number IS NULL")
-            reader = take_winners(con, found, out_columns, batch_size)  # type: ignore[arg-type]
+            reader = take_winners(con, found, out_columns, batch_size, deleted)  # type: ignore[arg-type]
         else:
             sql = f"""
-                SELECT {selected}, is_deleted AS __deleted, __versions, __number FROM (
+                SELECT {selected}, {marker} AS __deleted, __versions, __number FROM (
                     SELECT *,
                         row_number() OVER (PARTITION BY {k} {newest_first}) AS __rank,
                         count(*) OVER (PARTITION BY {k}) AS __versions
@@ -292,7 +478,11 @@ def engine_read_error(label: str, exc: BaseException) -> FeatureGroupError:
 
 
 def take_winners(
-    con: Any, files: list[str], columns: list[str], batch_size: int
+    con: Any,
+    files: list[str],
+    columns: list[str],
+    batch_size: int,
+    deleted: str | None = DELETE_MARKER,
 ) -> Iterator[pa.RecordBatch]:
     """The winning rows of each file, streamed once: the second pass of
     :func:`latest_batches` over local Parquet files.
@@ -303,6 +493,7 @@ def take_winners(
         files: the Parquet files, in the order ``newest`` numbers them.
         columns: the columns to take, the id first.
         batch_size: the most rows read from a file at a time.
+        deleted: the delete marker column (None: no row is a marker).
 
     Yields:
         Batches of ``columns`` plus ``__deleted`` and ``__versions``, the id as ``newest``
@@ -320,9 +511,8 @@ def take_winners(
         ids = pa.array([], pa.string())
         exhausted = False
         offset = 0
-        for batch in pq.ParquetFile(path).iter_batches(
-            batch_size=batch_size, columns=[*columns, "is_deleted"]
-        ):
+        read = [*columns, deleted] if deleted else columns
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=read):
             end = offset + batch.num_rows
             # Top up the wanted rows until they reach past this batch.
             while not exhausted and (len(rows) == 0 or rows[-1] < end):
@@ -341,7 +531,7 @@ def take_winners(
                     [
                         ids.slice(0, here),
                         *taken.select(columns[1:]).columns,
-                        taken.column("is_deleted"),
+                        taken.column(deleted) if deleted else pa.nulls(here, pa.bool_()),
                         pa.array(versions[:here], pa.int64()),
                     ],
                     names=[*columns, "__deleted", "__versions"],
@@ -350,7 +540,16 @@ def take_winners(
             offset = end
 
 
-def summarize_latest(source: RowSource, *, key: str, event: str, label: str) -> RecordSummary:
+def summarize_latest(
+    source: RowSource,
+    *,
+    key: str,
+    event: str,
+    label: str,
+    event_kind: str = "timestamp",
+    tie_breaks: Sequence[str] = TIE_BREAKS,
+    deleted: str | None = DELETE_MARKER,
+) -> RecordSummary:
     """The live records of a source (each id's newest version, not a delete marker): how
     many, their id numbers' range and their event times' range, in one DuckDB pass over the
     id, time and delete-marker columns.
@@ -360,10 +559,13 @@ def summarize_latest(source: RowSource, *, key: str, event: str, label: str) -> 
         key: the record identifier column.
         event: the event time column.
         label: what is read, for errors.
+        event_kind: what the event time column holds (:func:`event_time_kind`).
+        tie_breaks: the columns ordering versions with equal event times.
+        deleted: the delete marker column, or None.
 
     Returns:
-        The summary; ids without a number are counted in ``unmatched_ids`` and left out of
-        the ranges.
+        The summary (event times as naive UTC); ids without a number are counted in
+        ``unmatched_ids`` and left out of the ranges.
 
     Raises:
         FeatureGroupError: DuckDB could not read the data.
@@ -372,8 +574,11 @@ def summarize_latest(source: RowSource, *, key: str, event: str, label: str) -> 
 
     if source is None:
         return RecordSummary(0, None, None, None, None)
-    k, e = sql_name(key), sql_name(event)
+    k, e = sql_name(key), event_time_sql(sql_name(event), event_kind)
+    order = ", ".join([e, *(sql_name(c) for c in tie_breaks)])
+    marker = sql_name(deleted) if deleted else "false"
     con = duckdb.connect(":memory:", config={"memory_limit": DUCKDB_MEMORY_LIMIT})
+    _utc_session(con)
     try:
         if isinstance(source, list):
             rows = f"read_parquet([{', '.join(sql_string(p) for p in source)}])"
@@ -390,8 +595,7 @@ def summarize_latest(source: RowSource, *, key: str, event: str, label: str) -> 
                    count(*) FILTER (WHERE NOT __deleted AND __number IS NULL)
             FROM (
                 SELECT {id_number_sql(k)} AS __number,
-                       coalesce(arg_max(is_deleted, ({e}, api_invocation_time, write_time)),
-                                false) AS __deleted,
+                       coalesce(arg_max({marker}, ({order})), false) AS __deleted,
                        max({e}) AS __event
                 FROM {rows}
                 GROUP BY {trimmed_id_sql(k)}

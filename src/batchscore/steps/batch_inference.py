@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from batchscore.faults import failpoint
 from batchscore.metrics import classification_metrics
 from batchscore.progress import NO_PROGRESS, Progress, tracked
+from batchscore.records import format_id_range
 from batchscore.registry import LoadedModel
 from batchscore.sinks.schema import PREDICTIONS_SCHEMA
 from batchscore.steps.parts import PartWriter
@@ -267,7 +268,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     lineage = Lineage(
         run_id=record.run_id,
         pipeline_name=record.pipeline_name,
-        id_range=f"{record.id_start}-{record.id_end}",
+        id_range=format_id_range(record.id_start, record.id_end),
         inference_date=dt.date.fromisoformat(record.logical_date),
         timestamp=dt.datetime.fromisoformat(record.started),
     )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from batchscore.errors import NothingToScoreError
 from batchscore.feature_store import FeatureStore, ReadStats
 from batchscore.progress import NO_PROGRESS, Progress, tracked
+from batchscore.records import format_id_range
 from batchscore.steps.parts import PartWriter
 from batchscore.steps.results import DataSourceResult
 
@@ -45,8 +46,8 @@ def return_memory() -> None:
 def data_source(
     store: FeatureStore,
     feature_group_name: str,
-    id_start: int,
-    id_end: int,
+    id_start: int | None,
+    id_end: int | None,
     output_dir: Path,
     *,
     as_of: dt.datetime | None = None,
@@ -85,8 +86,8 @@ def data_source(
 
 def data_source_result(
     feature_group_name: str,
-    id_start: int,
-    id_end: int,
+    id_start: int | None,
+    id_end: int | None,
     as_of: dt.datetime | None,
     stats: ReadStats,
     files: list[str],
@@ -107,7 +108,8 @@ def data_source_result(
         when = f" as of {as_of.isoformat(sep=' ')}" if as_of else ""
         raise NothingToScoreError(
             f"nothing to score: feature group {feature_group_name!r} has no live record with an "
-            f"id in {id_start}–{id_end}{when} ({stats.deleted_records_skipped} deleted). "
+            f"id in {format_id_range(id_start, id_end)}{when} "
+            f"({stats.deleted_records_skipped} deleted). "
             "Check customer_id_start/customer_id_end, or ingest records first."
         )
     return DataSourceResult(

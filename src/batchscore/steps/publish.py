@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchscore.records import LogicalRun
+from batchscore.records import LogicalRun, format_id_range
 
 if TYPE_CHECKING:
     from batchscore.sinks import PredictionSink
@@ -90,7 +90,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         logical_run=LogicalRun(
             pipeline_name=record.pipeline_name,
             inference_date=dt.date.fromisoformat(record.logical_date),
-            id_range=f"{record.id_start}-{record.id_end}",
+            id_range=format_id_range(record.id_start, record.id_end),
         ),
         write_mode=record.write_mode,
         started=dt.datetime.fromisoformat(record.started),
