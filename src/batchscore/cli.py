@@ -773,6 +773,18 @@ def features_describe(
     info = group.describe()
     features = info.pop("features")
     rows = list(info.items())
+    # How DataSource will read it: the latest-record rule's columns (feature_store/latest.py).
+    rows += [
+        ("event_time_type", group.event_time_kind),
+        ("tie_breaks", ", ".join(group.tie_breaks) or "none"),
+        ("delete_marker", group.delete_marker or "none"),
+        (
+            "definition",
+            "the feature group's own"
+            if group.managed
+            else "record_identifier / event_time_feature from the config (read only)",
+        ),
+    ]
     summary = store.record_summary(group.name)
     if summary is not None:
         rows += [

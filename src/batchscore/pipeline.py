@@ -292,11 +292,10 @@ class Pipeline:
     def _execute_steps(self, record: RunRecord, through: str) -> RunRecord:
         self._call_hooks("before_pipeline_run", record)
         log.info(
-            "run %s: %s, ids %d–%d of %s as of %s",
+            "run %s: %s, ids %s of %s as of %s",
             record.run_id,
             record.pipeline_name,
-            record.id_start,
-            record.id_end,
+            format_id_range(record.id_start, record.id_end).replace("-", "–"),
             record.feature_group,
             record.as_of,
         )
