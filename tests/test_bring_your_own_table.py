@@ -200,6 +200,11 @@ def test_every_event_time_kind_gives_the_same_latest_rows(lakehouse, tmp_path, k
     pd.testing.assert_frame_equal(
         got[["customer_id", *FEATURES]], want[["customer_id", *FEATURES]], check_dtype=False
     )
+    # The times themselves, as naive UTC: a unit or zone misread would shift them.
+    newest = max(lakehouse["frame"].event_time).astimezone(dt.UTC).replace(tzinfo=None)
+    if kind == "date":
+        newest = dt.datetime.combine(newest.date(), dt.time())
+    assert store.record_summary(group.name).event_time_max == newest
 
 
 def test_as_of_compares_zone_aware_event_times_in_utc(lakehouse, tmp_path):
