@@ -281,3 +281,9 @@ def test_catalog_name_reads_pyicebergs_own_config(lakehouse, tmp_path, monkeypat
     assert "sales.customers" in [
         ".".join(t) for t in open_feature_store(bare, writable=False).catalog.list_tables("sales")
     ]
+
+    # Runs of several machines meet in that catalog's database: the run lock's lease goes there.
+    from batchscore.leases import SqlLeaseStore, open_lease_store
+
+    assert isinstance(open_lease_store(settings), SqlLeaseStore)
+    assert isinstance(open_lease_store(bare), SqlLeaseStore)

@@ -445,7 +445,11 @@ def open_lease_store(settings: Settings) -> LeaseStore | None:
     try:
         if settings.remote_workspace:
             return S3LeaseStore(settings, settings.remote_workspace)
-        properties = dict(settings.catalog)
+        from batchscore.catalog import choose_catalog
+
+        # A catalog configured here or in pyiceberg's own config; not the embedded default.
+        choice = choose_catalog(settings)
+        properties = dict(choice.properties) if choice.source != "default" else {}
         if properties.get("type") == "sql" and properties.get("uri"):
             try:
                 return SqlLeaseStore(properties["uri"])
@@ -455,7 +459,7 @@ def open_lease_store(settings: Settings) -> LeaseStore | None:
                     f"run's lock: {exc}. Install the driver its URI names."
                 ) from exc
         glue = properties.get("type") == "glue" or (
-            not settings.catalog and settings.backend == "aws"
+            choice.source == "default" and settings.backend == "aws"
         )
         if glue and settings.bucket:
             return S3LeaseStore(settings, settings.s3_prefix)
