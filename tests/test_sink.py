@@ -328,9 +328,9 @@ def test_snapshots_newest_first_and_rollback(
     assert (listed[0].snapshot_id, listed[0].run_id, listed[0].current) == (wipe_id, "wipe", True)
     assert (listed[-1].snapshot_id, listed[-1].run_id) == (good_id, "good")
     assert [s.current for s in listed].count(True) == 1
-    wiped = [s for s in listed if s.run_id == "wipe"]  # Iceberg: a delete and an append
-    assert sum(s.deleted_rows or 0 for s in wiped) == len(good.customers)
-    assert sum(s.added_rows or 0 for s in wiped) == 10
+    # One entry per publish: Iceberg's delete-then-append pair is one commit, listed once.
+    assert [s.run_id for s in listed] == ["wipe", "good"]
+    assert (listed[0].deleted_rows, listed[0].added_rows) == (len(good.customers), 10)
 
     target.open().rollback(good_id)
     assert published(target) == {"good": good.customers}
@@ -339,6 +339,25 @@ def test_snapshots_newest_first_and_rollback(
         sink.rollback(12345)
     sink.rollback(wipe_id)  # and forward again: the later commit stayed in the history
     assert set(published(target)) == {"wipe"}
+
+
+def test_rollback_refuses_a_state_readers_never_saw(tmp_path: Path, make_run) -> None:
+    """Iceberg: an overwrite commits a delete and an append as two snapshots of one commit;
+    rolling back to the delete alone would publish a table without the date's rows."""
+    from batchscore.sinks.iceberg import IcebergSink
+
+    target = _iceberg(tmp_path)
+    sink = target.open()
+    sink.ensure()
+    good_id = make_run("good", 4000, 4099).commit(sink)
+    wipe_id = make_run("wipe", 4000, 4009, minute=1).commit(sink, "overwrite")
+    assert isinstance(sink, IcebergSink)
+    table = sink.catalog.load_table(sink.identifier)
+    halfway = next(s for s in table.snapshots() if s.parent_snapshot_id == good_id)
+    assert halfway.snapshot_id != wipe_id
+    with pytest.raises(ConfigError, match=rf"first half of run wipe.*{good_id}.*{wipe_id}"):
+        sink.rollback(halfway.snapshot_id)
+    assert set(published(target)) == {"wipe"}  # unchanged
 
 
 # Conflicts: two writers, one target ------------------------------------------------------------

@@ -224,35 +224,72 @@ def _predictions_table(catalog: Catalog, identifier: str) -> Table:
 
 
 def table_snapshots(catalog: Catalog, identifier: str) -> list[SnapshotInfo]:
-    """The table's snapshots in the current history, newest first.
+    """The table's commits in the current history, newest first.
+
+    A publish that replaces rows makes two snapshots in one commit — the delete, then the
+    append — and readers only ever saw the second: the pair is listed once, under the
+    append's id, with the rows it removed and added (operation ``delete+append``).
 
     Raises:
         ConfigError: no such table.
     """
     table = _predictions_table(catalog, identifier)
     current = table.current_snapshot()
+    by_id = {s.snapshot_id: s for s in table.snapshots()}
+    halves = _first_halves(table)  # append id -> the delete before it in the same commit
     found = []
-    for snapshot in table.snapshots():
-        summary = snapshot.summary
-        props = summary.additional_properties if summary is not None else {}
-
-        def count(key: str, props: dict[str, str] = props) -> int | None:
-            return int(props[key]) if key in props else None
-
+    for snapshot in by_id.values():
+        if snapshot.snapshot_id in halves.values():
+            continue  # shown with the append that completed its commit
+        first = halves.get(snapshot.snapshot_id)
+        parts = [snapshot] if first is None else [by_id[first], snapshot]
+        operation = "+".join(_operation(p) for p in parts)
         found.append(
             SnapshotInfo(
                 snapshot_id=snapshot.snapshot_id,
                 committed=dt.datetime.fromtimestamp(snapshot.timestamp_ms / 1000, dt.UTC).replace(
                     tzinfo=None
                 ),
-                operation=str(summary.operation.value) if summary is not None else "?",
-                run_id=props.get(RUN_ID_PROPERTY),
-                added_rows=count("added-records"),
-                deleted_rows=count("deleted-records"),
+                operation=operation,
+                run_id=_summary(snapshot).get(RUN_ID_PROPERTY),
+                added_rows=_total(parts, "added-records"),
+                deleted_rows=_total(parts, "deleted-records"),
                 current=current is not None and snapshot.snapshot_id == current.snapshot_id,
             )
         )
     return sorted(found, key=lambda s: (s.committed, s.current), reverse=True)
+
+
+def _summary(snapshot: Any) -> dict[str, str]:
+    return snapshot.summary.additional_properties if snapshot.summary is not None else {}
+
+
+def _operation(snapshot: Any) -> str:
+    return str(snapshot.summary.operation.value) if snapshot.summary is not None else "?"
+
+
+def _total(snapshots: list[Any], key: str) -> int | None:
+    counts = [int(_summary(s)[key]) for s in snapshots if key in _summary(s)]
+    return sum(counts) if counts else None
+
+
+def _first_halves(table: Table) -> dict[int, int]:
+    """``append id -> delete id`` for each publish committed as a delete then an append of the
+    same run (one commit: the delete alone was never the table's state)."""
+    by_id = {s.snapshot_id: s for s in table.snapshots()}
+    pairs: dict[int, int] = {}
+    for snapshot in by_id.values():
+        parent = by_id.get(snapshot.parent_snapshot_id or -1)
+        run_id = _summary(snapshot).get(RUN_ID_PROPERTY)
+        if (
+            parent is not None
+            and run_id is not None
+            and _summary(parent).get(RUN_ID_PROPERTY) == run_id
+            and _operation(parent) == "delete"
+            and _operation(snapshot) != "delete"
+        ):
+            pairs[snapshot.snapshot_id] = parent.snapshot_id
+    return pairs
 
 
 def rollback_table(catalog: Catalog, identifier: str, snapshot_id: int) -> None:
@@ -265,6 +302,16 @@ def rollback_table(catalog: Catalog, identifier: str, snapshot_id: int) -> None:
         ConfigError: no such table, or no such snapshot in its history.
     """
     table = _predictions_table(catalog, identifier)
+    completed_by = {first: append for append, first in _first_halves(table).items()}
+    if snapshot_id in completed_by:
+        first = next(s for s in table.snapshots() if s.snapshot_id == snapshot_id)
+        run_id = _summary(first).get(RUN_ID_PROPERTY)
+        raise ConfigError(
+            f"snapshot {snapshot_id} is the first half of run {run_id}'s publish (its old rows "
+            "removed, the new ones not yet added): readers never saw it. Roll back to "
+            f"{first.parent_snapshot_id} (the table before that publish) or to "
+            f"{completed_by[snapshot_id]} (after it)."
+        )
     try:
         table.manage_snapshots().set_current_snapshot(snapshot_id=snapshot_id).commit()
     except ValueError as exc:
