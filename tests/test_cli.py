@@ -559,3 +559,25 @@ def test_the_history_returns_a_run_as_a_typed_record(published) -> None:
     assert run.model == f"{published.settings.model_package_group} v1"
     with pytest.raises(RunNotFoundError, match="List runs with 'batchscore runs list'"):
         history.get("no-such-run")
+
+
+def test_the_commands_shown_after_quickstart_run_from_where_the_user_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hints name a command the user's shell can run: the plain name when PATH finds this
+    batchscore, else the path it was started by, relative only when it lies below the folder."""
+    from batchscore.cli import invoked_as
+
+    exe = tmp_path / "venv" / "bin" / "batchscore"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    elsewhere = tmp_path / "project"
+    elsewhere.mkdir()
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.chdir(elsewhere)
+    assert invoked_as(str(exe)) == str(exe)  # not '.venv/bin/batchscore': that is not here
+    monkeypatch.chdir(tmp_path)
+    assert invoked_as("venv/bin/batchscore") == "venv/bin/batchscore"
+    monkeypatch.setenv("PATH", f"{exe.parent}:/usr/bin:/bin")
+    assert invoked_as(str(exe)) == "batchscore"

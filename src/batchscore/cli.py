@@ -521,14 +521,32 @@ def quickstart(
         ),
     ]
     console.print(_kv_table("quickstart", rows))
+    command = invoked_as()
     console.print(
         "\nQuery the predictions:\n"
-        f'  .venv/bin/batchscore query "SELECT prediction, count(*) AS customers, '
+        f'  {command} query "SELECT prediction, count(*) AS customers, '
         f"round(avg(prediction_probability), 3) AS mean_probability FROM {summary.table} "
         'GROUP BY prediction ORDER BY prediction"\n'
-        "Look at models:   .venv/bin/batchscore models list\n"
-        f"Run again:        .venv/bin/batchscore run   (replaces this run's rows for today)"
+        f"Look at models:   {command} models list\n"
+        f"Run again:        {command} run   (replaces this run's rows for today)"
     )
+
+
+def invoked_as(argv0: str | None = None) -> str:
+    """How to run this batchscore again from here: ``batchscore`` when the shell finds this
+    one on PATH, else the path it was started by (relative to this folder when inside it)."""
+    import shutil
+
+    started = Path(argv0 if argv0 is not None else sys.argv[0])
+    if started.name != "batchscore":  # python -m batchscore, an embedding program
+        return "batchscore"
+    found = shutil.which("batchscore")
+    if found and Path(found).resolve() == started.resolve():
+        return "batchscore"
+    try:
+        return str(started.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:  # started from elsewhere: the full path works from anywhere
+        return str(started.resolve())
 
 
 @app.command()
