@@ -581,3 +581,15 @@ def test_the_commands_shown_after_quickstart_run_from_where_the_user_is(
     assert invoked_as("venv/bin/batchscore") == "venv/bin/batchscore"
     monkeypatch.setenv("PATH", f"{exe.parent}:/usr/bin:/bin")
     assert invoked_as(str(exe)) == "batchscore"
+
+
+def test_a_global_option_after_the_command_says_where_it_goes(published) -> None:
+    result = cli("-c", str(published.config), "runs", "list", "-q")
+    assert result.returncode == 2
+    assert "-q is a global option: put it before the command: batchscore -q runs list" in (
+        result.stderr
+    )
+    result = cli("-c", str(published.config), "runs", "list", "--status", "faild")
+    assert result.returncode == 2
+    assert "--status 'faild' is not a run status" in result.stderr
+    assert "Did you mean 'failed'?" in result.stderr

@@ -1476,6 +1476,10 @@ def _resume_hint(before: Any, exc: BaseException) -> str:
     return "" if command in message else f" Resume it: {command}"
 
 
+# The options of ``batchscore`` itself, which go before the command.
+GLOBAL_OPTIONS = ("-c", "--config", "--set", "-q", "--quiet", "--debug")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return (and, as a console script, exit with) the exit code."""
     import signal
@@ -1504,6 +1508,17 @@ def main(argv: list[str] | None = None) -> int:
     except (TyperException, click.ClickException) as exc:
         # Usage errors (typer vendors its own click, so both kinds are caught).
         exc.show()  # type: ignore[union-attr]
+        misplaced = getattr(exc, "option_name", None)
+        if misplaced in GLOBAL_OPTIONS:
+            context = getattr(exc, "ctx", None)
+            command = context.command_path.removeprefix("batchscore ") if context else "COMMAND"
+            err_console.print(
+                f"{misplaced} is a global option: put it before the command: "
+                f"batchscore {misplaced}{' KEY=VALUE' if misplaced == '--set' else ''} "
+                f"{command} …",
+                markup=False,
+                highlight=False,
+            )
         code = getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         code = _interrupted()

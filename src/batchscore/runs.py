@@ -24,7 +24,7 @@ from typing import Any
 
 from batchscore.clock import utcnow
 from batchscore.config import Settings
-from batchscore.errors import ConfigError, RunNotFoundError, StorageError
+from batchscore.errors import ConfigError, RunNotFoundError, StorageError, did_you_mean
 from batchscore.records import PipelineHooks, RunRecord
 from batchscore.workspace import ensure_writable_workspace, readonly_sqlite_uri, require_workspace
 
@@ -32,6 +32,8 @@ log = logging.getLogger("batchscore")
 
 # Shown instead of 'running' when the run's process is gone (computed, never stored).
 ABANDONED = "abandoned"
+# What ``runs list --status`` can filter on: the statuses a run record holds, and abandoned.
+RUN_STATUSES = ("running", "succeeded", "failed", "nothing_to_score", ABANDONED)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -308,7 +310,15 @@ class RunHistory:
 
         A run recorded as running whose process is gone has status ``abandoned`` and a
         ``note`` saying how to resume it.
+
+        Raises:
+            ConfigError: ``status`` is none of ``RUN_STATUSES``.
         """
+        if status is not None and status not in RUN_STATUSES:
+            raise ConfigError(
+                f"--status {status!r} is not a run status: use one of {', '.join(RUN_STATUSES)}."
+                + did_you_mean(status, RUN_STATUSES)
+            )
         where, params = [], []
         if status:
             where.append("status = ?")
