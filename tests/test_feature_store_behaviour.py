@@ -5,8 +5,8 @@ store itself. ``files``: a folder of Parquet files per feature group, each inges
 file, as a Spark or pandas job leaves them. ``sagemaker``: SageMaker Feature Store on moto's
 server; SageMaker's ingestion is played by the test (the feature group made with boto3, its
 offline store written as Parquet under its S3 location), because batchscore only reads it.
-Each test states the contract in the store's own terms; what an implementation cannot do is named in its harness's ``limits``,
-with the reason, and those tests skip saying so.
+Each test states the contract in the store's own terms; what an implementation cannot do is
+named in its harness's ``limits``, with the reason, and those tests skip saying so.
 
 Implementation-specific checks stay beside their implementation: ingest parsing in
 tests/test_ingest.py and tests/test_feature_store.py, the Iceberg offline store and the
