@@ -155,6 +155,8 @@ class FilesFeatureStore(FeatureStore):
         """
         from pyarrow.fs import FileSelector, FileType
 
+        if NAME not in self.path and name != self.name:
+            raise self._missing(name)
         fs = self._fs()
         location = self._location(name)
         match = GLOB_CHARACTERS.search(location)
@@ -226,8 +228,10 @@ class FilesFeatureStore(FeatureStore):
         if kind == "csv":
             from pyarrow import csv
 
+            # An empty field is NULL, as `features ingest` reads CSV.
             file_format: Any = ds.CsvFileFormat(
-                parse_options=csv.ParseOptions(delimiter=self.delimiter or ",")
+                parse_options=csv.ParseOptions(delimiter=self.delimiter or ","),
+                convert_options=csv.ConvertOptions(strings_can_be_null=True),
             )
         else:
             file_format = ds.ParquetFileFormat()
