@@ -457,7 +457,9 @@ def test_an_unknown_type_names_the_known_ones(empty_settings) -> None:
     settings = empty_settings.model_copy(
         update={"feature_store": FeatureStoreSettings.model_construct(type="icebreg")}
     )
-    with pytest.raises(ConfigError, match=r"Did you mean 'iceberg'\? Known types: iceberg, "):
+    with pytest.raises(
+        ConfigError, match=r"Did you mean 'iceberg'\? Known types: files, iceberg, sagemaker\."
+    ):
         open_feature_store(settings)
 
 
