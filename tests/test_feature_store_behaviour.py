@@ -1,11 +1,12 @@
 """The FeatureStore contract, one suite run against every implementation.
 
 ``iceberg``: the embedded store on a SQLite catalog in tmp_path, records written through the
-store itself. ``sagemaker``: SageMaker Feature Store on moto's server; SageMaker's ingestion is
-played by the test (the feature group made with boto3, its offline store written as Parquet
-under its S3 location), because batchscore only reads it. Each test states the contract in
-the store's own terms; what an implementation cannot do is named in its harness's ``limits``,
-with the reason, and those tests skip saying so.
+store itself. ``files``: a folder of Parquet files per feature group, each ingestion one more
+file, as a Spark or pandas job leaves them. ``sagemaker``: SageMaker Feature Store on moto's
+server; SageMaker's ingestion is played by the test (the feature group made with boto3, its
+offline store written as Parquet under its S3 location), because batchscore only reads it.
+Each test states the contract in the store's own terms; what an implementation cannot do is
+named in its harness's ``limits``, with the reason, and those tests skip saying so.
 
 Implementation-specific checks stay beside their implementation: ingest parsing in
 tests/test_ingest.py and tests/test_feature_store.py, the Iceberg offline store and the
@@ -103,6 +104,7 @@ class IcebergHarness(Harness):
 
 class SageMakerHarness(Harness):
     limits = {  # noqa: RUF012
+        "write": "records reach the offline store through SageMaker's own ingestion",
         "list": "moto implements no ListFeatureGroups, so there are no names to list or suggest",
         "missing": "moto answers DescribeFeatureGroup of a missing group with HTTP 500 (a "
         "KeyError inside moto), where SageMaker says ResourceNotFound",
@@ -179,11 +181,71 @@ class SageMakerHarness(Harness):
         return open_feature_store(self.settings)
 
 
-@pytest.fixture(params=["iceberg", "sagemaker"])
+class FilesHarness(Harness):
+    """A folder per feature group (``path: <tmp>/{name}``), written as a Spark or pandas job
+    would: each ingestion one more Parquet file. Creating a group is its job's first, empty
+    file (the dataset's columns, no rows); SageMaker's columns are written, so the tie-break and
+    delete markers are the rule's "when present" case."""
+
+    limits = {  # noqa: RUF012
+        "write": "a folder of files is read as the jobs that write it left it: read-only",
+    }
+
+    def __init__(self, tmp_path: Path) -> None:
+        from batchscore.config import load_settings
+        from batchscore.feature_store.files import FilesFeatureStore
+
+        self.root = tmp_path / "datasets"
+        self.root.mkdir()
+        path = str(self.root / "{name}")
+        self.settings = load_settings(
+            None,
+            overrides={
+                "workspace": str(tmp_path / "ws"),
+                "feature_group_name": "fg",
+                "feature_store": {"type": "files", "path": path},
+            },
+            env={},
+        )
+        self.store = FilesFeatureStore(path, name="fg")
+        self.ingestions = 0
+
+    def _put(self, name: str, rows: pa.Table) -> None:
+        import pyarrow.parquet as pq
+
+        pq.write_table(rows, self.root / name / f"part-{self.ingestions:05d}.parquet")
+
+    def _stamped(self, table: pa.Table, deleted: bool) -> pa.Table:
+        self.ingestions += 1
+        now = dt.datetime(2027, 1, 1) + self.ingestions * dt.timedelta(minutes=1)
+        n = table.num_rows
+        return (
+            table.append_column("api_invocation_time", pa.array([now] * n, pa.timestamp("us")))
+            .append_column("write_time", pa.array([now] * n, pa.timestamp("us")))
+            .append_column("is_deleted", pa.array([deleted] * n, pa.bool_()))
+        )
+
+    def create(self, name: str) -> None:
+        (self.root / name).mkdir()
+        self._put(name, self._stamped(records([]), deleted=False))
+
+    def write(self, name: str, versions: list[Version]) -> None:
+        self._put(name, self._stamped(records(versions), deleted=False))
+
+    def delete(self, name: str, ids: list[str], at: dt.datetime) -> None:
+        self._put(name, self._stamped(records([(i, at, None) for i in ids]), deleted=True))
+
+    def open_through_factory(self) -> FeatureStore:
+        return open_feature_store(self.settings)
+
+
+@pytest.fixture(params=["iceberg", "sagemaker", "files"])
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
     if request.param == "sagemaker":
         request.getfixturevalue("aws")  # moto, clean, with the seed's bucket
         return SageMakerHarness(tmp_path)
+    if request.param == "files":
+        return FilesHarness(tmp_path)
     return IcebergHarness(tmp_path)
 
 
@@ -261,8 +323,7 @@ def test_the_factory_builds_the_same_store_from_settings(harness: Harness) -> No
 def test_a_store_writes_what_it_is_given_or_refuses_to_write(harness: Harness) -> None:
     harness.create("fg")
     store = harness.store
-    read_only = type(store).__name__ == "SageMakerFeatureStore"
-    if read_only:  # records reach it through SageMaker's own ingestion
+    if "write" in harness.limits:  # read-only: the harness's limits say why
         for write in (
             lambda: store.create_feature_group("fg2", DEFINITION, record_identifier="customer_id",
                                                event_time_feature="event_time"),
@@ -396,7 +457,9 @@ def test_an_unknown_type_names_the_known_ones(empty_settings) -> None:
     settings = empty_settings.model_copy(
         update={"feature_store": FeatureStoreSettings.model_construct(type="icebreg")}
     )
-    with pytest.raises(ConfigError, match=r"Did you mean 'iceberg'\? Known types: iceberg, "):
+    with pytest.raises(
+        ConfigError, match=r"Did you mean 'iceberg'\? Known types: files, iceberg, sagemaker\."
+    ):
         open_feature_store(settings)
 
 

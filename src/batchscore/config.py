@@ -139,11 +139,32 @@ class RegistrySettings(BaseModel):
 
 
 class FeatureStoreSettings(BaseModel):
-    """Where feature groups live: ``iceberg`` (in the catalog) or ``sagemaker``."""
+    """Where feature groups live: ``iceberg`` (in the catalog), ``sagemaker``, or ``files``
+    (a Parquet or CSV dataset: a folder or glob, local or ``s3://``; read-only)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["iceberg", "sagemaker"] | None = None  # default: the backend's
+    type: Literal["iceberg", "sagemaker", "files"] | None = None  # default: the backend's
+    # files: the dataset's folder or glob; a {name} in it stands for the feature group's name.
+    path: str | None = None
+    # files: parquet or csv (default: from the files' extension, else parquet).
+    format: Literal["parquet", "csv"] | None = None
+    # files, csv: the field separator (default ',').
+    delimiter: str | None = Field(default=None, min_length=1, max_length=1)
+
+    @model_validator(mode="after")
+    def _check_files(self) -> FeatureStoreSettings:
+        if self.type == "files" and not self.path:
+            raise ValueError(
+                "feature_store type 'files' needs feature_store.path: the dataset's folder or "
+                "glob, local or s3:// (e.g. path: s3://lake/features/churn/)."
+            )
+        if self.type != "files" and (self.path or self.format or self.delimiter):
+            raise ValueError(
+                "feature_store.path, format and delimiter belong to feature_store type 'files' "
+                f"(this one is {self.type or 'the backend default'}): set type: files."
+            )
+        return self
 
 
 class Settings(BaseModel):

@@ -28,6 +28,7 @@ __all__ = [
 # feature_store.type -> where its implementation lives (imported only when chosen).
 FEATURE_STORES: dict[str, Loader] = {
     "iceberg": Loader("batchscore.feature_store.iceberg:IcebergFeatureStore"),
+    "files": Loader("batchscore.feature_store.files:FilesFeatureStore"),
     "sagemaker": Loader(
         "batchscore.feature_store.sagemaker:SageMakerFeatureStore",
         extra="aws",
