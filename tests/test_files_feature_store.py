@@ -208,7 +208,10 @@ def test_without_store_columns_every_version_is_live(tmp_path: Path) -> None:
     pq.write_table(pa.table({"customer_id": ["C1", "C1", "C2"], "event_time": times,
                              "x": [1.0, 3.0, 2.0]}), folder / "part-0.parquet")  # fmt: skip
     store = FilesFeatureStore(str(folder), name="fg")
-    assert store.describe("fg").features == {"x": "Fractional"}
+    group = store.describe("fg")
+    assert group.features == {"x": "Fractional"}
+    # What 'features describe' shows: no tie-break or delete columns to read by.
+    assert (group.tie_breaks, group.delete_marker, group.event_time_kind) == ((), None, "timestamp")
     rows = store.latest_records("fg", 0, 10).to_table()
     assert dict(zip(rows["customer_id"].to_pylist(), rows["x"].to_pylist(), strict=True)) == {
         "C1": 3.0, "C2": 2.0,

@@ -41,6 +41,7 @@ from batchscore.feature_store.base import (
     RecordSummary,
     feature_type_of,
 )
+from batchscore.feature_store.latest import plan_read
 
 if TYPE_CHECKING:
     from pyarrow.dataset import Dataset
@@ -313,6 +314,10 @@ class FilesFeatureStore(FeatureStore):
             for f in schema
             if f.name not in (self.record_identifier, self.event_time_feature, *STORE_COLUMNS)
         }
+        # How the rule reads these files (for describe): the store columns they really have.
+        plan = plan_read(
+            schema, self.record_identifier, self.event_time_feature, label=self._shown(name)
+        )
         return FeatureGroup(
             name=name,
             record_identifier=self.record_identifier,
@@ -322,6 +327,10 @@ class FilesFeatureStore(FeatureStore):
             location=self._shown(name),
             snapshot_id=None,
             total_rows=_parquet_rows(dataset),
+            event_time_kind=plan.event_kind,
+            tie_breaks=plan.tie_breaks,
+            delete_marker=plan.deleted,
+            managed=False,
         )
 
     def create_feature_group(self, name: str, features: Any, **kwargs: Any) -> FeatureGroup:
