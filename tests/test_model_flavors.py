@@ -12,6 +12,7 @@ batchscore's predicted class). One flavour also goes through ``mlflow models pre
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -309,3 +310,99 @@ def test_a_missing_library_names_the_extra(registry, monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(sys.modules, "catboost", None)  # import catboost now fails
     with pytest.raises(ModelLoadError, match=r"pip install 'batchscore\[catboost\]'"):
         registry.load(registry.resolve("catboost-missing"))
+
+
+# SageMaker's built-in XGBoost: model.tar.gz holding xgboost-model, on moto -----------------
+
+
+def put_xgboost_package(tmp_path: Path, settings, content: bytes, metadata: dict[str, str]) -> None:
+    """A package as SageMaker's built-in XGBoost training job leaves it: ``xgboost-model`` at
+    the top of ``model.tar.gz`` in S3, registered with plain boto3 calls."""
+    import io
+    import tarfile
+
+    import boto3
+
+    from tests.aws_fixtures import BUCKET, REGION
+
+    model_file = tmp_path / "xgboost-model"
+    model_file.write_bytes(content)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(model_file, arcname="xgboost-model")
+    key = f"xgb-output/{len(list(tmp_path.iterdir()))}/model.tar.gz"
+    boto3.client("s3", region_name=REGION).put_object(
+        Bucket=BUCKET, Key=key, Body=buffer.getvalue()
+    )
+    sagemaker = boto3.client("sagemaker", region_name=REGION)
+    group = settings.model_package_group
+    with contextlib.suppress(sagemaker.exceptions.ClientError):  # it exists already
+        sagemaker.create_model_package_group(ModelPackageGroupName=group)
+    sagemaker.create_model_package(
+        ModelPackageGroupName=group,
+        ModelApprovalStatus="Approved",
+        InferenceSpecification={
+            "Containers": [{"Image": "xgboost:1.7-1", "ModelDataUrl": f"s3://{BUCKET}/{key}"}],
+            "SupportedContentTypes": ["text/csv"],
+            "SupportedResponseMIMETypes": ["text/csv"],
+        },
+        **({"CustomerMetadataProperties": metadata} if metadata else {}),
+    )
+
+
+@pytest.mark.parametrize("model_format", ["json", "ubj"])
+def test_a_sagemaker_xgboost_model_file(aws: str, tmp_path: Path, model_format: str) -> None:
+    import xgboost
+
+    from batchscore.registry import open_registry
+    from tests.aws_fixtures import seed_settings
+
+    frame, y = frame_and_labels(3)
+    frame = frame.drop(columns="plan")
+    # As the built-in algorithm trains: CSV without a header, so the booster has no names.
+    booster = xgboost.train(
+        {"objective": "multi:softprob", "num_class": 3, "max_depth": 3},
+        xgboost.DMatrix(frame.to_numpy(), label=y),
+        num_boost_round=15,
+    )
+    assert booster.feature_names is None
+    settings = seed_settings(tmp_path)
+    content = bytes(booster.save_raw(raw_format=model_format))
+    put_xgboost_package(tmp_path, settings, content, {"feature_names": "tenure, calls"})
+    registry = open_registry(settings)
+    loaded = registry.load(registry.resolve(settings.model_package_group))
+    assert loaded.input_columns == ["tenure", "calls"]
+    # Columns arrive in another order: matched by name, handed to the booster in training order.
+    table = arrow_rows(frame[["calls", "tenure"]])
+    expected = booster.predict(xgboost.DMatrix(frame.to_numpy())).astype(np.float64)
+    np.testing.assert_allclose(batchscore_proba(loaded, table), expected, rtol=0, atol=1e-9)
+    check_ranking(loaded, table, expected)
+
+
+def test_a_sagemaker_xgboost_model_without_feature_names_is_refused(
+    aws: str, tmp_path: Path
+) -> None:
+    import pickle
+
+    import xgboost
+
+    from batchscore.registry import open_registry
+    from tests.aws_fixtures import seed_settings
+
+    frame, y = frame_and_labels(2, rows=50)
+    booster = xgboost.train(
+        {"objective": "binary:logistic"},
+        xgboost.DMatrix(frame[["tenure", "calls"]].to_numpy(), label=y),
+        num_boost_round=3,
+    )
+    settings = seed_settings(tmp_path)
+    registry = open_registry(settings)
+    put_xgboost_package(tmp_path, settings, bytes(booster.save_raw("ubj")), {})
+    with pytest.raises(ModelLoadError, match=r"customer-metadata-properties feature_names="):
+        registry.load(registry.resolve(settings.model_package_group))
+    # SageMaker XGBoost 1.0's pickled booster: refused, whatever it names.
+    put_xgboost_package(
+        tmp_path, settings, pickle.dumps(booster), {"feature_names": "tenure,calls"}
+    )
+    with pytest.raises(ModelLoadError, match="pickle"):
+        registry.load(registry.resolve(settings.model_package_group))
