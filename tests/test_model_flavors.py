@@ -126,6 +126,51 @@ def test_xgboost_classifier_with_a_categorical_column(registry, classes: int) ->
         mlflow.pyfunc.load_model(uri).predict(frame.assign(plan=frame.plan.astype(str)))
 
 
+def test_a_run_with_an_xgboost_model_counts_unseen_categories_from_its_own(make) -> None:
+    """A model batchscore did not train has no training profile: the categories come from the
+    booster, unseen ones are scored as missing and counted, and the run record says so."""
+    import mlflow
+    import mlflow.xgboost
+    import xgboost
+    from mlflow.models import infer_signature
+
+    from batchscore.feature_store import open_feature_store
+    from batchscore.pipeline import Pipeline
+
+    settings = make(model_package_group="external-xgb")
+    rows = (
+        open_feature_store(settings)
+        .latest_records(settings.feature_group_name, 1, 1000)
+        .to_table()
+        .to_pandas()
+    )
+    rows = rows[rows.contract_type != "two_year"]  # a category the model never sees
+    frame = rows[["tenure_months", "num_support_calls", "contract_type"]].astype(
+        {"tenure_months": "float64", "num_support_calls": "float64", "contract_type": "category"}
+    )
+    model = xgboost.XGBClassifier(n_estimators=10, enable_categorical=True).fit(
+        frame, rows.churn.to_numpy()
+    )
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    mlflow.set_experiment("external-xgb")
+    with mlflow.start_run():
+        mlflow.xgboost.log_model(
+            model,
+            name="model",
+            signature=infer_signature(frame),
+            registered_model_name="external-xgb",
+            pip_requirements=["xgboost"],
+        )
+    mlflow.MlflowClient(settings.tracking_uri).set_model_version_tag(
+        "external-xgb", "1", APPROVAL_TAG, "Approved"
+    )
+    record = Pipeline(settings).run()
+    outputs = record.steps["BatchInference"].outputs
+    assert outputs["category_vocabularies_from"] == "model (xgboost categories)"
+    assert outputs["unseen_categories"]["contract_type"] > 0
+
+
 @pytest.mark.parametrize("classes", [2, 3])
 def test_lightgbm_booster_with_a_categorical_column(registry, classes: int) -> None:
     import lightgbm
@@ -290,7 +335,9 @@ def test_a_pyfunc_with_custom_code_is_refused_unless_trusted(registry) -> None:
         client=registry.client,
         trust_pickle=True,
     )
-    _, probability = trusting.load(version).predict(arrow_rows(frame))
+    trusted = trusting.load(version)
+    assert trusted.vocabulary_source.startswith("none: the model has no training profile")
+    _, probability = trusted.predict(arrow_rows(frame))
     np.testing.assert_allclose(probability, np.clip(frame.tenure / 60, 0, 1), atol=1e-12)
 
 

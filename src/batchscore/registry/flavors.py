@@ -223,11 +223,17 @@ class _Adapter:
 
     def profile(self) -> dict[str, Any]:
         """A profile from the model itself, for a model batchscore did not train."""
-        vocabularies = {c: [str(v) for v in vs] for c, vs in self.categories().items() if vs}
-        return {
-            "category_vocabularies": vocabularies,
-            "profile_source": f"model ({self.library} categories)",
-        }
+        categories = self.categories()
+        vocabularies = {c: [str(v) for v in vs] for c, vs in categories.items() if vs}
+        unknown = [c for c, vs in categories.items() if not vs]
+        source = (
+            f"model ({self.library} categories)"
+            if categories
+            else (f"model ({self.library}, no categorical features)")
+        )
+        if unknown:  # CatBoost keeps hashes only: say which columns go unchecked
+            source += f"; not known for {', '.join(unknown)}: unseen values there not counted"
+        return {"category_vocabularies": vocabularies, "profile_source": source}
 
 
 class XGBoostClassifier(_Adapter):
@@ -274,8 +280,10 @@ class XGBoostClassifier(_Adapter):
         frame = frame.copy()
         if list(frame.columns) != self.feature_names and len(self.feature_names) == frame.shape[1]:
             frame.columns = self.feature_names  # named by the config, not the booster
-        for column in self._categorical:  # XGBoost re-codes by the categories it stored
-            frame[column] = frame[column].astype("category")
+        for column, known in self.categories().items():
+            # Typed with the training categories: an unseen one becomes missing (as in
+            # batchscore's own models) instead of XGBoost refusing the batch.
+            frame[column] = pd.Categorical(frame[column], categories=known or None)
         if self.wrapper is not None:
             return np.asarray(self.wrapper.predict_proba(frame), dtype=np.float64)
         names = self.feature_names if self.booster.feature_names else None
