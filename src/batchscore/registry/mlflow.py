@@ -198,7 +198,13 @@ class MlflowRegistry(ModelRegistry):
         return changes or None
 
     def profile(self, version: ModelVersion) -> dict[str, Any] | None:
-        return read_profile(self._download(version))
+        """batchscore's training profile; for a model batchscore did not train, the one the
+        loaded model makes from itself (its categories, marked ``profile_source``)."""
+        found = read_profile(self._download(version))
+        if found is None:
+            with contextlib.suppress(ModelError):  # an unloadable model has none
+                found = self.load(version).profile
+        return found
 
     def metrics(self, version: ModelVersion) -> dict[str, Any]:
         """The metrics logged in the version's MLflow run."""
