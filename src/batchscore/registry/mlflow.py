@@ -406,17 +406,20 @@ def _load_pyfunc(
     folder: Path, meta: Any, version: ModelVersion, *, trust_pickle: bool
 ) -> LoadedModel:
     """A ``python_function`` model with custom code: unpickled only when trusted."""
-    if "python_function" not in meta.flavors or not trust_pickle:
+    pyfunc = meta.flavors.get("python_function") or {}
+    # mlflow.pyfunc.log_model(python_model=…) keeps its code in a (cloud)pickle.
+    custom = pyfunc.get("loader_module") == "mlflow.pyfunc.model" or "cloudpickle_version" in pyfunc
+    if not (custom and trust_pickle):
         what = (
             "a pyfunc model with custom code, which MLflow loads by unpickling it (running "
             "whatever code it holds)"
-            if "python_function" in meta.flavors
+            if custom
             else f"not a model batchscore loads (flavours: {', '.join(meta.flavors) or 'none'})"
         )
+        way_out = "; or set registry.trust_pickle: true if you trust whoever wrote it"
         raise ModelLoadError(
             f"model {version.label} is {what}. Log it in a safe flavour instead: "
-            f"{SAFE_LOG_CALLS}; or set registry.trust_pickle: true if you trust whoever "
-            "wrote it."
+            f"{SAFE_LOG_CALLS}{way_out if custom else ''}."
         )
     import mlflow.pyfunc
 
