@@ -125,6 +125,21 @@ class LoadedModel:
     def input_columns(self) -> list[str]:
         return list(self.input_types)
 
+    @property
+    def vocabulary_source(self) -> str:
+        """Where the category vocabularies that count unseen categories come from, for the
+        run record: batchscore's training profile, the model itself (a model batchscore did
+        not train), or nowhere — then unseen categories are not counted, and this says so."""
+        profile = self.profile or {}
+        if "profile_source" in profile:
+            return str(profile["profile_source"])
+        if "category_vocabularies" in profile:
+            return "training profile"
+        return (
+            "none: the model has no training profile and no categories of its own, so unseen "
+            "categories are not counted"
+        )
+
     def check_columns(self, available: list[str], source: str) -> None:
         """Raise SchemaMismatchError naming the first column the model needs that is missing."""
         check_columns(self.version, self.input_columns, available, source)

@@ -32,6 +32,7 @@ from batchscore.registry.base import (
     check_classifier,
 )
 from batchscore.registry.cache import ModelCache
+from batchscore.registry.flavors import SAFE_LOG_CALLS
 from batchscore.workspace import readonly_sqlite_url, require_sqlite_file, sqlite_path
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class MlflowRegistry(ModelRegistry):
         *,
         writable: bool = True,
         client: MlflowClient | None = None,
+        trust_pickle: bool = False,
     ) -> None:
         """A registry on the MLflow tracking server or store at ``tracking_uri``.
 
@@ -75,6 +77,7 @@ class MlflowRegistry(ModelRegistry):
                 run on it.
             client: the ``MlflowClient`` to talk through (default: one for ``tracking_uri``,
                 read-only on SQLite when not ``writable``).
+            trust_pickle: load ``pyfunc`` models with custom code (unpickling them).
 
         Raises:
             WorkspaceNotFoundError: not ``writable``, and the SQLite database does not exist.
@@ -97,6 +100,7 @@ class MlflowRegistry(ModelRegistry):
         self.cache_dir = cache_dir
         self.cache = ModelCache(cache_dir)
         self.trusted_types = [*TRUSTED_SKOPS_TYPES, *trusted_types]
+        self.trust_pickle = trust_pickle
         self.client = client or MlflowClient(tracking_uri=client_uri, registry_uri=client_uri)
 
     @classmethod
@@ -121,6 +125,7 @@ class MlflowRegistry(ModelRegistry):
             cache_dir=settings.workspace_path / "models",
             trusted_types=settings.registry.trusted_types,
             writable=writable,
+            trust_pickle=settings.registry.trust_pickle,
         )
 
     # Listing and status -----------------------------------------------------------------
@@ -193,7 +198,13 @@ class MlflowRegistry(ModelRegistry):
         return changes or None
 
     def profile(self, version: ModelVersion) -> dict[str, Any] | None:
-        return read_profile(self._download(version))
+        """batchscore's training profile; for a model batchscore did not train, the one the
+        loaded model makes from itself (its categories, marked ``profile_source``)."""
+        found = read_profile(self._download(version))
+        if found is None:
+            with contextlib.suppress(ModelError):  # an unloadable model has none
+                found = self.load(version).profile
+        return found
 
     def metrics(self, version: ModelVersion) -> dict[str, Any]:
         """The metrics logged in the version's MLflow run."""
@@ -249,7 +260,9 @@ class MlflowRegistry(ModelRegistry):
         return Path(local)
 
     def load(self, version: ModelVersion) -> LoadedModel:
-        return load_model_folder(self._download(version), version, self.trusted_types)
+        return load_model_folder(
+            self._download(version), version, self.trusted_types, trust_pickle=self.trust_pickle
+        )
 
     def input_types(self, version: ModelVersion) -> dict[str, str] | None:
         return declared_input_types(self._download(version))
@@ -341,13 +354,18 @@ def read_profile(folder: Path) -> dict[str, Any] | None:
     return None
 
 
-def load_model_folder(folder: Path, version: ModelVersion, trusted_types: list[str]) -> LoadedModel:
-    """Load the MLflow sklearn model in ``folder`` through skops, trusting only
-    batchscore's list plus ``trusted_types``.
+def load_model_folder(
+    folder: Path, version: ModelVersion, trusted_types: list[str], *, trust_pickle: bool = False
+) -> LoadedModel:
+    """Load the MLflow model in ``folder`` without pickle: a sklearn model through skops,
+    trusting only batchscore's list plus ``trusted_types``; an xgboost, lightgbm, catboost or
+    onnx model from its native file (:mod:`batchscore.registry.flavors`); a ``pyfunc`` model
+    with custom code only when ``trust_pickle``.
 
     Raises:
-        ModelLoadError: not an MLflow sklearn model, saved with pickle, untrusted types,
-            corrupt, or not a classifier.
+        ModelLoadError: no flavour batchscore loads, saved with pickle, untrusted types,
+            corrupt, not a classifier, or its library is not installed (naming the
+            ``pip install 'batchscore[<extra>]'``).
     """
     from mlflow.models import Model
 
@@ -359,10 +377,12 @@ def load_model_folder(folder: Path, version: ModelVersion, trusted_types: list[s
         ) from exc
     flavor = meta.flavors.get("sklearn")
     if flavor is None:
-        raise ModelLoadError(
-            f"model {version.label} is not a scikit-learn model (flavours: "
-            f"{', '.join(meta.flavors)}). batchscore scores MLflow sklearn-flavour classifiers."
-        )
+        from batchscore.registry.flavors import FLAVOR_EXTRAS, load_flavor
+
+        native = next((f for f in FLAVOR_EXTRAS if f in meta.flavors), None)
+        if native is not None:
+            return load_flavor(native, folder, meta, version, read_profile(folder))
+        return _load_pyfunc(folder, meta, version, trust_pickle=trust_pickle)
     fmt = flavor.get("serialization_format", "pickle")
     if fmt != "skops":
         raise ModelLoadError(
@@ -380,6 +400,61 @@ def load_model_folder(folder: Path, version: ModelVersion, trusted_types: list[s
         profile=read_profile(folder),
         classes=classes,
     )
+
+
+def _load_pyfunc(
+    folder: Path, meta: Any, version: ModelVersion, *, trust_pickle: bool
+) -> LoadedModel:
+    """A ``python_function`` model with custom code: unpickled only when trusted."""
+    pyfunc = meta.flavors.get("python_function") or {}
+    # mlflow.pyfunc.log_model(python_model=…) keeps its code in a (cloud)pickle.
+    custom = pyfunc.get("loader_module") == "mlflow.pyfunc.model" or "cloudpickle_version" in pyfunc
+    if not (custom and trust_pickle):
+        what = (
+            "a pyfunc model with custom code, which MLflow loads by unpickling it (running "
+            "whatever code it holds)"
+            if custom
+            else f"not a model batchscore loads (flavours: {', '.join(meta.flavors) or 'none'})"
+        )
+        way_out = "; or set registry.trust_pickle: true if you trust whoever wrote it"
+        raise ModelLoadError(
+            f"model {version.label} is {what}. Log it in a safe flavour instead: "
+            f"{SAFE_LOG_CALLS}{way_out if custom else ''}."
+        )
+    import mlflow.pyfunc
+
+    try:
+        model = mlflow.pyfunc.load_model(str(folder))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"model {version.label}: loading the pyfunc model failed ({type(exc).__name__}: {exc})."
+        ) from exc
+    types = declared_input_types(folder)
+    if types is None:
+        raise ModelLoadError(
+            f"model {version.label} declares no input columns: log it with a signature."
+        )
+    return LoadedModel(
+        version=version,
+        estimator=_PyfuncClassifier(model),
+        input_types=types,
+        profile=read_profile(folder),
+        classes=[],
+    )
+
+
+class _PyfuncClassifier:
+    """A trusted pyfunc model whose ``predict`` returns class probabilities (one column per
+    class, or the positive class' probability alone)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def predict_proba(self, frame: pd.DataFrame) -> Any:
+        import numpy as np
+
+        proba = np.asarray(self.model.predict(frame), dtype=np.float64)
+        return np.column_stack([1 - proba, proba]) if proba.ndim == 1 else proba
 
 
 def load_skops(path: Path, version: ModelVersion, trusted_types: list[str]) -> Any:

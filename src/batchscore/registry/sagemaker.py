@@ -5,9 +5,13 @@ is the one a run scores with. Its ``ModelDataUrl`` (a ``model.tar.gz`` on S3) is
 once into the workspace's model cache (``cache``) and unpacked by ``archive``, which refuses
 links, paths outside the folder and archives over the size limits; an MLflow model folder
 inside it (``MLmodel`` at the top or one level down) loads exactly like a model from the MLflow
-registry — through skops, with batchscore's trusted types. A bare ``model.skops`` loads the
-same way. A pickle-only artifact (``model.joblib``, ``model.pkl``) loads only with
-``registry.trust_pickle: true``, because unpickling runs whatever code the file holds.
+registry — through skops, with batchscore's trusted types, or natively for the xgboost,
+lightgbm, catboost and onnx flavours. A bare ``model.skops`` loads the same way. SageMaker's
+built-in XGBoost ``xgboost-model`` (JSON, UBJ or XGBoost binary, told apart by content) loads
+natively; its columns, which the model does not name, come from the package's customer
+metadata ``feature_names`` (comma-separated, training order). A pickle-only artifact
+(``model.joblib``, ``model.pkl``) loads only with ``registry.trust_pickle: true``, because
+unpickling runs whatever code the file holds.
 """
 
 from __future__ import annotations
@@ -40,6 +44,10 @@ if TYPE_CHECKING:
 # package must name one. This is AWS's scikit-learn inference image for us-east-1.
 DEFAULT_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
 PICKLE_NAMES = ("model.joblib", "model.pkl", "model.pickle")
+# SageMaker's built-in XGBoost algorithm leaves this file in its model.tar.gz.
+XGBOOST_MODEL_NAME = "xgboost-model"
+# Customer metadata key naming a header-less model's columns, in training order.
+FEATURE_NAMES_KEY = "feature_names"
 
 
 class SageMakerRegistry(ModelRegistry):
@@ -231,7 +239,14 @@ class SageMakerRegistry(ModelRegistry):
         folder = self._download(version)
         mlflow_folder = _mlflow_folder(folder)
         if mlflow_folder is not None:
-            return load_model_folder(mlflow_folder, version, self.trusted_types)
+            return load_model_folder(
+                mlflow_folder, version, self.trusted_types, trust_pickle=self.trust_pickle
+            )
+        xgboost_files = sorted(folder.rglob(XGBOOST_MODEL_NAME))
+        if xgboost_files:
+            from batchscore.registry.flavors import load_xgboost_file
+
+            return load_xgboost_file(xgboost_files[0], version, self._feature_names(version))
         skops_files = sorted(folder.rglob("*.skops"))
         if skops_files:
             estimator = load_skops(skops_files[0], version, self.trusted_types)
@@ -256,8 +271,17 @@ class SageMakerRegistry(ModelRegistry):
         found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
         raise ModelLoadError(
             f"model {version.label}: its model.tar.gz holds {found}; expected an MLflow model "
-            "folder (MLmodel), a model.skops, or (with trust_pickle) a model.joblib."
+            "folder (MLmodel), SageMaker XGBoost's xgboost-model, a model.skops, or (with "
+            "trust_pickle) a model.joblib."
         )
+
+    def _feature_names(self, version: ModelVersion) -> list[str] | None:
+        """The training columns in order, from the package's customer metadata
+        ``feature_names`` (comma-separated): SageMaker's built-in XGBoost trains on CSV
+        without a header, so its model has no names of its own."""
+        described = self.sagemaker.describe_model_package(ModelPackageName=version.source)
+        names = (described.get("CustomerMetadataProperties") or {}).get(FEATURE_NAMES_KEY)
+        return [n.strip() for n in names.split(",") if n.strip()] if names else None
 
     # Registering ------------------------------------------------------------------------
 

@@ -282,6 +282,8 @@ def run(ctx: RunContext) -> dict[str, Any]:
         source_label=f"feature group {record.feature_group!r}",
         progress=ctx.progress,
     )
+    if model.vocabulary_source.startswith("none"):
+        log.warning("category vocabularies: %s", model.vocabulary_source)
     if result.evaluation:
         e = result.evaluation
         log.info(
@@ -291,4 +293,5 @@ def run(ctx: RunContext) -> dict[str, Any]:
             e["f1"],
             f"{e['roc_auc']:.3f}" if e["roc_auc"] is not None else "n/a",
         )
-    return result.to_dict()
+    # Models batchscore did not train: the record says where vocabularies came from.
+    return {**result.to_dict(), "category_vocabularies_from": model.vocabulary_source}
