@@ -121,8 +121,25 @@ def cached_profiles(settings) -> list[Path]:
     return sorted((settings.workspace_path / "profiles").glob("*.json"))
 
 
+def shown_source(settings, tmp_path: Path, capsys) -> str:
+    """``batchscore models show 1 --format json``'s profile_source (the real CLI, in-process)."""
+    from batchscore.cli import main
+    from tests.helpers import config_for
+
+    registry = settings.registry.model_dump(exclude_none=True)
+    config = config_for(
+        settings,
+        tmp_path / "show.yaml",
+        model_package_group=settings.model_package_group,
+        registry=registry,
+    )
+    capsys.readouterr()
+    assert main(["-c", str(config), "models", "show", "1", "--format", "json"]) == 0
+    return json.loads(capsys.readouterr().out)["profile_source"]
+
+
 def test_an_xgboost_model_gets_its_feature_statistics_from_the_configured_training_data(
-    make, tmp_path: Path
+    make, tmp_path: Path, capsys
 ) -> None:
     group = f"byo-xgb-{uuid.uuid4().hex[:6]}"
     probe = make(model_package_group=group)
@@ -130,8 +147,12 @@ def test_an_xgboost_model_gets_its_feature_statistics_from_the_configured_traini
     data = write_parquet(rows, tmp_path / "lake" / "train.parquet")
     settings = with_training_data(make, group, data)
     log_and_approve(settings, group, xgboost_logger(rows))
+    assert shown_source(settings, tmp_path, capsys) == (
+        f"model (xgboost categories); computed at first use from {data} (not yet)"
+    )
 
     first = scoring_outputs(settings)
+    assert shown_source(settings, tmp_path, capsys) == first["category_vocabularies_from"]
     [cached] = cached_profiles(settings)
     profile = json.loads(cached.read_text())
     # The booster's categories stay; the data adds the statistics, and the record says so.

@@ -279,3 +279,27 @@ def complete_profile(
         merged["profile_source"] = f"{own['profile_source']}; other columns and feature " \
             f"statistics from the {data['profile_source']}"  # fmt: skip
     loaded.profile = merged
+
+
+def describe_source(
+    settings: Settings,
+    registry: ModelRegistry,
+    version: ModelVersion,
+    profile: dict[str, Any] | None,
+) -> str:
+    """Where a version's profile comes from, for ``batchscore models show`` (computes
+    nothing: a first-use profile not yet computed is named as such)."""
+    own = profile or {}
+    if "statistics" in own and "profile_source" not in own:
+        return "training profile (logged beside the model)"
+    source = training_data_source(settings, registry, version)
+    if source is None:
+        return str(own.get("profile_source", NO_PROFILE))
+    path = cache_path(settings, registry, version, source)
+    if not path.exists():
+        before = f"{own['profile_source']}; " if "profile_source" in own else ""
+        return f"{before}computed at first use from {source} (not yet)"
+    computed = str(json.loads(path.read_text()).get("profile_source"))
+    if own.get("category_vocabularies"):
+        return f"{own['profile_source']}; other columns and feature statistics from the {computed}"
+    return f"{computed}; cached in {path}"
