@@ -902,11 +902,13 @@ def models_show(
     and its history."""
     if fmt not in ("table", "json"):
         raise ConfigError(f"--format {fmt!r} must be table or json.")
-    details = _registry(writable=False).describe_version(
-        group or state.settings.model_package_group, version
-    )
+    from batchscore.registry.profiles import describe_source
+
+    registry = _registry(writable=False)
+    details = registry.describe_version(group or state.settings.model_package_group, version)
+    profile_source = describe_source(state.settings, registry, details.version, details.profile)
     if fmt == "json":
-        _print_json(details.to_dict())
+        _print_json({**details.to_dict(), "profile_source": profile_source})
         return
     v = details.version
     training = details.training
@@ -927,6 +929,7 @@ def models_show(
                        f"{json.dumps(training.get('target_distribution'))}"),
             ("trained at", training.get("trained_at")),
         ]  # fmt: skip
+    rows.append(("profile", profile_source))
     if details.status_history is None:
         rows.append(("status history", "not recorded for this version"))
     else:

@@ -136,6 +136,9 @@ class RegistrySettings(BaseModel):
     trust_pickle: bool = False
     # The most a SageMaker model.tar.gz may unpack to (and be), in bytes.
     max_archive_bytes: int = Field(default=2 * 1024**3, gt=0)
+    # Training data of models batchscore did not train (a Parquet/CSV file, folder or glob,
+    # local or s3://, or an Iceberg table namespace.table): their profile is computed from it.
+    training_data: str | None = None
 
 
 class FeatureStoreSettings(BaseModel):

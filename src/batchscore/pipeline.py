@@ -355,7 +355,7 @@ class Pipeline:
         if declared is not None and group is not None:
             columns = [group.record_identifier, group.event_time_feature, *group.features]
             check_columns(version, list(declared), columns, f"feature group {group.name!r}")
-        return ModelLoad(self.backends.registry, version)
+        return ModelLoad(self.backends.registry, version, self.settings)
 
     def _resolve_version(self, record: RunRecord) -> ModelVersion:
         """The run's model version: the one it first resolved, else the newest approved one."""

@@ -76,47 +76,25 @@ def training_profile(
     pipeline: Any,
     **context: Any,
 ) -> dict[str, Any]:
-    """Columns, types, category vocabularies and summary statistics of the training data."""
+    """Columns, types, category vocabularies and summary statistics of the training data
+    (:func:`~batchscore.registry.profiles.feature_profile`, the vocabularies the pipeline's
+    encoder learnt), its target distribution, and ``context``."""
+    from batchscore.registry.profiles import feature_profile
+
     encoder = pipeline.named_steps["preprocess"].named_transformers_["categorical"]
     vocabularies = {
         column: sorted(str(v) for v in cats if isinstance(v, str))
         for column, cats in zip(categorical, encoder.categories_, strict=True)
     }
-    statistics: dict[str, Any] = {}
-    for column in numeric:
-        values = frame[column]
-        statistics[column] = {
-            "mean": _num(values.mean()),
-            "std": _num(values.std()),
-            "min": _num(values.min()),
-            "p50": _num(values.median()),
-            "max": _num(values.max()),
-            "missing_fraction": float(values.isna().mean()),
-        }
-    for column in categorical:
-        values = frame[column]
-        counts = values.value_counts(normalize=True)
-        statistics[column] = {
-            "frequencies": {str(k): round(float(v), 6) for k, v in counts.items()},
-            "missing_fraction": float(values.isna().mean()),
-        }
+    table = pa.Table.from_pandas(frame[[*numeric, *categorical]], preserve_index=False)
+    profile = feature_profile(table, numeric, categorical, vocabularies)
     classes, counts = np.unique(y, return_counts=True)
     return {
-        "columns": [*numeric, *categorical],
-        "dtypes": {**dict.fromkeys(numeric, "double"), **dict.fromkeys(categorical, "string")},
-        "numeric_features": numeric,
-        "categorical_features": categorical,
-        "category_vocabularies": vocabularies,
+        **profile,
         "unseen_categories": "encoded as missing (NaN); the classifier routes them as missing",
-        "statistics": statistics,
-        "rows": len(frame),
         "target_distribution": {str(c): int(n) for c, n in zip(classes, counts, strict=True)},
         **context,
     }
-
-
-def _num(value: Any) -> float | None:
-    return None if pd.isna(value) else float(value)
 
 
 def train_model(

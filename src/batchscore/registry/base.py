@@ -29,6 +29,12 @@ APPROVAL_TAG = "approval_status"
 STATUS_HISTORY_TAG = "approval_status_history"
 STATUS_HISTORY_LIMIT = 50
 DEFAULT_STATUS = "PendingManualApproval"
+# vocabulary_source of a model with no profile, no categories and no training data found.
+NO_PROFILE = (
+    "none: the model has no training profile and no categories of its own, and no training "
+    "data was found to compute one (set registry.training_data, or log the dataset with "
+    "mlflow.log_input), so unseen categories are not counted"
+)
 
 # Types a scikit-learn pipeline of standard parts needs beyond skops' own safe list.
 # Anything else must be trusted explicitly in the config (registry.trusted_types).
@@ -135,10 +141,7 @@ class LoadedModel:
             return str(profile["profile_source"])
         if "category_vocabularies" in profile:
             return "training profile"
-        return (
-            "none: the model has no training profile and no categories of its own, so unseen "
-            "categories are not counted"
-        )
+        return NO_PROFILE
 
     def check_columns(self, available: list[str], source: str) -> None:
         """Raise SchemaMismatchError naming the first column the model needs that is missing."""
@@ -341,6 +344,11 @@ class ModelRegistry(abc.ABC):
 
     def profile(self, version: ModelVersion) -> dict[str, Any] | None:
         """The training profile logged beside the model, if there is one."""
+        return None
+
+    def training_data(self, version: ModelVersion) -> str | None:
+        """Where the version's training data is, as its registry recorded it (a path, an
+        ``s3://`` URI or an Iceberg table); None when it recorded none."""
         return None
 
     def metrics(self, version: ModelVersion) -> dict[str, Any]:

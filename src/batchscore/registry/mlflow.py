@@ -206,6 +206,29 @@ class MlflowRegistry(ModelRegistry):
                 found = self.load(version).profile
         return found
 
+    def training_data(self, version: ModelVersion) -> str | None:
+        """The dataset the version's run logged with ``mlflow.log_input`` (its source's
+        ``uri`` or ``path``): the one in context ``training`` first, else the first."""
+        from mlflow.exceptions import MlflowException
+
+        if not version.run_id:
+            return None
+        try:
+            inputs = self.client.get_run(version.run_id).inputs
+        except MlflowException:
+            return None  # the run was deleted
+        found: list[tuple[bool, str]] = []
+        for logged in getattr(inputs, "dataset_inputs", None) or []:
+            try:
+                source = json.loads(logged.dataset.source)
+            except (TypeError, ValueError):
+                continue
+            location = isinstance(source, dict) and (source.get("uri") or source.get("path"))
+            if location:
+                context = {t.key: t.value for t in logged.tags or []}.get("mlflow.data.context")
+                found.append((context != "training", str(location)))
+        return min(found)[1] if found else None
+
     def metrics(self, version: ModelVersion) -> dict[str, Any]:
         """The metrics logged in the version's MLflow run."""
         from mlflow.exceptions import MlflowException

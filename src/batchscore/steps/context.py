@@ -67,9 +67,25 @@ class Backends:
 class ModelLoad:
     """A model version loading on a background thread; ``result()`` waits for it."""
 
-    def __init__(self, registry: ModelRegistry, version: ModelVersion) -> None:
+    def __init__(
+        self, registry: ModelRegistry, version: ModelVersion, settings: Settings | None = None
+    ) -> None:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="batchscore-model")
-        self._future: Future[LoadedModel] = self._worker.submit(registry.load, version)
+        self._future: Future[LoadedModel] = self._worker.submit(
+            self._load, registry, version, settings
+        )
+
+    @staticmethod
+    def _load(
+        registry: ModelRegistry, version: ModelVersion, settings: Settings | None
+    ) -> LoadedModel:
+        """The model, its profile completed from its training data when it lacks one."""
+        loaded = registry.load(version)
+        if settings is not None:
+            from batchscore.registry.profiles import complete_profile
+
+            complete_profile(settings, registry, loaded)
+        return loaded
 
     def result(self) -> LoadedModel:
         return self._future.result()
