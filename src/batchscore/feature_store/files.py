@@ -208,7 +208,7 @@ class FilesFeatureStore(FeatureStore):
             return "csv"
         return "parquet"
 
-    def _dataset(self, name: str) -> tuple[Dataset, list[str]]:
+    def dataset(self, name: str) -> tuple[Dataset, list[str]]:
         """The dataset of feature group ``name``: its files with one schema (unified across
         files, so a column all NULL in one file takes its type from the others), and the
         Hive partition columns.
@@ -297,7 +297,7 @@ class FilesFeatureStore(FeatureStore):
             FeatureGroupError: no such feature group, no data files, or the id or event time
                 column is not in the files (naming the columns found).
         """
-        dataset, _ = self._dataset(name)
+        dataset, _ = self.dataset(name)
         schema = dataset.schema
         for column, key in (
             (self.record_identifier, "record_identifier"),
@@ -348,7 +348,7 @@ class FilesFeatureStore(FeatureStore):
         """``columns`` of every file as the latest-record rule reads them: the id as a string,
         the event time as a naive UTC timestamp, SageMaker's columns (NULL, or false for
         ``is_deleted``, when the files lack them)."""
-        dataset, _ = self._dataset(name)
+        dataset, _ = self.dataset(name)
         present = dataset.schema.names
         read = [c for c in dict.fromkeys([*columns, *STORE_COLUMNS]) if c in present]
         scanner = dataset.scanner(columns=read, batch_size=batch_size)

@@ -149,7 +149,7 @@ def read_training_data(settings: Settings, source: str, columns: list[str]) -> p
     from batchscore.feature_store.files import FilesFeatureStore
 
     files = FilesFeatureStore(source, name="training data", region=region_of(settings))
-    dataset, _ = files._dataset("training data")
+    dataset, _ = files.dataset("training data")
     return dataset.to_table(columns=[c for c in columns if c in dataset.schema.names])
 
 
