@@ -52,8 +52,6 @@ NAME = "{name}"
 GLOB_CHARACTERS = re.compile(r"[*?\[]")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt")
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
-# Epoch numbers from this on are milliseconds (March 1973 on), below it seconds.
-EPOCH_MILLIS_START = 100_000_000_000
 
 _READ_ONLY = (
     "the files feature store is read-only to batchscore: it reads the Parquet/CSV dataset at "
@@ -345,46 +343,31 @@ class FilesFeatureStore(FeatureStore):
     # Reading ----------------------------------------------------------------------------
 
     def _rows(self, name: str, columns: list[str], batch_size: int) -> pa.RecordBatchReader:
-        """``columns`` of every file as the latest-record rule reads them: the id as a string,
-        the event time as a naive UTC timestamp, SageMaker's columns (NULL, or false for
-        ``is_deleted``, when the files lack them)."""
+        """``columns`` of every file, each in the type the files unify to; the latest-record
+        rule reads the event time as UTC, whatever its kind (``latest.event_time_sql``)."""
         dataset, _ = self.dataset(name)
-        present = dataset.schema.names
-        read = [c for c in dict.fromkeys([*columns, *STORE_COLUMNS]) if c in present]
-        scanner = dataset.scanner(columns=read, batch_size=batch_size)
-        key, event = self.record_identifier, self.event_time_feature
-        fields = [
-            pa.field(key, pa.string()) if c == key
-            else pa.field(event, pa.timestamp("us")) if c == event
-            else dataset.schema.field(c)
-            for c in columns
-        ]  # fmt: skip
-        schema = pa.schema(
-            [
-                *fields,
-                pa.field("api_invocation_time", pa.timestamp("us")),
-                pa.field("write_time", pa.timestamp("us")),
-                pa.field("is_deleted", pa.bool_()),
-            ]
-        )
+        schema = pa.schema([dataset.schema.field(c) for c in columns])
+        scanner = dataset.scanner(columns=columns, batch_size=batch_size)
         label = f"feature group {name!r}"
 
         def batches() -> Iterator[pa.RecordBatch]:
             for batch in scanner.to_batches():
-                n = batch.num_rows
-                arrays = []
-                for f in schema:
-                    if f.name == event:
-                        arrays.append(_event_times(batch.column(event), event, label))
-                    elif f.name in present:
-                        arrays.append(_cast(batch.column(f.name), f.type, label))
-                    elif f.name == "is_deleted":
-                        arrays.append(pa.array([False] * n, pa.bool_()))
-                    else:
-                        arrays.append(pa.nulls(n, f.type))
+                arrays = [_cast(batch.column(f.name), f.type, label) for f in schema]
                 yield pa.RecordBatch.from_arrays(arrays, schema=schema)
 
         return pa.RecordBatchReader.from_batches(schema, batches())
+
+    @staticmethod
+    def _read_plan(group: FeatureGroup) -> tuple[list[str], dict[str, Any]]:
+        """The store columns the group's files have, and how the latest-record rule reads
+        them (``describe``'s read plan)."""
+        store = [*group.tie_breaks, *([group.delete_marker] if group.delete_marker else [])]
+        rule = {
+            "event_kind": group.event_time_kind,
+            "tie_breaks": group.tie_breaks,
+            "deleted": group.delete_marker,
+        }
+        return store, rule
 
     def latest_records(
         self,
@@ -407,7 +390,8 @@ class FilesFeatureStore(FeatureStore):
         group = self.describe(name)
         key, event = group.record_identifier, group.event_time_feature
         out_columns = [key, event, *group.features]
-        reader = self._rows(name, out_columns, batch_size)
+        store, rule = self._read_plan(group)
+        reader = self._rows(name, [*out_columns, *store], batch_size)
         out_schema = pa.schema([reader.schema.field(c) for c in out_columns])
         as_of = utc_naive(as_of)
         stats = ReadStats()
@@ -424,6 +408,7 @@ class FilesFeatureStore(FeatureStore):
             temp_dir=temp_dir,
             stats=stats,
             label=f"feature group {name!r}",
+            **rule,
         )
         return LatestRecords(out_schema, batches, None, as_of, stats)
 
@@ -434,13 +419,15 @@ class FilesFeatureStore(FeatureStore):
 
         if not self._files(name)[0]:
             return RecordSummary(0, None, None, None, None)
-        key, event = self.record_identifier, self.event_time_feature
-        self.describe(name)  # the columns are there, or the error names them
+        group = self.describe(name)  # the columns are there, or the error names them
+        key, event = group.record_identifier, group.event_time_feature
+        store, rule = self._read_plan(group)
         return summarize_latest(
-            self._rows(name, [key, event], 100_000),
+            self._rows(name, [key, event, *store], 100_000),
             key=key,
             event=event,
             label=f"feature group {name!r}",
+            **rule,
         )
 
 
@@ -500,37 +487,3 @@ def _cast(values: pa.Array, target: pa.DataType, label: str) -> pa.Array:
         return pc.cast(values, target)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise FeatureGroupError(f"reading {label}: a column does not fit {target}: {exc}") from exc
-
-
-def _event_times(values: pa.Array, column: str, label: str) -> pa.Array:
-    """Event times as naive UTC microseconds: from timestamps (a zone converted to UTC),
-    dates, ISO-8601 strings (without a zone: UTC) or epoch seconds/milliseconds."""
-    kind = values.type
-    naive = pa.timestamp("us")
-    try:
-        if pa.types.is_timestamp(kind):
-            if kind.tz is not None:
-                # Arrow stores zoned timestamps as UTC: dropping the zone keeps the instant.
-                return pc.cast(pc.cast(values, pa.timestamp("us", tz="UTC")), naive)
-            return pc.cast(values, naive)
-        if pa.types.is_date(kind):
-            return pc.cast(values, naive)
-        if pa.types.is_integer(kind) or pa.types.is_floating(kind):
-            numbers = pc.cast(values, pa.float64())
-            biggest = pc.max(pc.abs(numbers)).as_py() or 0
-            scale = 1_000 if biggest >= EPOCH_MILLIS_START else 1_000_000
-            return pc.cast(pc.cast(pc.round(pc.multiply(numbers, scale)), pa.int64()), naive)
-        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            import pandas as pd
-
-            parsed = pd.to_datetime(values.to_pandas(), utc=True, format="ISO8601")
-            return pa.array(parsed.dt.tz_localize(None), naive)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError, TypeError) as exc:
-        raise FeatureGroupError(
-            f"reading {label}: event time column {column!r} holds values that are not times: "
-            f"{exc}. Use timestamps, dates, ISO 8601 or epoch seconds/milliseconds."
-        ) from exc
-    raise FeatureGroupError(
-        f"reading {label}: event time column {column!r} is {kind}: use a timestamp, a date, "
-        "ISO 8601 strings or epoch seconds/milliseconds."
-    )
