@@ -41,7 +41,7 @@ from batchscore.feature_store.base import (
     RecordSummary,
     feature_type_of,
 )
-from batchscore.feature_store.latest import plan_read
+from batchscore.feature_store.latest import ReadPlan, plan_read
 
 if TYPE_CHECKING:
     from pyarrow.dataset import Dataset
@@ -357,18 +357,6 @@ class FilesFeatureStore(FeatureStore):
 
         return pa.RecordBatchReader.from_batches(schema, batches())
 
-    @staticmethod
-    def _read_plan(group: FeatureGroup) -> tuple[list[str], dict[str, Any]]:
-        """The store columns the group's files have, and how the latest-record rule reads
-        them (``describe``'s read plan)."""
-        store = [*group.tie_breaks, *([group.delete_marker] if group.delete_marker else [])]
-        rule = {
-            "event_kind": group.event_time_kind,
-            "tie_breaks": group.tie_breaks,
-            "deleted": group.delete_marker,
-        }
-        return store, rule
-
     def latest_records(
         self,
         name: str,
@@ -388,17 +376,15 @@ class FilesFeatureStore(FeatureStore):
         from batchscore.feature_store.latest import latest_batches, utc_naive
 
         group = self.describe(name)
-        key, event = group.record_identifier, group.event_time_feature
-        out_columns = [key, event, *group.features]
-        store, rule = self._read_plan(group)
-        reader = self._rows(name, [*out_columns, *store], batch_size)
+        plan = ReadPlan.of(group)
+        out_columns = [plan.key, plan.event, *group.features]
+        reader = self._rows(name, [*out_columns, *plan.store_columns], batch_size)
         out_schema = pa.schema([reader.schema.field(c) for c in out_columns])
         as_of = utc_naive(as_of)
         stats = ReadStats()
         batches = latest_batches(
             lambda: reader,
-            key=key,
-            event=event,
+            **plan.kwargs(),
             out_columns=out_columns,
             out_schema=out_schema,
             id_start=id_start,
@@ -408,7 +394,6 @@ class FilesFeatureStore(FeatureStore):
             temp_dir=temp_dir,
             stats=stats,
             label=f"feature group {name!r}",
-            **rule,
         )
         return LatestRecords(out_schema, batches, None, as_of, stats)
 
@@ -419,15 +404,11 @@ class FilesFeatureStore(FeatureStore):
 
         if not self._files(name)[0]:
             return RecordSummary(0, None, None, None, None)
-        group = self.describe(name)  # the columns are there, or the error names them
-        key, event = group.record_identifier, group.event_time_feature
-        store, rule = self._read_plan(group)
+        plan = ReadPlan.of(self.describe(name))  # the columns are there, or the error says
         return summarize_latest(
-            self._rows(name, [key, event, *store], 100_000),
-            key=key,
-            event=event,
+            self._rows(name, [plan.key, plan.event, *plan.store_columns], 100_000),
+            **plan.kwargs(),
             label=f"feature group {name!r}",
-            **rule,
         )
 
 

@@ -363,7 +363,9 @@ class IcebergFeatureStore(FeatureStore):
         if group.snapshot_id is None:
             return RecordSummary(0, None, None, None, None)
         source = scan_source(self.iceberg_table(name).scan(snapshot_id=group.snapshot_id))
-        return summarize_latest(source, **_plan(group).kwargs(), label=f"feature group {name!r}")
+        return summarize_latest(
+            source, **ReadPlan.of(group).kwargs(), label=f"feature group {name!r}"
+        )
 
     # Reading ----------------------------------------------------------------------------
 
@@ -390,7 +392,7 @@ class IcebergFeatureStore(FeatureStore):
         if snapshot_id is None:  # never written to
             return LatestRecords(out_schema, iter(()), None, as_of, stats)
 
-        plan = _plan(group)
+        plan = ReadPlan.of(group)
         scan = table.scan(snapshot_id=snapshot_id, row_filter=as_of_filter(plan, as_of))
         batches = latest_batches(
             lambda: scan_source(scan),
@@ -406,16 +408,6 @@ class IcebergFeatureStore(FeatureStore):
             label=f"feature group {name!r}",
         )
         return LatestRecords(out_schema, batches, snapshot_id, as_of, stats)
-
-
-def _plan(group: FeatureGroup) -> ReadPlan:
-    return ReadPlan(
-        key=group.record_identifier,
-        event=group.event_time_feature,
-        event_kind=group.event_time_kind,
-        tie_breaks=group.tie_breaks,
-        deleted=group.delete_marker,
-    )
 
 
 def as_of_filter(plan: ReadPlan, as_of: dt.datetime | None) -> Any:

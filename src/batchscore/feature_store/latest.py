@@ -41,7 +41,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchscore.errors import FeatureGroupError
-from batchscore.feature_store.base import UNMATCHED_EXAMPLES, ReadStats, RecordSummary
+from batchscore.feature_store.base import (
+    UNMATCHED_EXAMPLES,
+    FeatureGroup,
+    ReadStats,
+    RecordSummary,
+)
 from batchscore.feature_store.ids import id_number_sql, trimmed_id_sql
 from batchscore.sql import sql_string
 
@@ -127,6 +132,22 @@ class ReadPlan:
     event_kind: str = "timestamp"
     tie_breaks: tuple[str, ...] = TIE_BREAKS
     deleted: str | None = DELETE_MARKER
+
+    @classmethod
+    def of(cls, group: FeatureGroup) -> ReadPlan:
+        """The plan ``describe`` worked out for a feature group."""
+        return cls(
+            key=group.record_identifier,
+            event=group.event_time_feature,
+            event_kind=group.event_time_kind,
+            tie_breaks=tuple(group.tie_breaks),
+            deleted=group.delete_marker,
+        )
+
+    @property
+    def store_columns(self) -> list[str]:
+        """The tie-break and delete-marker columns the rule reads besides id and event time."""
+        return [*self.tie_breaks, *([self.deleted] if self.deleted else [])]
 
     def kwargs(self) -> dict[str, Any]:
         """The plan as keyword arguments of :func:`latest_batches` / :func:`summarize_latest`."""
