@@ -45,6 +45,7 @@ from batchscore.feature_store.base import (
 )
 from batchscore.feature_store.ids import ID_WHITESPACE, trim_ids
 from batchscore.feature_store.latest import (
+    EPOCH_MILLIS_START,
     ReadPlan,
     latest_batches,
     pinned_snapshot,
@@ -675,9 +676,9 @@ def _whole_numbers(column: pa.ChunkedArray, target: pa.DataType, name: str) -> p
     return pc.cast(column, target)
 
 
-# Epoch numbers below this are seconds (up to the year 5138); from it up to EPOCH_MILLIS_END
-# they are milliseconds (March 1973 to the year 5138). A column must use one unit.
-EPOCH_MILLIS_START = 100_000_000_000
+# Epoch numbers below EPOCH_MILLIS_START (the read's threshold) are seconds; from it up to
+# EPOCH_MILLIS_END they are milliseconds (March 1973 to the year 5138). Ingest wants one unit
+# per column.
 EPOCH_MILLIS_END = 100_000_000_000_000
 _NUMBER = r"^\s*[+-]?[0-9]+(\.[0-9]*)?\s*$"
 
