@@ -170,6 +170,125 @@ class FeatureStoreSettings(BaseModel):
         return self
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$")
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds in ``value``: a number of seconds, or ``"90s"``, ``"30m"``, ``"36h"``, ``"7d"``,
+    ``"2w"``. Raises ValueError with the accepted forms."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as '36h' or '7d', not true/false")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(
+                f"{value!r} is not a duration: write a number with s, m, h, d or w, e.g. '36h'"
+            )
+        seconds = float(match.group(1)) * _DURATION_SECONDS[match.group(2) or "s"]
+    if seconds <= 0:
+        raise ValueError("must be a positive duration such as '36h' or '7d'")
+    return seconds
+
+
+DURATION = BeforeValidator(parse_duration)
+CheckAction = Literal["warn", "block", "off"]
+
+
+class CheckSettings(BaseModel):
+    """One check: the threshold its statistic may reach, and what happens beyond it
+    (``warn``: publish and notify; ``block``: fail the run at Validate, publish nothing;
+    ``off``: not computed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: Annotated[float, Field(ge=0)] | None = None
+    action: CheckAction = "warn"
+
+
+class FreshnessSettings(CheckSettings):
+    """``max_age``: the newest ``event_time`` in the snapshot may be at most this old at the
+    run's as-of time; ``max_feature_age`` and ``threshold``: at most ``threshold`` (a share) of
+    the customers may have a latest record older than ``max_feature_age``."""
+
+    max_age: Annotated[float, DURATION] | None = None
+    max_feature_age: Annotated[float, DURATION] | None = None
+
+
+# Each check's defaults; a check given in the config keeps the defaults it does not set.
+CHECK_DEFAULTS: dict[str, dict[str, Any]] = {
+    # A required column missing, or not castable to the type the model was trained on.
+    "contract": {"action": "block"},
+    # Null share of a feature minus its share in the reference (absolute).
+    "null_rate": {"threshold": 0.10, "action": "warn"},
+    # Population stability index of a numeric feature on the reference's quantile bins.
+    "psi": {"threshold": 0.25, "action": "warn"},
+    # PSI of a categorical feature's category shares.
+    "category_psi": {"threshold": 0.25, "action": "warn"},
+    # Share of a categorical feature's values the model never saw.
+    "unseen_categories": {"threshold": 0.05, "action": "warn"},
+    # Share of a numeric feature's values outside the training [min, max].
+    "range": {"threshold": 0.01, "action": "warn"},
+    # Newest event_time older than max_age; share of customers whose latest record is older
+    # than max_feature_age above threshold.
+    "freshness": {"threshold": 0.5, "action": "warn", "max_age": "30d", "max_feature_age": "90d"},
+    # Rows scored vs the previous run: the largest drop allowed, as a share (0.5 = half).
+    "volume": {"threshold": 0.5, "action": "warn"},
+    # PSI of the probability distribution vs the training validation scores / previous run.
+    "prediction_psi": {"threshold": 0.25, "action": "warn"},
+    # Change of the positive-prediction rate vs the reference (absolute).
+    "positive_rate": {"threshold": 0.15, "action": "warn"},
+}
+
+
+class ChecksSettings(BaseModel):
+    """The checks Validate runs between BatchInference and Publish (docs/monitoring.md).
+
+    Each has a ``threshold`` and an ``action`` (``CHECK_DEFAULTS``); a check set to a word
+    (``psi: block``) keeps its threshold and takes that action. Statistics are compared with
+    the model's training profile and with the previous successful run of the same logical run.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    contract: CheckSettings
+    null_rate: CheckSettings
+    psi: CheckSettings
+    category_psi: CheckSettings
+    unseen_categories: CheckSettings
+    range: CheckSettings
+    freshness: FreshnessSettings
+    volume: CheckSettings
+    prediction_psi: CheckSettings
+    positive_rate: CheckSettings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _with_defaults(cls, data: Any) -> Any:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, defaults in CHECK_DEFAULTS.items():
+            given = data.get(name)
+            if isinstance(given, str):
+                given = {"action": given}
+            elif isinstance(given, int | float) and not isinstance(given, bool):
+                given = {"threshold": given}
+            if given is None:
+                given = {}
+            merged[name] = {**defaults, **given} if isinstance(given, dict) else given
+        return merged
+
+    def named(self) -> dict[str, CheckSettings]:
+        """Every check by name, in ``CHECK_DEFAULTS`` order."""
+        return {name: getattr(self, name) for name in CHECK_DEFAULTS}
+
+
 class Settings(BaseModel):
     """Every setting of a batchscore pipeline. Defaults reproduce the proof of concept."""
 
@@ -228,6 +347,12 @@ class Settings(BaseModel):
     # How long a run's shared lock (SQL catalog or S3) stays valid without a heartbeat; the
     # holder renews it every third of this, so only a dead or cut-off holder lets it expire.
     lock_lease_seconds: Annotated[float, Field(gt=0, le=86_400)] = 120.0
+
+    # Validate: the checks between BatchInference and Publish (docs/monitoring.md).
+    checks: ChecksSettings = Field(default_factory=lambda: ChecksSettings.model_validate({}))
+    # Rows that cannot be scored go to <athena_output_table>_quarantine; the run fails only
+    # when their share of the snapshot exceeds this (0: any such row fails the run).
+    max_quarantine_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
 
     _secrets: set[str] = PrivateAttr(default_factory=set)
 
