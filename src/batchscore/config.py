@@ -289,6 +289,25 @@ class ChecksSettings(BaseModel):
         return {name: getattr(self, name) for name in CHECK_DEFAULTS}
 
 
+class TrackingSettings(BaseModel):
+    """MLflow tracking of every run: one MLflow run per batchscore run, in the experiment
+    named after the pipeline (docs/monitoring.md). ``tracking: false`` turns it off.
+
+    On by default with the MLflow registry (in its store, ``registry.tracking_uri``); with the
+    SageMaker registry there is no MLflow store, so it is off unless ``uri`` names one.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool | None = None  # None: on wherever there is an MLflow store
+    uri: str | None = None  # the MLflow tracking URI; default: the MLflow registry's
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"enabled": data} if isinstance(data, bool) else data
+
+
 class Settings(BaseModel):
     """Every setting of a batchscore pipeline. Defaults reproduce the proof of concept."""
 
@@ -353,6 +372,8 @@ class Settings(BaseModel):
     # Rows that cannot be scored go to <athena_output_table>_quarantine; the run fails only
     # when their share of the snapshot exceeds this (0: any such row fails the run).
     max_quarantine_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
+    # MLflow tracking of every run; ``tracking: false`` turns it off (docs/monitoring.md).
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
 
     _secrets: set[str] = PrivateAttr(default_factory=set)
 
@@ -388,6 +409,12 @@ class Settings(BaseModel):
             raise ValueError(
                 "engine 'ray' reads an id range: set customer_id_start and customer_id_end, "
                 "or use engine: local to score every record."
+            )
+        if self.tracking.enabled and not self.tracking.uri and self.registry_type != "mlflow":
+            raise ValueError(
+                "tracking: true with the SageMaker registry needs tracking.uri, the MLflow "
+                "tracking store to record runs in (e.g. a SageMaker managed MLflow tracking "
+                "server's ARN, or http://mlflow.internal:5000); or set tracking: false."
             )
         if (
             self.customer_id_start is not None

@@ -188,7 +188,7 @@ OPERATIONAL_KEYS = frozenset({
     "ray_cpus_per_actor", "batch_size", "notification_urls", "notify_on", "max_attempts",
     "retry_backoff_seconds", "schedule_cron", "role_arn", "processing_instance_type",
     "athena_query_results", "athena_workgroup", "sns_topic_arn", "notification_email",
-    "lock_lease_seconds",
+    "lock_lease_seconds", "tracking",
 })  # fmt: skip
 
 

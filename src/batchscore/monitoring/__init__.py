@@ -6,4 +6,6 @@ tables, and the run report.
   event times and predictions, computed while BatchInference streams (no second pass).
 - :mod:`~batchscore.monitoring.results`: what a check returns (:class:`CheckResult`) and the
   monitoring table's schema — a leaf, so the CLI, the report and the hooks can name them.
+- :mod:`~batchscore.monitoring.tracking`: every run as an MLflow run in the experiment named
+  after the pipeline (a hook; ``mlflow ui`` is the dashboard).
 """
