@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -452,7 +453,9 @@ def test_a_shifted_distribution_blocks_until_a_person_accepts(scenarios: Scenari
     body = mail_text(mail)
     assert "range monthly_charges: out_of_range_share 1 > 0.01 vs training (block)" in body
     assert f"batchscore resume {run_id} --accept" in body
-    assert "block" in scenarios.shown_blocked and "range monthly_charges" in scenarios.shown_blocked
+    shown = scenarios.shown_blocked
+    assert re.search(r"checks\s+block", shown) and "checks beyond threshold" in shown
+    assert "range monthly_charges: out_of_range_share 1 > 0.01" in shown.split("beyond")[1]
 
     accepted = scenarios.accepted
     assert accepted.returncode == 0, accepted.stderr[-2000:]
@@ -468,10 +471,20 @@ def test_a_shifted_distribution_blocks_until_a_person_accepts(scenarios: Scenari
 
 
 def test_accept_is_refused_for_a_run_not_blocked(scenarios: Scenarios) -> None:
+    from batchscore.errors import ConfigError
+    from batchscore.pipeline import accept_blocked
+
     nulled = scenarios.runs["nulled"]
     config = config_for(scenarios.settings["nulled"], Path(nulled.run_dir).parent.parent / "n.yaml")
     result = cli("-c", str(config), "resume", nulled.run_id, "--accept")
     assert result.returncode == 1 and "already succeeded" in result.stderr
+    # A run that failed at Publish (as its record would say): nothing to accept.
+    failed = RunRecord.load(Path(nulled.run_dir))
+    failed.status, failed.failed_step = "failed", "Publish"
+    failed.error = {"type": "PublishError", "message": "committing failed"}
+    with pytest.raises(ConfigError, match=r"failed at Publish \(PublishError\)\. Resume it"):
+        accept_blocked(failed, "alice")
+    assert RunRecord.load(Path(nulled.run_dir)).accepted is None
 
 
 def test_blocked_error_has_its_exit_code() -> None:

@@ -179,7 +179,7 @@ class RunDetails(RunSummary):
         data = outputs.get("DataSource", {})
         scored = outputs.get("BatchInference", {})
         published = outputs.get("Publish", {})
-        validated = outputs.get("Validate", {})
+        validated = outputs.get("Validate") or _blocked_checks(record)
         names = set(RunSummary.__dataclass_fields__) | {
             "as_of", "ended", "output_table", "write_mode", "config_fingerprint", "run_dir",
             "log_path", "error_type", "error_message",
@@ -207,6 +207,26 @@ class RunDetails(RunSummary):
             checks_path=validated.get("checks_path"),
             accepted=(record or {}).get("accepted"),
         )
+
+
+def _blocked_checks(record: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate's verdict and violations from ``checks.json`` when the step has no outputs
+    (it blocked the run, so the record holds only its error)."""
+    if not record or not record.get("run_dir"):
+        return {}
+    path = Path(record["run_dir"]) / "checks.json"
+    if not path.is_file():
+        return {}
+    from batchscore.monitoring.checks import describe_violation
+    from batchscore.monitoring.results import CheckResult
+
+    document = json.loads(path.read_text())
+    results = [CheckResult.from_dict(r) for r in document.get("results", [])]
+    return {
+        "verdict": document.get("verdict"),
+        "violations": [describe_violation(r) for r in results if r.violated],
+        "checks_path": str(path),
+    }
 
 
 class RunHistory:
