@@ -339,6 +339,7 @@ def scenarios(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Sce
 
         for name, ids, checks_config in (
             ("nulled", NULLED, {}),
+            ("disabled", NULLED, {"enabled": False}),
             ("new_category", NEW_CATEGORY, {}),
             ("stale", STALE, {"freshness": {"max_age": "30d"}}),
         ):
@@ -403,6 +404,17 @@ def test_a_feature_nulled_upstream_warns_publishes_and_mails(scenarios: Scenario
     assert "null_rate satisfaction_score: null_share_change 0.9679 > 0.1 vs training (warn)" in (
         mail_text(mail)
     )
+
+
+def test_checks_disabled_record_so_and_pass(scenarios: Scenarios) -> None:
+    run = scenarios.runs["disabled"]  # the nulled feature again, with checks.enabled: false
+    assert run.status == "succeeded"
+    outputs = run.steps["Validate"].outputs
+    assert (outputs["verdict"], outputs["note"], outputs["violations"]) == (
+        "pass", "checks disabled", [],
+    )  # fmt: skip
+    assert checks_of(run)["disabled"] is True and checks_of(run)["results"] == []
+    assert not mails_about(scenarios, run.run_id)
 
 
 def test_a_new_category_warns(scenarios: Scenarios) -> None:
