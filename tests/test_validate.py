@@ -462,6 +462,9 @@ def test_a_shifted_distribution_blocks_until_a_person_accepts(scenarios: Scenari
     assert scenarios.snapshot_after_block == scenarios.snapshot_before_block is not None
     record = scenarios.runs["shifted"]
     assert (record.status, record.failed_step) == ("failed", "Validate")
+    found = violated(record)  # every value moved past the training range and deciles
+    assert found[("psi", "monthly_charges", "training")] == "block"
+    assert found[("range", "monthly_charges", "training")] == "block"
     assert record.steps["Publish"].status == "skipped"
     assert record.error["type"] == "ValidationBlockedError"
     [mail] = [m for m in mails_about(scenarios, run_id) if "blocked" in m["Subject"]]
