@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from batchscore import demo
@@ -341,7 +343,7 @@ def scenarios(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Sce
             ("nulled", NULLED, {}),
             ("disabled", NULLED, {"enabled": False}),
             ("new_category", NEW_CATEGORY, {}),
-            ("stale", STALE, {"freshness": {"max_age": "30d"}}),
+            ("stale", STALE, {"freshness": {"max_age": "30d", "max_feature_age": "400d"}}),
         ):
             drifted = {"feature_group_name": group} if name != "stale" else {}
             settings = settings_for(name, ids, checks=checks_config, **drifted)
@@ -437,6 +439,13 @@ def test_a_stale_feature_group_warns_on_its_newest_event(scenarios: Scenarios) -
     expected_age = (dt.datetime.fromisoformat(run.as_of) - newest).total_seconds()
     assert outputs["newest_event_age_seconds"] == pytest.approx(expected_age, abs=1)
     assert outputs["newest_event_age_seconds"] > 30 * 86_400
+    # The customers whose latest record is older than max_feature_age, counted in the stream.
+    snapshot = pq.read_table(run.steps["DataSource"].outputs["files"]).to_pandas()
+    stale_before = dt.datetime.fromisoformat(run.as_of) - dt.timedelta(days=400)
+    stale = (pd.to_datetime(snapshot["event_time"]) < stale_before).mean()
+    [share] = [r for r in checks_of(run)["results"] if r["statistic"] == "stale_share"]
+    assert share["value"] == pytest.approx(stale, abs=1e-6)
+    assert share["status"] == ("warn" if stale > 0.5 else "pass")
 
 
 def test_collapsed_predictions_warn_against_the_previous_run(scenarios: Scenarios) -> None:
