@@ -20,6 +20,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from batchscore.cli import main
+from batchscore.feature_store import open_feature_store
 from batchscore.monitoring.labels import evaluate_labels
 from batchscore.monitoring.table import monitoring_table_name, read_monitoring
 from batchscore.pipeline import Pipeline
@@ -39,13 +40,9 @@ def scored(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     runs = [pipeline.run(date=day) for day in DAYS]
     assert all(r.status == "succeeded" for r in runs)
 
-    predictions = table_rows(settings)
+    features = open_feature_store(settings).latest_records(settings.feature_group_name, 4000, 4300)
+    truth = features.to_table().to_pandas()[["customer_id", "churn"]]
     rng = np.random.default_rng(7)
-    truth = (
-        predictions[["customer_id"]]
-        .drop_duplicates()
-        .assign(churn=lambda f: rng.integers(0, 2, len(f)))
-    )
     frames = []
     for day in DAYS:
         sample = truth.sample(frac=0.7, random_state=day.day).copy()
