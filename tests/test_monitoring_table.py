@@ -222,3 +222,24 @@ def test_trends_read_back_in_run_order(make) -> None:
     ]  # fmt: skip
     assert len(metric_trend(settings, "psi")) == 6  # both features
     assert metric_trend(settings, "psi", pipeline_name="another")[0].value == 9.0
+
+
+def test_on_aws_the_table_is_an_iceberg_table_of_the_glue_catalog(aws: str, tmp_path: Path) -> None:
+    """Athena reads Iceberg tables registered in Glue: the monitoring table is one."""
+    import boto3
+
+    from tests.aws_fixtures import BUCKET, REGION, seed_settings
+
+    settings = seed_settings(tmp_path)
+    run = MonitoredRun("run-1", settings.pipeline_name, "4000-5000", "m", 1, dt.date(2026, 6, 1))
+    record_results(settings, run, RESULTS)
+
+    glue = boto3.client("glue", region_name=REGION)
+    described = glue.get_table(
+        DatabaseName="ml_metrics", Name="mlops_poc_daily_inference_monitoring"
+    )["Table"]
+    assert described["Parameters"]["table_type"].upper() == "ICEBERG"
+    assert described["Parameters"]["metadata_location"].startswith(
+        f"s3://{BUCKET}/mlops/batch_inference/warehouse/"
+    )
+    assert read_monitoring(settings).num_rows == len(RESULTS)
