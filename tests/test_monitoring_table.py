@@ -70,7 +70,11 @@ def write_checks(ctx: RunContext) -> dict[str, object]:
 VALIDATE = Step(
     "Validate", "validate", "checks (test stand-in)", "tests.test_monitoring_table:write_checks"
 )
-WITH_VALIDATE = (*STEPS[:2], VALIDATE, STEPS[2])
+# The pipeline's steps with the stand-in in Validate's place, and without Validate.
+WITH_VALIDATE = tuple(VALIDATE if step.name == "Validate" else step for step in STEPS)
+if VALIDATE not in WITH_VALIDATE:  # a step list from before Validate
+    WITH_VALIDATE = (*STEPS[:2], VALIDATE, *STEPS[2:])
+WITHOUT_VALIDATE = tuple(step for step in STEPS if step.name != "Validate")
 
 
 def rows_of(settings, run_id: str) -> list[dict]:
@@ -182,7 +186,7 @@ def test_a_failure_to_record_warns_and_never_fails_the_run(make, monkeypatch, ca
 
 def test_a_run_without_validate_records_its_figures(make) -> None:
     settings = make(customer_id_start=4000, customer_id_end=4100)
-    record = Pipeline(settings).run(date=dt.date(2026, 3, 4))  # the three built-in steps
+    record = Pipeline(settings, steps=WITHOUT_VALIDATE).run(date=dt.date(2026, 3, 4))
 
     rows = rows_of(settings, record.run_id)
     assert [(r["check"], r["statistic"], r["value"], r["status"]) for r in rows] == [
@@ -195,6 +199,24 @@ def test_a_run_without_validate_records_its_figures(make) -> None:
         "rows_scored": float(record.steps["BatchInference"].rows),
         "quarantined": 3.0,
     }
+
+
+def test_the_real_validate_steps_results_are_recorded(make) -> None:
+    settings = make(customer_id_start=4000, customer_id_end=4100)
+    record = Pipeline(settings).run(date=dt.date(2026, 3, 5))  # batchscore's own steps
+    assert "Validate" in record.steps and record.status == "succeeded"
+
+    checks = json.loads((Path(record.run_dir) / "checks.json").read_text())
+    assert checks["results"], "Validate recorded no check"
+    recorded = read_monitoring(settings, run_ids=[record.run_id]).to_pylist()
+    fields = list(CheckResult.__dataclass_fields__)
+    key = lambda r: (r["check"], r["feature"] or "", r["statistic"])  # noqa: E731
+    by_checks = sorted(
+        ({k: r[k] for k in fields} for r in recorded if r["check"] != "run"), key=key
+    )
+    assert by_checks == sorted((CheckResult.from_dict(r).to_dict() for r in checks["results"]),
+                               key=key)  # fmt: skip
+    assert {r["statistic"] for r in recorded if r["check"] == "run"} == {"rows_scored"}
 
 
 def test_trends_read_back_in_run_order(make) -> None:
