@@ -1053,6 +1053,102 @@ def config_show() -> None:
     )
 
 
+# Monitoring ---------------------------------------------------------------------------------
+
+
+@app.command()
+def evaluate(
+    labels: Annotated[
+        str,
+        typer.Option(
+            "--labels",
+            help="Labels: a .parquet or .csv file, a folder of Parquet files, or a catalog "
+            "table namespace.table.",
+        ),
+    ],
+    date_from: Annotated[
+        str | None, typer.Option("--from", help="First inference date, YYYY-MM-DD.")
+    ] = None,
+    date_to: Annotated[
+        str | None, typer.Option("--to", help="Last inference date, YYYY-MM-DD.")
+    ] = None,
+    id_column: Annotated[
+        str | None,
+        typer.Option(help="The labels' customer column (default: record_identifier)."),
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option(help="The labels' outcome column (default: target_column).")
+    ] = None,
+    date_column: Annotated[
+        str,
+        typer.Option(
+            help="The labels' column giving each label's inference date; auto: "
+            "inference_date when present; none: a label applies to every prediction of its "
+            "customer in the window."
+        ),
+    ] = "auto",
+    fmt: Annotated[str, typer.Option("--format", "-f", help=FORMAT_HELP)] = "table",
+) -> None:
+    """Join late labels to the published predictions; record each run's realized metrics."""
+    from batchscore.monitoring.labels import METRICS, evaluate_labels
+    from batchscore.monitoring.table import monitoring_table_name
+
+    _check_format(fmt)
+    result = evaluate_labels(
+        state.settings,
+        labels,
+        _parse_date(date_from, "--from"),
+        _parse_date(date_to, "--to"),
+        id_column=id_column,
+        label_column=label_column,
+        date_column=None if date_column.lower() == "none" else date_column,
+    )
+    runs = [run.to_dict() for run in result.runs]
+    if fmt == "json":
+        _print_json(result.to_dict())
+        return
+    if fmt == "csv":
+        _print_csv(list(runs[0]) if runs else ["run_id"], runs)
+        return
+    # Dropped first when the console is narrow: the model, then precision and recall.
+    metric_columns = [("accuracy", 0), ("precision", 3), ("recall", 3), ("F1", 0), ("ROC AUC", 0)]
+    table, dropped = _fitting_table(
+        [
+            (Column("run", no_wrap=True), 0),
+            (Column("date", no_wrap=True), 0),
+            (Column("model", no_wrap=True), 4),
+            (Column("labelled", no_wrap=True, justify="right"), 0),
+            *((Column(name, no_wrap=True, justify="right"), p) for name, p in metric_columns),
+        ],
+        [
+            [
+                run.run.run_id,
+                run.run.inference_date.isoformat(),
+                f"v{run.run.model_version}",
+                f"{run.labelled:,}/{run.predictions:,}",
+                *("–" if run.metrics.get(m) is None else f"{run.metrics[m]:.3f}" for m in METRICS),
+            ]
+            for run in result.runs
+        ],
+        title=f"late labels: {result.source}",
+        title_justify="left",
+    )
+    _print_fitted(table, dropped)
+    joined_on = f"customer and {result.date_column}" if result.date_column else "customer"
+    notes = [f"{result.labels:,} label(s) joined on {joined_on}"]
+    if result.unmatched:
+        notes.append(f"{result.unmatched:,} matched no prediction")
+    if result.unlabelled:
+        notes.append(f"{result.unlabelled:,} row(s) without a label skipped")
+    console.print("; ".join(notes), style="dim", markup=False)
+    console.print(
+        f"{result.recorded} row(s) recorded in {monitoring_table_name(state.settings)} "
+        "(check = 'late_labels')",
+        style="dim",
+        markup=False,
+    )
+
+
 # Operations ---------------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
-"""The hooks every run has: the S3 mirror (for an ``s3://`` workspace), run history, MLflow
-tracking (where there is an MLflow store) and notifications. The runner calls them first, in
-that order, then the caller's own."""
+"""The hooks every run has: the S3 mirror (for an ``s3://`` workspace), run history, the
+monitoring table, MLflow tracking (where there is an MLflow store) and notifications. The
+runner calls them first, in that order, then the caller's own."""
 
 from __future__ import annotations
 
@@ -21,16 +21,23 @@ def default_hooks(settings: Settings, history: RunHistory) -> list[PipelineHooks
         history: The run history the runs are recorded in.
 
     Returns:
-        The mirror first, then the history hook, the MLflow tracker, the notifier.
+        The mirror first, then the history hook, the monitoring recorder (its rows are in
+        the table before a notification or report reads them), the MLflow tracker, then the
+        notifier.
     """
+    from batchscore.monitoring.table import MonitoringRecorder
     from batchscore.monitoring.tracking import MlflowTracker, tracking_uri
     from batchscore.notify import Notifier
     from batchscore.runs import RunHistoryHook
 
-    hooks: list[PipelineHooks] = [RunHistoryHook(history), Notifier(settings)]
+    hooks: list[PipelineHooks] = [
+        RunHistoryHook(history),
+        MonitoringRecorder(settings),
+        Notifier(settings),
+    ]
     uri = tracking_uri(settings)
     if uri is not None:  # tracking: false, or the SageMaker registry without tracking.uri
-        hooks.insert(1, MlflowTracker(settings, uri))
+        hooks.insert(2, MlflowTracker(settings, uri))
     if settings.remote_workspace:  # s3:// workspace: keep every run folder in S3
         from batchscore.mirror import RunMirror
 
