@@ -1,7 +1,9 @@
 """BatchInference: stream the DataSource snapshot through the model, batch by batch.
 
 Writes ``predictions/`` as Parquet files in the output table's exact schema (so Publish can
-commit them as they are) and, when the target column is present, ``evaluation.json``.
+commit them as they are), the rows it could not score to ``quarantine/``
+(:mod:`batchscore.monitoring.quarantine`) and, when the target column is present,
+``evaluation.json``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ import pyarrow.parquet as pq
 
 from batchscore.faults import failpoint
 from batchscore.metrics import classification_metrics
+from batchscore.monitoring.quarantine import (
+    RejectedRows,
+    check_quarantine_budget,
+    drop_uncastable,
+    predict_bisecting,
+)
 from batchscore.progress import NO_PROGRESS, Progress, tracked
 from batchscore.records import format_id_range
 from batchscore.registry import LoadedModel
@@ -32,6 +40,8 @@ if TYPE_CHECKING:
     from batchscore.steps.context import RunContext
 
 log = logging.getLogger("batchscore")
+
+QUARANTINE_DIR = "quarantine"  # beside predictions/ in the run folder
 
 
 def snapshot_rows(files: Sequence[str | Path]) -> int:
@@ -84,6 +94,7 @@ class ScoredBatch:
     scores: np.ndarray | None
     unseen_categories: dict[str, int]
     non_finite_values: dict[str, int]
+    quarantined: pa.RecordBatch | None = None  # rows not scored (QUARANTINE_SCHEMA), or None
 
 
 class Scorer:
@@ -114,7 +125,10 @@ class Scorer:
 
     def __call__(self, batch: pa.RecordBatch) -> ScoredBatch:
         self.model.non_finite.clear()
-        prediction, probability = self.model.predict(batch)
+        # Rows that cannot be scored are set aside (quarantined); the rest are scored.
+        rejected = RejectedRows(self.record_identifier)
+        batch = drop_uncastable(batch, self.model.input_types, rejected)
+        batch, prediction, probability = predict_bisecting(self.model, batch, rejected)
         n = batch.num_rows
         arrays = [
             batch.column(self.record_identifier).cast(pa.string()),
@@ -137,6 +151,7 @@ class Scorer:
             scores,
             _unseen_counts(batch, self.vocabularies),
             dict(self.model.non_finite),
+            rejected.batch(self.constants),
         )
 
 
@@ -145,6 +160,7 @@ class ScoringTotals:
     """What BatchInference adds up over its batches, whichever engine scored them."""
 
     rows: int = 0
+    quarantined: int = 0
     unseen_categories: dict[str, int] = field(default_factory=dict)
     non_finite_values: dict[str, int] = field(default_factory=dict)
     labels: list[np.ndarray] = field(default_factory=list)
@@ -153,6 +169,7 @@ class ScoringTotals:
 
     def add(self, scored: ScoredBatch) -> None:
         self.rows += scored.predictions.num_rows
+        self.quarantined += scored.quarantined.num_rows if scored.quarantined is not None else 0
         _add_counts(self.unseen_categories, scored.unseen_categories)
         _add_counts(self.non_finite_values, scored.non_finite_values)
         if scored.labels is not None and len(scored.labels):
@@ -161,7 +178,12 @@ class ScoringTotals:
             self.scores.append(scored.scores)
 
     def result(
-        self, files: list[str], ignored: list[str], target_column: str | None, run_dir: Path
+        self,
+        files: list[str],
+        ignored: list[str],
+        target_column: str | None,
+        run_dir: Path,
+        quarantine_path: Path | None = None,
     ) -> BatchInferenceResult:
         """Log what was noticed, write ``evaluation.json`` when labels were seen."""
         if self.non_finite_values:
@@ -194,6 +216,8 @@ class ScoringTotals:
             ignored_columns=ignored,
             unseen_categories=self.unseen_categories,
             non_finite_values=self.non_finite_values,
+            quarantined=self.quarantined,
+            quarantine_path=str(quarantine_path) if self.quarantined and quarantine_path else None,
         )
 
 
@@ -250,14 +274,20 @@ def batch_inference(
     with (
         tracked(progress, "BatchInference", snapshot_rows(input_files), "rows"),
         PartWriter(output_dir) as parts,
+        PartWriter(output_dir.parent / QUARANTINE_DIR) as quarantine,
     ):
         for batch in iter_batches(input_files, batch_size):
             scored = scorer(batch)
-            parts.write(scored.predictions)
+            if scored.predictions.num_rows:  # none when every row was set aside
+                parts.write(scored.predictions)
+            if scored.quarantined is not None:
+                quarantine.write(scored.quarantined)
             failpoint("BatchInference:batch")
             totals.add(scored)
             progress.advance("BatchInference", batch.num_rows)
-    return totals.result(parts.files, ignored, target_column, output_dir.parent)
+    return totals.result(
+        parts.files, ignored, target_column, output_dir.parent, quarantine.output_dir
+    )
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -282,6 +312,16 @@ def run(ctx: RunContext) -> dict[str, Any]:
         source_label=f"feature group {record.feature_group!r}",
         progress=ctx.progress,
     )
+    check_quarantine_budget(
+        result.quarantined, result.rows, ctx.settings.max_quarantine_fraction,
+        result.quarantine_path,
+    )  # fmt: skip
+    if result.quarantined:
+        log.warning(
+            "BatchInference: %d row(s) could not be scored, set aside in %s (within "
+            "max_quarantine_fraction %g)",
+            result.quarantined, result.quarantine_path, ctx.settings.max_quarantine_fraction,
+        )  # fmt: skip
     if model.vocabulary_source.startswith("none"):
         log.warning("category vocabularies: %s", model.vocabulary_source)
     if result.evaluation:
