@@ -25,6 +25,7 @@ from batchscore.config import Settings
 from batchscore.feature_store import open_feature_store
 from batchscore.pipeline import Pipeline
 from tests.helpers import cli, config_for, log_external, make_settings, table_rows
+from tests.reliability import record
 
 ROWS = 600
 NUMERIC = ["tenure_months", "num_products", "age"]
@@ -184,6 +185,12 @@ def test_poisoned_rows_are_quarantined_with_their_reason_and_the_rest_publish(
     print(done.stdout)
     assert UNCASTABLE_ID in done.stdout and "uncastable_value" in done.stdout
     assert "three" in done.stdout
+    record(
+        "data",
+        "a value that is no number in a numeric feature; a row the model raises on",
+        outcome="quarantined with its reason and raw values (max_quarantine_fraction 0.01); "
+        "the other rows published",
+    )
 
 
 def test_the_default_budget_fails_the_run_naming_the_rows_then_resume_publishes(
@@ -217,6 +224,12 @@ def test_the_default_budget_fails_the_run_naming_the_rows_then_resume_publishes(
     rows = quarantine_rows(settings)
     assert rows is not None and rows.num_rows == 2
     assert set(rows.column("run_id").to_pylist()) == {run_id}
+    record(
+        "data",
+        "rows that cannot be scored, default max_quarantine_fraction 0",
+        outcome="exit 1 naming count, share, rows, reasons and the key; table untouched; "
+        "resume after raising the budget publishes",
+    )
 
 
 def test_bisecting_finds_exactly_the_rows_the_model_raises_on(
@@ -264,8 +277,17 @@ def test_bisecting_finds_exactly_the_rows_the_model_raises_on(
         rtol=1e-12,
     )
 
+    # A model that raises on every row is broken, not fed bad rows: its error, after 100.
+    from batchscore.errors import ModelError, SchemaMismatchError
+
+    weekly = rows.set_column(rows.schema.get_field_index("contract_type"), "contract_type",
+                             pa.array(["weekly"] * 4000, pa.string()))  # fmt: skip
+    with pytest.raises(ModelError, match=r"raised on more than 100 rows of a batch of 4000 "
+                       r"\(first 'CUST_000001', 'CUST_000002', 'CUST_000003'\): ValueError: "
+                       r"Found unknown categories \['weekly'\]"):  # fmt: skip
+        scorer(weekly.to_batches()[0])
+
     # A column none of whose values is a number is the model's contract, not a row problem.
-    from batchscore.errors import SchemaMismatchError
 
     words = rows.set_column(rows.schema.get_field_index("num_products"), "num_products",
                             pa.array(["many"] * 4000, pa.string()))  # fmt: skip
