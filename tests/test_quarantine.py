@@ -306,8 +306,12 @@ def test_the_ray_engine_quarantines_as_the_local_engine(poisoned: Poisoned, tmp_
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
         run = Pipeline(settings).run()
+        every_row_set_aside = actor_output_of_a_block_without_a_good_row(settings, run)
     finally:
         ray.shutdown()
+    assert every_row_set_aside.predictions.num_rows == 0
+    assert every_row_set_aside.quarantined.num_rows == 20
+    assert every_row_set_aside.labels is None
     scored = run.outputs("BatchInference")
     assert run.status == "succeeded" and scored["engine"] == "ray"
     assert scored["rows"] == ROWS - 2 and scored["quarantined"] == 2
@@ -317,3 +321,19 @@ def test_the_ray_engine_quarantines_as_the_local_engine(poisoned: Poisoned, tmp_
     assert rows is not None
     assert rows.column("record_id").to_pylist() == [UNCASTABLE_ID, UNKNOWN_ID]
     assert rows.column("reason").to_pylist() == ["uncastable_value", "model_error"]
+
+
+def actor_output_of_a_block_without_a_good_row(settings: Settings, run):
+    """What the driver makes of an actor's output for a block whose every row was set aside."""
+    from batchscore.engines.ray import RayScorer, _unpack
+    from batchscore.registry import open_registry
+    from batchscore.steps.results import Lineage
+
+    registry = open_registry(settings)
+    model = registry.load(registry.get_version(settings.model_package_group, 1))
+    lineage = Lineage(run.run_id, "p", "1-600", dt.date(2025, 3, 2), dt.datetime(2025, 3, 2))
+    actor = RayScorer(model, "customer_id", lineage, "churn")
+    rows = clean_rows(20)
+    unknown = pa.array(["weekly"] * 20, pa.string())
+    block = rows.set_column(rows.schema.get_field_index("contract_type"), "contract_type", unknown)
+    return _unpack(actor(block), set())

@@ -377,7 +377,8 @@ def _unpack(table: pa.Table, nodes: set[str]) -> ScoredBatch:
         predicted = predictions.column("prediction").to_numpy()[mask]
         scores = predictions.column("prediction_probability").to_numpy()[mask]
     merged = predictions.combine_chunks().to_batches()
-    batch = merged[0] if merged else PREDICTIONS_SCHEMA.empty_table().to_batches()[0]
+    # No row scored (every one set aside): an empty batch (an empty table has no batches).
+    batch = merged[0] if merged else pa.RecordBatch.from_pylist([], schema=PREDICTIONS_SCHEMA)
     quarantined = pa.concat_tables(set_aside).combine_chunks().to_batches() if set_aside else []
     return ScoredBatch(
         batch, labels, predicted, scores, unseen, non_finite,
