@@ -13,6 +13,7 @@ The tree::
     │   ├── UnknownVersionError      no version with that number in the group (a usage error)
     │   └── ModelLoadError           an artifact is missing, corrupt, untrusted or not a classifier
     ├── SchemaMismatchError          the model needs a column the features do not have
+    ├── QuarantineBudgetError        more rows could not be scored than max_quarantine_fraction
     ├── QueryError                   the query engine failed the SQL (a missing table, …)
     │   └── QueryRefusedError        SQL batchscore will not run: not one SELECT (usage error)
     ├── RunLockedError               another process is running the same pipeline and date
@@ -89,6 +90,11 @@ class ModelLoadError(ModelError):
 
 class SchemaMismatchError(BatchScoreError):
     """The features handed to a model do not have the columns it needs."""
+
+
+class QuarantineBudgetError(BatchScoreError):
+    """More of the snapshot could not be scored than ``max_quarantine_fraction`` allows; the
+    rows are in the run's ``quarantine/`` folder and nothing was published."""
 
 
 class QueryError(BatchScoreError):

@@ -10,7 +10,8 @@ The semantics are the local engine's, step for step:
 - BatchInference reads that snapshot and scores it with ``map_batches`` over an actor pool;
   each actor holds one copy of the model (the :class:`~batchscore.steps.batch_inference.Scorer`
   the local engine uses) for its whole life. Prediction rows stream back to the driver,
-  which writes ``predictions/`` and adds up the evaluation.
+  which writes ``predictions/`` (and the rows set aside, ``quarantine/``) and adds up the
+  evaluation.
 - Publish is the local engine's: one atomic Iceberg commit of the files the driver wrote.
 
 Because the driver writes the run folder, the workspace need not be shared with the cluster;
@@ -42,6 +43,7 @@ from batchscore.monitoring.summaries import RunSummary
 from batchscore.progress import NO_PROGRESS, Progress, tracked
 from batchscore.sinks.schema import PREDICTIONS_SCHEMA
 from batchscore.steps.batch_inference import (
+    QUARANTINE_DIR,
     BatchInferenceResult,
     Lineage,
     ScoredBatch,
@@ -64,6 +66,7 @@ log = logging.getLogger("batchscore")
 
 LABEL = "__label"
 STATS = "__stats"
+QUARANTINED = "__quarantined"
 VERSIONS = "__versions"
 DELETED = "__deleted"
 NUMBER = "__number"
@@ -270,8 +273,9 @@ class RayScorer:
     """One actor of the pool: loads (receives) the model once, scores batch after batch.
 
     Each output batch is the prediction rows plus the target column (``__label``) for
-    evaluation, and ``__stats`` — this batch's counts as JSON in its first row — so the driver
-    can add up what the actors noticed.
+    evaluation, then one more row carrying ``__stats`` — this batch's counts as JSON — and
+    ``__quarantined`` — the rows it set aside, as an Arrow IPC stream — so the driver can add up
+    what the actors noticed (a batch whose every row was set aside still reports them).
     """
 
     def __init__(
@@ -305,33 +309,67 @@ class RayScorer:
             if target and target in batch.column_names
             else pa.nulls(n, pa.int64())
         )
+        if scored.quarantined is not None:  # the labels of the rows scored (same order)
+            ids = batch.column(self.scorer.record_identifier).cast(pa.string())
+            set_aside = pc.is_in(ids, value_set=scored.quarantined.column("record_id"))
+            label = label.filter(pc.invert(set_aside))
         stats = json.dumps({
             "unseen": scored.unseen_categories,
             "non_finite": scored.non_finite_values,
             "node": self.node,
             "summary": scored.summary.to_dict() if scored.summary else None,
         })  # fmt: skip
-        return (
+        rows = (
             pa.Table.from_batches([scored.predictions])
             .append_column(LABEL, label)
-            .append_column(STATS, pa.array([stats] + [None] * (n - 1), pa.string()))
+            .append_column(STATS, pa.nulls(n, pa.string()))
+            .append_column(QUARANTINED, pa.nulls(n, pa.binary()))
         )
+        carrier = _carrier_row({STATS: [stats], QUARANTINED: [_ipc_bytes(scored.quarantined)]})
+        return pa.concat_tables([rows, carrier])
+
+
+def _scored_schema() -> pa.Schema:
+    return (
+        PREDICTIONS_SCHEMA.append(pa.field(LABEL, pa.int64()))
+        .append(pa.field(STATS, pa.string()))
+        .append(pa.field(QUARANTINED, pa.binary()))
+    )
+
+
+def _carrier_row(values: dict[str, list[Any]]) -> pa.Table:
+    """One row of nulls but for the stats and quarantined rows of a batch."""
+    schema = _scored_schema()
+    return pa.table([pa.array(values.get(f.name, [None]), f.type) for f in schema], schema=schema)
+
+
+def _ipc_bytes(batch: pa.RecordBatch | None) -> bytes | None:
+    if batch is None:
+        return None
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
 
 
 def _empty_scored() -> pa.Table:
-    schema = PREDICTIONS_SCHEMA.append(pa.field(LABEL, pa.int64())).append(
-        pa.field(STATS, pa.string())
-    )
-    return schema.empty_table()
+    return _scored_schema().empty_table()
 
 
 def _unpack(table: pa.Table, nodes: set[str]) -> ScoredBatch:
     """An actor's output batch as the ScoredBatch the local engine would have made."""
+    carriers = table.column(STATS).is_valid()
+    carriers_stats = table.column(STATS).drop_null().to_pylist()
+    set_aside = [
+        pa.ipc.open_stream(value).read_all()
+        for value in table.column(QUARANTINED).filter(carriers).drop_null().to_pylist()
+    ]
+    table = table.filter(pc.invert(carriers))
     predictions = table.select(PREDICTIONS_SCHEMA.names).cast(PREDICTIONS_SCHEMA)
     unseen: dict[str, int] = {}
     non_finite: dict[str, int] = {}
     summary: RunSummary | None = None
-    for value in table.column(STATS).drop_null().to_pylist():
+    for value in carriers_stats:
         stats = json.loads(value)
         nodes.add(stats["node"])
         if stats["summary"] is not None:
@@ -348,8 +386,13 @@ def _unpack(table: pa.Table, nodes: set[str]) -> ScoredBatch:
         predicted = predictions.column("prediction").to_numpy()[mask]
         scores = predictions.column("prediction_probability").to_numpy()[mask]
     merged = predictions.combine_chunks().to_batches()
-    batch = merged[0] if merged else PREDICTIONS_SCHEMA.empty_table().to_batches()[0]
-    return ScoredBatch(batch, labels, predicted, scores, unseen, non_finite, summary)
+    # No row scored (every one set aside): an empty batch (an empty table has no batches).
+    batch = merged[0] if merged else pa.RecordBatch.from_pylist([], schema=PREDICTIONS_SCHEMA)
+    quarantined = pa.concat_tables(set_aside).combine_chunks().to_batches() if set_aside else []
+    return ScoredBatch(
+        batch, labels, predicted, scores, unseen, non_finite, summary=summary,
+        quarantined=quarantined[0] if quarantined else None,
+    )  # fmt: skip
 
 
 def ray_batch_inference(
@@ -403,16 +446,23 @@ def ray_batch_inference(
     with (
         tracked(progress, "BatchInference", snapshot_rows(input_files), "rows"),
         PartWriter(output_dir) as parts,
+        PartWriter(output_dir.parent / QUARANTINE_DIR) as quarantine,
     ):
         for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             if table.num_rows == 0:
                 continue
             scored = _unpack(table, nodes)
-            parts.write(scored.predictions)
+            if scored.predictions.num_rows:
+                parts.write(scored.predictions)
+            if scored.quarantined is not None:
+                quarantine.write(scored.quarantined)
             totals.add(scored)
-            progress.advance("BatchInference", scored.predictions.num_rows)
+            set_aside = 0 if scored.quarantined is None else scored.quarantined.num_rows
+            progress.advance("BatchInference", scored.predictions.num_rows + set_aside)
     log.info("BatchInference: scored by %d actor(s) on %d node(s)", actors, len(nodes))
-    result = totals.result(parts.files, ignored, target_column, output_dir.parent)
+    result = totals.result(
+        parts.files, ignored, target_column, output_dir.parent, quarantine.output_dir
+    )
     return dataclasses.replace(result, engine="ray", nodes=sorted(nodes))
 
 

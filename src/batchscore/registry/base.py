@@ -112,6 +112,10 @@ class ModelDetails:
         }
 
 
+# Signature types the model reads as numbers (its input is cast to float64).
+NUMERIC_KINDS = ("double", "float", "long", "integer", "int")
+
+
 @dataclass
 class LoadedModel:
     """A classifier ready to score: the estimator, the columns it takes and their types.
@@ -152,7 +156,7 @@ class LoadedModel:
         data: dict[str, Any] = {}
         for column, kind in self.input_types.items():
             values = batch.column(column)
-            if kind in ("double", "float", "long", "integer", "int"):
+            if kind in NUMERIC_KINDS:
                 arr = values.to_numpy(zero_copy_only=False)
                 data[column] = self._finite(_as_float(arr, column), column)
             else:

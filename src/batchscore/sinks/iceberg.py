@@ -166,33 +166,33 @@ def ensure_predictions_table(catalog: Catalog, database: str, table_name: str) -
         # sees the table half made (unpartitioned, or without the full-bounds properties).
         return catalog.create_table(
             identifier,
-            schema=_iceberg_schema(),
-            partition_spec=_partition_spec(),
+            schema=iceberg_schema(),
+            partition_spec=partition_spec(),
             properties=TABLE_PROPERTIES,
         )
     except TableAlreadyExistsError:  # another process created it first
         return catalog.load_table(identifier)
 
 
-def _iceberg_schema() -> Any:
-    """PREDICTIONS_SCHEMA as an Iceberg schema, field ids 1..n in column order."""
+def iceberg_schema(schema: pa.Schema = PREDICTIONS_SCHEMA) -> Any:
+    """An Arrow schema (PREDICTIONS_SCHEMA) as an Iceberg schema, field ids 1..n in order."""
     from pyiceberg.io.pyarrow import pyarrow_to_schema
     from pyiceberg.schema import Schema
 
     with_ids = pa.schema(
         [
             f.with_metadata({b"PARQUET:field_id": str(i).encode()})
-            for i, f in enumerate(PREDICTIONS_SCHEMA, start=1)
+            for i, f in enumerate(schema, start=1)
         ]
     )
     converted = pyarrow_to_schema(with_ids)
     return Schema(*converted.fields, schema_id=0)
 
 
-def _partition_spec() -> Any:
+def partition_spec(schema: pa.Schema = PREDICTIONS_SCHEMA) -> Any:
     from pyiceberg.partitioning import PartitionField, PartitionSpec
 
-    source = PREDICTIONS_SCHEMA.get_field_index(PARTITION_COLUMN) + 1
+    source = schema.get_field_index(PARTITION_COLUMN) + 1
     return PartitionSpec(
         PartitionField(
             source_id=source, field_id=1000, transform=IdentityTransform(), name=PARTITION_COLUMN
@@ -449,7 +449,7 @@ def find_run_commit(table: Table, run_id: str) -> int | None:
     return None
 
 
-def _place_file(source: Path, target_dir_uri: str, name: str, io: Any) -> str:
+def place_file(source: Path, target_dir_uri: str, name: str, io: Any) -> str:
     """Put a finished Parquet file into the table's data folder: a hard link where possible,
     else a copy through the table's own FileIO (S3 with the catalog's endpoint and region)."""
     target_dir = local_path(target_dir_uri)
@@ -507,7 +507,7 @@ def publish_predictions(
         # Placed files are invisible until the commit names them; a failed commit leaves
         # them as unreferenced files, which no reader sees.
         uris = [
-            _place_file(path, data_dir, f"{run_id}-{i:05d}.parquet", table.io)
+            place_file(path, data_dir, f"{run_id}-{i:05d}.parquet", table.io)
             for i, path in enumerate(files)
         ]
         failpoint("Publish:files-placed")

@@ -23,5 +23,16 @@ PREDICTIONS_SCHEMA = pa.schema(
         pa.field("inference_date", pa.date32()),
     ]
 )
+# Rows BatchInference could not score (batchscore.monitoring.quarantine): why, and the row as
+# read; then the same lineage columns as the predictions, partitioned the same way.
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("record_id", pa.string()),
+        pa.field("reason", pa.string()),  # uncastable_value or model_error
+        pa.field("detail", pa.string()),  # one line: the column and value, or the model's error
+        pa.field("raw_values", pa.string()),  # the row as read, as JSON
+        *list(PREDICTIONS_SCHEMA)[3:],
+    ]
+)
 # One partition per inference date: what ``overwrite`` replaces and readers prune by.
 PARTITION_COLUMN = "inference_date"

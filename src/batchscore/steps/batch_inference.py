@@ -1,7 +1,9 @@
 """BatchInference: stream the DataSource snapshot through the model, batch by batch.
 
 Writes ``predictions/`` as Parquet files in the output table's exact schema (so Publish can
-commit them as they are) and, when the target column is present, ``evaluation.json``.
+commit them as they are), the rows it could not score to ``quarantine/``
+(:mod:`batchscore.monitoring.quarantine`) and, when the target column is present,
+``evaluation.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ import pyarrow.parquet as pq
 from batchscore.faults import failpoint
 from batchscore.feature_store.latest import utc_naive
 from batchscore.metrics import classification_metrics
+from batchscore.monitoring.quarantine import (
+    RejectedRows,
+    check_quarantine_budget,
+    drop_uncastable,
+    predict_bisecting,
+)
 from batchscore.monitoring.summaries import SUMMARY_FILE, RunSummary, SummaryPlan
 from batchscore.progress import NO_PROGRESS, Progress, tracked
 from batchscore.records import format_id_range
@@ -35,6 +43,8 @@ if TYPE_CHECKING:
     from batchscore.steps.context import RunContext
 
 log = logging.getLogger("batchscore")
+
+QUARANTINE_DIR = "quarantine"  # beside predictions/ in the run folder
 
 
 def snapshot_rows(files: Sequence[str | Path]) -> int:
@@ -88,6 +98,7 @@ class ScoredBatch:
     unseen_categories: dict[str, int]
     non_finite_values: dict[str, int]
     summary: RunSummary | None = None  # the batch's features and scores (None: checks off)
+    quarantined: pa.RecordBatch | None = None  # rows not scored (QUARANTINE_SCHEMA), or None
 
 
 class Scorer:
@@ -120,7 +131,10 @@ class Scorer:
 
     def __call__(self, batch: pa.RecordBatch) -> ScoredBatch:
         self.model.non_finite.clear()
-        prediction, probability = self.model.predict(batch)
+        # Rows that cannot be scored are set aside (quarantined); the rest are scored.
+        rejected = RejectedRows(self.record_identifier)
+        batch = drop_uncastable(batch, self.model.input_types, rejected)
+        batch, prediction, probability = predict_bisecting(self.model, batch, rejected)
         n = batch.num_rows
         arrays = [
             batch.column(self.record_identifier).cast(pa.string()),
@@ -143,9 +157,10 @@ class Scorer:
             scores,
             _unseen_counts(batch, self.vocabularies),
             dict(self.model.non_finite),
-            self.summary_plan.summarize(batch, probability, prediction)
+            summary=self.summary_plan.summarize(batch, probability, prediction)
             if self.summary_plan
             else None,
+            quarantined=rejected.batch(self.constants),
         )
 
 
@@ -154,6 +169,7 @@ class ScoringTotals:
     """What BatchInference adds up over its batches, whichever engine scored them."""
 
     rows: int = 0
+    quarantined: int = 0
     unseen_categories: dict[str, int] = field(default_factory=dict)
     non_finite_values: dict[str, int] = field(default_factory=dict)
     labels: list[np.ndarray] = field(default_factory=list)
@@ -165,6 +181,7 @@ class ScoringTotals:
         self.rows += scored.predictions.num_rows
         if scored.summary is not None:
             self.summary = (self.summary or RunSummary()).merge(scored.summary)
+        self.quarantined += scored.quarantined.num_rows if scored.quarantined is not None else 0
         _add_counts(self.unseen_categories, scored.unseen_categories)
         _add_counts(self.non_finite_values, scored.non_finite_values)
         if scored.labels is not None and len(scored.labels):
@@ -173,7 +190,12 @@ class ScoringTotals:
             self.scores.append(scored.scores)
 
     def result(
-        self, files: list[str], ignored: list[str], target_column: str | None, run_dir: Path
+        self,
+        files: list[str],
+        ignored: list[str],
+        target_column: str | None,
+        run_dir: Path,
+        quarantine_path: Path | None = None,
     ) -> BatchInferenceResult:
         """Log what was noticed, write ``evaluation.json`` when labels were seen and
         ``summary.json`` when batches were summarised."""
@@ -211,6 +233,8 @@ class ScoringTotals:
             unseen_categories=self.unseen_categories,
             non_finite_values=self.non_finite_values,
             summary_path=summary_path,
+            quarantined=self.quarantined,
+            quarantine_path=str(quarantine_path) if self.quarantined and quarantine_path else None,
         )
 
 
@@ -273,14 +297,20 @@ def batch_inference(
     with (
         tracked(progress, "BatchInference", snapshot_rows(input_files), "rows"),
         PartWriter(output_dir) as parts,
+        PartWriter(output_dir.parent / QUARANTINE_DIR) as quarantine,
     ):
         for batch in iter_batches(input_files, batch_size):
             scored = scorer(batch)
-            parts.write(scored.predictions)
+            if scored.predictions.num_rows:  # none when every row was set aside
+                parts.write(scored.predictions)
+            if scored.quarantined is not None:
+                quarantine.write(scored.quarantined)
             failpoint("BatchInference:batch")
             totals.add(scored)
             progress.advance("BatchInference", batch.num_rows)
-    return totals.result(parts.files, ignored, target_column, output_dir.parent)
+    return totals.result(
+        parts.files, ignored, target_column, output_dir.parent, quarantine.output_dir
+    )
 
 
 def summary_plan(settings: Settings, model: LoadedModel, as_of: dt.datetime) -> SummaryPlan | None:
@@ -327,6 +357,16 @@ def run(ctx: RunContext) -> dict[str, Any]:
         source_label=f"feature group {record.feature_group!r}",
         progress=ctx.progress,
     )
+    check_quarantine_budget(
+        result.quarantined, result.rows, ctx.settings.max_quarantine_fraction,
+        result.quarantine_path,
+    )  # fmt: skip
+    if result.quarantined:
+        log.warning(
+            "BatchInference: %d row(s) could not be scored, set aside in %s (within "
+            "max_quarantine_fraction %g)",
+            result.quarantined, result.quarantine_path, ctx.settings.max_quarantine_fraction,
+        )  # fmt: skip
     if model.vocabulary_source.startswith("none"):
         log.warning("category vocabularies: %s", model.vocabulary_source)
     if result.evaluation:

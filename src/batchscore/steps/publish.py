@@ -1,7 +1,8 @@
 """Publish (the seed's PublishToAthena): commit the predictions to the sink in one commit.
 
 The commit carries the run id, so a resume whose last commit's fate is unknown looks for it
-first (``find_commit``) and never publishes a run twice.
+first (``find_commit``) and never publishes a run twice. Rows BatchInference could not score
+go to the quarantine table first, in their own commit, once per run the same way.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
     with the run's write mode, once (a commit found from an earlier attempt is reported)."""
     record = ctx.record
     scored = record.outputs("BatchInference")
+    quarantine = publish_quarantined(ctx, scored)
     result = publish(
         ctx.backends.sink(record.output_table),
         scored["files"],
@@ -101,4 +103,36 @@ def run(ctx: RunContext) -> dict[str, Any]:
             record.run_id,
             result.snapshot_id,
         )
-    return result.to_dict()
+    return {**result.to_dict(), **quarantine}
+
+
+def publish_quarantined(ctx: RunContext, scored: dict[str, Any]) -> dict[str, Any]:
+    """BatchInference's quarantined rows committed to ``<output_table>_quarantine`` (before the
+    predictions, once per run); nothing (no table made) when there are none."""
+    from batchscore.monitoring.quarantine import quarantine_files
+
+    files = quarantine_files(scored.get("quarantine_path"))
+    if not scored.get("quarantined") or not files:
+        return {"quarantined": 0}
+    from batchscore.catalog import open_catalog
+    from batchscore.sinks.quarantine import publish_quarantine, quarantine_table_name
+
+    record = ctx.record
+    table = quarantine_table_name(record.output_table)
+    snapshot_id, earlier = publish_quarantine(
+        open_catalog(ctx.settings),
+        table,
+        files,
+        run_id=record.run_id,
+        inference_date=dt.date.fromisoformat(record.logical_date),
+    )
+    log.info(
+        "Publish: %d quarantined row(s) %s %s (snapshot %d)",
+        scored["quarantined"], "were committed earlier to" if earlier else "committed to",
+        table, snapshot_id,
+    )  # fmt: skip
+    return {
+        "quarantined": scored["quarantined"],
+        "quarantine_table": table,
+        "quarantine_snapshot_id": snapshot_id,
+    }

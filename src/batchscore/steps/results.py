@@ -47,6 +47,8 @@ class BatchInferenceResult:
     ignored_columns: list[str]
     unseen_categories: dict[str, int] = field(default_factory=dict)
     non_finite_values: dict[str, int] = field(default_factory=dict)
+    quarantined: int = 0  # rows that could not be scored (monitoring.quarantine)
+    quarantine_path: str | None = None  # the run's quarantine/ folder, when any
     engine: str = "local"
     nodes: list[str] = field(default_factory=list)  # Ray nodes that scored (engine: ray)
     summary_path: str | None = None  # summary.json (None: checks disabled)
