@@ -319,6 +319,11 @@ def _print_run(record: Any) -> None:
         ),
         ("run folder", record.run_dir),
     ]
+    from batchscore.monitoring.files import REPORT_FILE
+
+    report = Path(record.run_dir) / REPORT_FILE
+    if report.is_file():
+        rows.append(("report", str(report)))
     evaluation = scored.get("evaluation")
     if evaluation:
         auc = evaluation["roc_auc"]
@@ -1125,6 +1130,26 @@ def clean(
     )
 
 
+@app.command()
+def report(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Where to write (default: the run folder's report.html)."
+        ),
+    ] = None,
+    runs: Annotated[
+        int, typer.Option("--runs", help="Runs of the pipeline the trend charts show.")
+    ] = 20,
+) -> None:
+    """Write a run's HTML report: check verdicts, drift, predictions, trends (opens offline)."""
+    from batchscore.monitoring.report import write_report
+
+    path = write_report(state.settings, run_id, output=output, trend_runs=runs)
+    console.print(f"report: {path}", markup=False, highlight=False)
+
+
 @runs_app.command("list")
 def runs_list(
     status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
@@ -1261,6 +1286,7 @@ def runs_show(
         ("predictions", ", ".join(run.prediction_files)),
         ("evaluation", run.evaluation_path),
         ("table snapshot", run.table_snapshot),
+        ("report", run.report_path),
     ]
     console.print(_kv_table("outputs", [(k, v) for k, v in files if v]))
 

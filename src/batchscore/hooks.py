@@ -1,5 +1,5 @@
-"""The hooks every run has: the S3 mirror (for an ``s3://`` workspace), run history and
-notifications. The runner calls them first, in that order, then the caller's own."""
+"""The hooks every run has: the run report, the S3 mirror (for an ``s3://`` workspace), run
+history and notifications. The runner calls them first, in that order, then the caller's own."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ def default_hooks(settings: Settings, history: RunHistory) -> list[PipelineHooks
         history: The run history the runs are recorded in.
 
     Returns:
-        The mirror first, then the history hook, then the notifier.
+        The report writer first (so the mirror uploads the report and the notification names
+        it), then the mirror, the history hook and the notifier.
     """
+    from batchscore.monitoring.report import ReportHook
     from batchscore.notify import Notifier
     from batchscore.runs import RunHistoryHook
 
@@ -29,4 +31,5 @@ def default_hooks(settings: Settings, history: RunHistory) -> list[PipelineHooks
         from batchscore.mirror import RunMirror
 
         hooks.insert(0, RunMirror(settings))
+    hooks.insert(0, ReportHook(settings))
     return hooks

@@ -9,9 +9,11 @@ be delivered is logged; it never hides the pipeline's own error or changes its e
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from batchscore.config import Settings
+from batchscore.monitoring.files import REPORT_FILE
 from batchscore.records import PipelineHooks, RunRecord
 
 log = logging.getLogger("batchscore")
@@ -47,6 +49,7 @@ def failure_message(settings: Settings, record: RunRecord, step: str) -> tuple[s
         f"Step: {step}",
         f"Error: {error['type']}: {error['message']}",
         f"Log: {record.log_path}",
+        *_report_line(record),
         f"Resume: batchscore resume {record.run_id}",
     ])  # fmt: skip
     return settings.redact(subject), settings.redact(body)
@@ -62,8 +65,15 @@ def success_message(settings: Settings, record: RunRecord) -> tuple[str, str]:
         f"Model: {record.model_name} v{record.model_version}",
         f"Table: {record.output_table}",
         f"Log: {record.log_path}",
+        *_report_line(record),
     ])  # fmt: skip
     return settings.redact(subject), settings.redact(body)
+
+
+def _report_line(record: RunRecord) -> list[str]:
+    """The run report's path, once the report hook (which runs first) has written it."""
+    path = Path(record.run_dir) / REPORT_FILE
+    return [f"Report: {path}"] if path.is_file() else []
 
 
 def send(urls: list[str], subject: str, body: str, *, failure: bool, redact=str) -> bool:

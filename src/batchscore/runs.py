@@ -25,6 +25,7 @@ from typing import Any
 from batchscore.clock import utcnow
 from batchscore.config import Settings
 from batchscore.errors import ConfigError, RunNotFoundError, StorageError, did_you_mean
+from batchscore.monitoring.files import REPORT_FILE
 from batchscore.records import PipelineHooks, RunRecord
 from batchscore.workspace import ensure_writable_workspace, readonly_sqlite_uri, require_workspace
 
@@ -153,6 +154,7 @@ class RunDetails(RunSummary):
     ignored_columns: list[str] = field(default_factory=list)
     unseen_categories: dict[str, int] = field(default_factory=dict)
     non_finite_values: dict[str, int] = field(default_factory=dict)
+    report_path: str | None = None  # the run report, while it exists
 
     @property
     def error(self) -> str | None:
@@ -174,6 +176,7 @@ class RunDetails(RunSummary):
         data = outputs.get("DataSource", {})
         scored = outputs.get("BatchInference", {})
         published = outputs.get("Publish", {})
+        report = Path(row.get("run_dir") or "") / REPORT_FILE if row.get("run_dir") else None
         names = set(RunSummary.__dataclass_fields__) | {
             "as_of", "ended", "output_table", "write_mode", "config_fingerprint", "run_dir",
             "log_path", "error_type", "error_message",
@@ -196,6 +199,7 @@ class RunDetails(RunSummary):
             ignored_columns=list(scored.get("ignored_columns") or []),
             unseen_categories=dict(scored.get("unseen_categories") or {}),
             non_finite_values=dict(scored.get("non_finite_values") or {}),
+            report_path=str(report) if report is not None and report.is_file() else None,
         )
 
 
