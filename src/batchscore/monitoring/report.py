@@ -408,7 +408,7 @@ def _banner(files: RunFiles) -> str:
     if checks is None:
         return (
             '<section class="banner none"><div class="verdict">No checks</div>'
-            f"<p>{esc(files.missing.get(CHECKS_FILE, 'checks.json is missing'))}.</p>"
+            f"<p>{esc(_sentence(files.missing.get(CHECKS_FILE, 'checks.json is missing')))}</p>"
             f'<p class="facts">{esc(facts)}</p></section>'
         )
     verdict = str(checks.get("verdict") or "unknown")
@@ -435,6 +435,10 @@ def _banner(files: RunFiles) -> str:
         + (f"<ul>{listed}{more}</ul>" if listed else "")
         + "</section>"
     )
+
+
+def _sentence(text: str) -> str:
+    return f"{text[:1].upper()}{text[1:]}."
 
 
 def _violation(result: dict[str, Any]) -> str:
@@ -870,14 +874,14 @@ code { font-family: ui-monospace, 'DejaVu Sans Mono', monospace; font-size: 13px
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid #e5e7eb;
   vertical-align: top; overflow-wrap: break-word; }
-td.detail { min-width: 320px; overflow-wrap: anywhere; }
+td.detail { min-width: 240px; overflow-wrap: anywhere; }
 thead th { font-size: 12px; text-transform: uppercase; letter-spacing: .04em; color: #6b7280; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 table.facts th { width: 34%; color: #4b5563; font-weight: 500; }
 .two { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1.2fr); gap: 24px;
   align-items: start; }
-.pill { display: inline-block; white-space: nowrap; padding: 1px 8px; border-radius: 999px; color: #fff;
-  font-size: 12px; font-weight: 600; }
+.pill { display: inline-block; white-space: nowrap; padding: 1px 8px; border-radius: 999px;
+  color: #fff; font-size: 12px; font-weight: 600; }
 .chart svg { max-width: 100%; height: auto; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(330px, 1fr)); gap: 8px; }
 footer { color: #6b7280; font-size: 12px; margin-top: 8px; }
