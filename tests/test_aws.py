@@ -214,9 +214,10 @@ def test_deploy_sagemaker_definition_is_accepted_by_create_pipeline(
     assert main(args) == 0
     definition = json.loads(out.read_text())
     assert [s["Name"] for s in definition["Steps"]] == [
-        "DataSource", "BatchInference", "PublishToAthena",
+        "DataSource", "BatchInference", "Validate", "PublishToAthena",
     ]  # fmt: skip
     assert definition["Steps"][2]["DependsOn"] == ["BatchInference"]
+    assert definition["Steps"][3]["DependsOn"] == ["Validate"]
     entry = definition["Steps"][1]["Arguments"]["AppSpecification"]["ContainerEntrypoint"]
     assert entry[-4:-1] == ["step", "batch-inference", "--run-id"]
     assert {p["Name"] for p in definition["Parameters"]} >= {"CustomerIdStart", "CustomerIdEnd"}

@@ -334,7 +334,10 @@ def test_runs_tables_fit_80_columns_and_print_json_and_csv(settings, tmp_path: P
     ]  # fmt: skip
     shown = json.loads(cli("-c", str(config), "runs", "show", run_id, "--format", "json").stdout)
     assert shown["status"] == "succeeded" and shown["unseen_categories"] == {}
-    assert [s["step"] for s in shown["steps"]] == ["DataSource", "BatchInference", "Publish"]
+    assert [s["step"] for s in shown["steps"]] == [
+        "DataSource", "BatchInference", "Validate", "Publish",
+    ]  # fmt: skip
+    assert shown["verdict"] == "pass" and shown["violations"] == []
     assert shown["evaluation"]["rows"] > 0 and shown["table_snapshot"] == table_snapshot(settings)
     flat = list(csv.DictReader(io.StringIO(cli("-c", str(config), "runs", "show", run_id,
                                                "--format", "csv").stdout)))  # fmt: skip
@@ -552,7 +555,7 @@ def test_the_history_returns_a_run_as_a_typed_record(published) -> None:
     assert (run.run_id, run.status, run.note) == (published.run_id, "succeeded", None)
     assert run.table_snapshot == published.snapshot
     assert run.output_table == published.settings.output_table
-    assert [s.step for s in run.steps] == ["DataSource", "BatchInference", "Publish"]
+    assert [s.step for s in run.steps] == ["DataSource", "BatchInference", "Validate", "Publish"]
     assert all(s.status == "succeeded" and s.attempts == 1 and s.error is None for s in run.steps)
     assert run.rows == run.steps[1].rows > 0 and run.evaluation["rows"] == run.rows
     assert run.prediction_files and all(Path(f).is_file() for f in run.prediction_files)

@@ -1,10 +1,10 @@
 """The run report (``batchscore report``, monitoring/report.py): one self-contained HTML file.
 
-One workspace with three real runs of the pipeline is shared by the module. Validate's files
-are built the way its contract says: ``summary.json`` by the real ``SummaryPlan.summarize`` on
-the runs' own feature and prediction batches (the newest run's batches shifted and poisoned on
-purpose), ``checks.json`` from hand-built ``CheckResult``s with the reference they used. The
-report opens in headless Chromium (Debian's package, driven by Playwright) with no console
+One workspace with three real runs of the pipeline (DataSource → BatchInference → Validate →
+Publish) is shared by the module. For drift, the third run's ``summary.json`` and
+``checks.json`` are made again by the real ``SummaryPlan.summarize`` on its own batches,
+shifted and poisoned on purpose, and the real checks against the model's profile. The report
+opens in headless Chromium (Debian's package, driven by Playwright) with no console
 error and no request leaving the file, and a screenshot lands in ``build/``.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -26,24 +25,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from batchscore.config import Settings
-from batchscore.monitoring.report import REPORT_FILE, write_report
-from batchscore.monitoring.results import CheckResult
-from batchscore.monitoring.summaries import (
-    SUMMARY_FILE,
-    RunSummary,
-    SummaryPlan,
-    histogram,
-    quantile_edges,
-)
+from batchscore.config import ChecksSettings, Settings
+from batchscore.monitoring.checks import run_checks
+from batchscore.monitoring.files import CHECKS_FILE, REPORT_FILE
+from batchscore.monitoring.report import write_report
+from batchscore.monitoring.summaries import SUMMARY_FILE, RunSummary, SummaryPlan
 from batchscore.pipeline import Pipeline
 from batchscore.records import PipelineHooks, RunRecord
+from batchscore.registry import open_registry
+from batchscore.steps.validate import write_checks
 from tests.helpers import cli, config_for, make_settings
 from tests.servers import webhook_server
 
-NUMERIC = ["tenure_months", "monthly_charges", "total_charges", "num_support_calls", "age",
-           "num_products", "last_login_days", "satisfaction_score"]  # fmt: skip
-CATEGORICAL = ["contract_type", "payment_method", "internet_service", "region"]
 # A category value that would run if the report let data become markup.
 EVIL = "<script>document.title='owned';console.error('injected')</script>"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -90,170 +83,89 @@ def _probabilities(run_dir: Path) -> pa.Table:
     return pa.concat_tables([pq.read_table(f) for f in files])
 
 
-def _profile(features: pa.Table, scores: pa.Table) -> dict[str, Any]:
-    """A training profile in the form branch ``summaries`` adds to the model's, from a run's
-    own rows (deciles, shares of non-null values, category frequencies, prediction bins)."""
-    statistics: dict[str, Any] = {}
-    for column in NUMERIC:
-        values = features.column(column).cast(pa.float64()).to_numpy(zero_copy_only=False)
-        finite = values[np.isfinite(values)]
-        edges = quantile_edges(finite)
-        counts = histogram(finite, edges)
-        statistics[column] = {
-            "bin_edges": edges,
-            "bin_fractions": [c / len(finite) for c in counts],
-            "min": float(finite.min()),
-            "max": float(finite.max()),
-            "missing_fraction": 1 - len(finite) / len(values),
-        }
-    for column in CATEGORICAL:
-        counts = pc.value_counts(features.column(column).drop_null())
-        total = sum(counts.field("counts").to_pylist())
-        statistics[column] = {
-            "frequencies": {
-                str(v): n / total
-                for v, n in zip(
-                    counts.field("values").to_pylist(),
-                    counts.field("counts").to_pylist(),
-                    strict=True,
-                )
-            }
-        }
-    probabilities = scores.column("prediction_probability").to_numpy()
-    edges = quantile_edges(probabilities)
-    return {
-        "statistics": statistics,
-        "categorical_features": CATEGORICAL,
-        "category_vocabularies": {c: list(statistics[c]["frequencies"]) for c in CATEGORICAL},
-        "prediction_reference": {
-            "bin_edges": edges,
-            "bin_fractions": [c / len(probabilities) for c in histogram(probabilities, edges)],
-            "positive_rate": float(np.mean(probabilities >= 0.5)),
-            "rows": len(probabilities),
-        },
-    }
-
-
 def _drifted(table: pa.Table) -> pa.Table:
-    """The run's own rows, as if upstream had changed: charges up 60%, a fifth of the regions
-    a value nobody has seen (one that is markup), satisfaction scores probabilities shifted."""
+    """The run's own rows, as if upstream had changed: charges up 60% and a fifth of the
+    regions a value nobody has seen (one that is markup)."""
     charges = pc.multiply(table.column("monthly_charges").cast(pa.float64()), 1.6)
     regions = table.column("region").to_pylist()
     regions = [EVIL if i % 5 == 0 else r for i, r in enumerate(regions)]
-    table = table.set_column(table.schema.get_field_index("monthly_charges"), "monthly_charges",
-                             charges)  # fmt: skip
+    table = table.set_column(
+        table.schema.get_field_index("monthly_charges"), "monthly_charges", charges
+    )
     return table.set_column(table.schema.get_field_index("region"), "region", pa.array(regions))
 
 
-def _summarize(run_dir: Path, plan: SummaryPlan, *, drift: bool = False) -> RunSummary:
-    features, scores = _features(run_dir), _probabilities(run_dir)
-    if drift:
-        features = _drifted(features)
+def _summarize(run_dir: Path, plan: SummaryPlan) -> RunSummary:
+    """The run's summary as BatchInference makes it, batch by batch, of its drifted rows and
+    of probabilities pushed towards churn."""
+    features, scores = _drifted(_features(run_dir)), _probabilities(run_dir)
     summary = RunSummary()
-    for batch in features.to_batches(max_chunksize=700):  # as BatchInference streams them
+    for batch in features.to_batches(max_chunksize=700):
         summary.merge(plan.summarize(batch))
-    probabilities = scores.column("prediction_probability").to_numpy()
-    if drift:  # the model grows more certain of churn
-        probabilities = np.clip(probabilities * 1.5, 0, 1)
+    probabilities = np.clip(scores.column("prediction_probability").to_numpy() * 1.5, 0, 1)
     empty = pa.RecordBatch.from_pydict({})
     summary.merge(plan.summarize(empty, probabilities, (probabilities >= 0.5).astype(int)))
     return summary
 
 
-def _psi(expected: list[float], actual: list[float]) -> float:
-    eps = 1e-4
-    pairs = zip(expected, actual, strict=True)
-    return float(sum((a - e) * math.log((a + eps) / (e + eps)) for e, a in pairs))
-
-
-def _checks(summary: RunSummary, profile: dict[str, Any], previous: str | None) -> dict:
-    """checks.json as Validate writes it (the contract): PSI of every feature against the
-    profile, unseen categories, prediction PSI, volume; the verdict is the worst status."""
-    stats = profile["statistics"]
-    results: list[CheckResult] = [
-        CheckResult("contract", None, "missing_columns", "training", 0, None, "pass", "block",
-                    "every required column is present with a castable type"),
-        CheckResult("volume", None, "row_drop", "previous_run", 0.0, 0.5, "pass", "warn",
-                    "rows scored as many as the previous run"),
-    ]  # fmt: skip
-    for column in NUMERIC:
-        numeric = summary.numeric[column]
-        now = [c / sum(numeric.bin_counts) for c in numeric.bin_counts]
-        value = _psi(stats[column]["bin_fractions"], now)
-        status = "block" if value > 0.25 else "pass"
-        detail = f"PSI {value:.3f} against the training deciles"
-        results.append(
-            CheckResult("psi", column, "psi", "training", value, 0.25, status, "block", detail)
-        )
-    for column in CATEGORICAL:
-        counts = summary.categorical[column].counts
-        reference = stats[column]["frequencies"]
-        values = sorted(set(counts) | set(reference))
-        total = sum(counts.values())
-        value = _psi([reference.get(v, 0.0) for v in values],
-                     [counts.get(v, 0) / total for v in values])  # fmt: skip
-        status = "warn" if value > 0.2 else "pass"
-        results.append(CheckResult("category_psi", column, "psi", "training", value, 0.2, status,
-                                   "warn", f"category shares moved, PSI {value:.3f}"))  # fmt: skip
-        unseen = summary.categorical[column].unseen / summary.categorical[column].rows
-        results.append(CheckResult(
-            "unseen_categories", column, "unseen_share", "training", unseen, 0.05,
-            "warn" if unseen > 0.05 else "pass", "warn",
-            f"{unseen:.1%} of {column} values were never seen in training, e.g. {EVIL}",
-        ))  # fmt: skip
-    predictions = summary.predictions
-    assert predictions is not None
-    reference = profile["prediction_reference"]["bin_fractions"]
-    value = _psi(reference, [c / predictions.rows for c in predictions.bin_counts])
-    results.append(CheckResult("prediction_psi", None, "psi", "training", value, 0.25,
-                               "warn" if value > 0.25 else "pass", "warn",
-                               "probabilities against the training validation scores"))  # fmt: skip
-    statuses = {r.status for r in results}
-    verdict = "block" if "block" in statuses else "warn" if "warn" in statuses else "pass"
-    return {
-        "verdict": verdict,
-        "reference": {
-            "features": {c: stats[c] for c in [*NUMERIC, *CATEGORICAL]},
-            "prediction": profile["prediction_reference"],
-            "previous_run_id": previous,
-        },
-        "results": [r.to_dict() for r in results],
-        "accepted": None,
-    }
-
-
 @pytest.fixture(scope="module")
-def checked(runs: Runs) -> Runs:
-    """The second and third runs given summary.json and checks.json (the first stays as a
-    run made before Validate: the reference's source); the third drifted and is blocked."""
-    first, second, third = (_run_dir(runs.settings, r) for r in runs.run_ids)
-    profile = _profile(_features(first), _probabilities(first))
-    plan = SummaryPlan.from_profile(profile, [*NUMERIC, *CATEGORICAL])
-    for run_dir, previous, drift in ((second, None, False), (third, runs.run_ids[1], True)):
-        summary = _summarize(run_dir, plan, drift=drift)
-        summary.save(run_dir / SUMMARY_FILE)
-        (run_dir / "checks.json").write_text(json.dumps(_checks(summary, profile, previous)))
-    return runs
+def drifted(runs: Runs) -> str:
+    """The third run's summary and checks made again as if upstream had changed: the real
+    SummaryPlan on its own (shifted, poisoned) batches, the real checks against the model's
+    training profile and the second run (PSI set to block), checks.json as Validate writes
+    it. Returns the run id."""
+    settings = runs.settings
+    second, third = (_run_dir(settings, r) for r in runs.run_ids[1:])
+    record = RunRecord.load(third)
+    registry = open_registry(settings, writable=False)
+    profile = registry.describe_version(record.model_name, record.model_version).profile
+    assert profile and profile["statistics"]["monthly_charges"]["bin_edges"]
+    columns = list(profile["columns"])
+    plan = SummaryPlan.from_profile(profile, columns)
+    summary = _summarize(third, plan)
+    summary.save(third / SUMMARY_FILE)
+    report = run_checks(
+        summary, profile, RunSummary.load(second / SUMMARY_FILE),
+        ChecksSettings.model_validate({"psi": "block"}),
+        dt.datetime.fromisoformat(record.as_of), input_columns=columns,
+        previous_run_id=runs.run_ids[1],
+    )  # fmt: skip
+    assert report.verdict == "block"
+    write_checks(third / CHECKS_FILE, report, None)
+    return runs.run_ids[2]
+
+
+def _copy_run(settings: Settings, run_id: str, new_id: str) -> Path:
+    """A copy of a run's folder under another id (not in the history)."""
+    copy = settings.runs_path / new_id
+    shutil.copytree(_run_dir(settings, run_id), copy)
+    (copy / REPORT_FILE).unlink(missing_ok=True)
+    record = json.loads((copy / "run.json").read_text())
+    record.update(run_id=new_id, run_dir=str(copy))
+    (copy / "run.json").write_text(json.dumps(record))
+    return copy
 
 
 # The hook: a run without Validate ----------------------------------------------------------
 
 
-def test_a_run_without_checks_gets_a_report_saying_what_is_missing(runs: Runs) -> None:
+def test_the_hook_writes_the_report_after_validate(runs: Runs) -> None:
     run_id = runs.run_ids[0]
     run_dir = _run_dir(runs.settings, run_id)
     path = run_dir / REPORT_FILE
-    html = path.read_text()
     record = RunRecord.load(run_dir)
-    # The hook wrote it at the end (no Validate in this run) and recorded it.
-    assert record.steps["Publish"].outputs["report_path"] == str(path)
-    assert "No checks" in html
-    assert "this run has no Validate step" in html
-    assert "wrote no summary.json" in html  # the distributions say why they are empty
-    assert run_id in html and "Trends over the last 1 run" in html
-    # The notification names the report.
+    assert record.steps["Validate"].outputs["report_path"] == str(path)
+    html = path.read_text()
+    checks = json.loads((run_dir / CHECKS_FILE).read_text())
+    assert f'<section class="banner {checks["verdict"]}">' in html
+    assert html.count("<tr><td>") >= len(checks["results"]) > 5
+    assert "Trends over the last 1 run" in html  # nothing before it
+    assert "no earlier run of this pipeline to compare with" in html
+    # Written again at the end: the report shows the run's final status.
+    assert "run succeeded" in html
+    # The notification names it.
     bodies = [n["message"] for n in runs.notifications if run_id in n["message"]]
-    assert bodies and f"Report: {path}" in bodies[0]
+    assert bodies and f"Report: {path}" in bodies[-1]
     # runs show prints its path.
     shown = cli("-c", str(runs.config), "runs", "show", run_id)
     assert shown.returncode == 0, shown.stderr
@@ -262,16 +174,33 @@ def test_a_run_without_checks_gets_a_report_saying_what_is_missing(runs: Runs) -
     )
 
 
-def test_checks_turned_off_are_named_as_the_reason(runs: Runs, tmp_path: Path) -> None:
-    run_dir = _run_dir(runs.settings, runs.run_ids[0])
-    copy = runs.settings.runs_path / "checks-off"
-    shutil.copytree(run_dir, copy)
+def test_an_old_run_without_validate_gets_a_report_saying_what_is_missing(
+    runs: Runs, tmp_path: Path
+) -> None:
+    copy = _copy_run(runs.settings, runs.run_ids[0], "before-validate")
+    (copy / CHECKS_FILE).unlink()
+    (copy / SUMMARY_FILE).unlink()
     record = json.loads((copy / "run.json").read_text())
-    record.update(run_id="checks-off", run_dir=str(copy))
-    record["config"]["checks"] = {"enabled": False}
+    del record["steps"]["Validate"]
     (copy / "run.json").write_text(json.dumps(record))
-    html = write_report(runs.settings, "checks-off", output=tmp_path / "r.html").read_text()
-    assert "checks are turned off for this run (checks.enabled: false)" in html
+    html = write_report(runs.settings, "before-validate", output=tmp_path / "r.html").read_text()
+    assert "No checks" in html and "Not in this report" in html
+    assert "This run has no Validate step" in html
+    assert "wrote no summary.json (a batchscore before streamed summaries)" in html
+    assert 'Predictions</h2><p class="note">Not available' in html
+
+
+def test_checks_turned_off_are_named_as_the_reason(runs: Runs) -> None:
+    settings = runs.settings.model_copy(
+        update={
+            "notification_urls": [],
+            "checks": ChecksSettings.model_validate({"enabled": False}),
+        }
+    )
+    run = Pipeline(settings).run(date=dt.date(2026, 11, 21))
+    html = Path(run.steps["Validate"].outputs["report_path"]).read_text()
+    assert '<section class="banner none">' in html
+    assert "Checks are turned off for this run (checks.enabled: false), so none ran." in html
 
 
 class _ReportFolderTaken(PipelineHooks):
@@ -287,38 +216,39 @@ def test_a_report_that_cannot_be_written_never_fails_the_run(
     settings = runs.settings.model_copy(update={"notification_urls": []})
     run = Pipeline(settings, hooks=[_ReportFolderTaken()]).run(date=dt.date(2026, 11, 20))
     assert run.status == "succeeded"
-    assert "report_path" not in run.steps["Publish"].outputs
+    assert run.steps["Validate"].outputs["report_path"] is None
     assert f"run {run.run_id}: the report could not be written" in caplog.text
 
 
 # The full report ---------------------------------------------------------------------------
 
 
-def test_the_report_shows_verdicts_drift_predictions_and_trends(checked: Runs) -> None:
-    settings, (_, second, third) = checked.settings, checked.run_ids
-    path = write_report(settings, third)
-    assert path == _run_dir(settings, third) / REPORT_FILE
+def test_the_report_shows_verdicts_drift_predictions_and_trends(runs: Runs, drifted: str) -> None:
+    settings, second = runs.settings, runs.run_ids[1]
+    path = write_report(settings, drifted)
+    assert path == _run_dir(settings, drifted) / REPORT_FILE
     html = path.read_text()
-    checks = json.loads((_run_dir(settings, third) / "checks.json").read_text())
+    checks = json.loads((_run_dir(settings, drifted) / CHECKS_FILE).read_text())
     # The verdict banner and a table row per check result.
     assert '<section class="banner block">' in html
     assert "Blocked: " in html and "not published" in html
     assert html.count("<tr><td>") >= len(checks["results"])
     for result in checks["results"]:
         assert f"<td>{result['check']}</td>" in html
-    # PSI bars: one per feature, and the two thresholds as lines.
-    assert "PSI per feature" in html
-    for column in [*NUMERIC, *CATEGORICAL]:
-        assert f"{column}: " in html  # the bar's tooltip
-    assert "psi threshold 0.25" in html and "category_psi threshold 0.2" in html
+    # PSI bars, one per feature with a PSI, and the thresholds as lines.
+    psi = {r["feature"] for r in checks["results"] if r["statistic"] == "psi" and r["feature"]}
+    assert {"monthly_charges", "region"} <= psi
+    for column in psi:
+        assert f"<title>{column}: " in html  # the bar's tooltip
+    assert "psi threshold 0.25" in html
     # The drifting features drawn against their reference: monthly_charges on its deciles,
-    # region as category shares with the unseen value escaped.
+    # region as category shares.
     assert "<h3>monthly_charges</h3>" in html and "<h3>region</h3>" in html
     assert "monthly_charges (reference quantile bins)" in html
     assert "region (category)" in html
     # Predictions against training validation and the previous run.
     assert "training validation" in html and f"previous run {second}" in html
-    # Trends: three runs, the first from the history only (no files of its own but rows).
+    # Trends: the three runs up to this one (later runs are left out).
     assert "Trends over the last 3 runs" in html
     assert "2026-11-24" in html and "2026-11-26" in html
     # Self-contained: no script, nothing fetched.
@@ -327,40 +257,33 @@ def test_the_report_shows_verdicts_drift_predictions_and_trends(checked: Runs) -
     assert "https://" not in html
 
 
-def test_data_never_becomes_markup(checked: Runs) -> None:
-    html = write_report(checked.settings, checked.run_ids[2]).read_text()
+def test_data_never_becomes_markup(runs: Runs, drifted: str) -> None:
+    html = write_report(runs.settings, drifted).read_text()
     assert EVIL not in html
     assert "&lt;script&gt;document.title=&#x27;owned&#x27;" in html
 
 
 def test_a_run_without_summary_says_why_its_distributions_are_missing(
-    checked: Runs, tmp_path: Path
+    runs: Runs, drifted: str, tmp_path: Path
 ) -> None:
-    source = _run_dir(checked.settings, checked.run_ids[2])
-    copy = checked.settings.runs_path / "no-summary"
-    shutil.copytree(source, copy)
+    copy = _copy_run(runs.settings, drifted, "no-summary")
     (copy / SUMMARY_FILE).unlink()
-    record = json.loads((copy / "run.json").read_text())
-    record.update(run_id="no-summary", run_dir=str(copy))
-    (copy / "run.json").write_text(json.dumps(record))
-    html = write_report(checked.settings, "no-summary", output=tmp_path / "r.html").read_text()
+    html = write_report(runs.settings, "no-summary", output=tmp_path / "r.html").read_text()
     assert "Not in this report" in html
-    assert "monthly_charges" in html
     assert "drifted, but their distributions are not available" in html
     assert 'Predictions</h2><p class="note">Not available: this run&#x27;s BatchInference' in html
 
 
-def test_report_command(checked: Runs, tmp_path: Path) -> None:
+def test_report_command(runs: Runs, drifted: str, tmp_path: Path) -> None:
     out = tmp_path / "elsewhere" / "r.html"
-    result = cli("-c", str(checked.config), "report", checked.run_ids[2], "--output", str(out),
-                 "--runs", "2")  # fmt: skip
+    result = cli("-c", str(runs.config), "report", drifted, "--output", str(out), "--runs", "2")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"report: {out}"
     assert "Trends over the last 2 runs" in out.read_text()
-    missing = cli("-c", str(checked.config), "report", "no-such-run")
+    missing = cli("-c", str(runs.config), "report", "no-such-run")
     assert missing.returncode != 0
     assert "no run 'no-such-run'" in missing.stderr and "batchscore runs list" in missing.stderr
-    zero = cli("-c", str(checked.config), "report", checked.run_ids[2], "--runs", "0")
+    zero = cli("-c", str(runs.config), "report", drifted, "--runs", "0")
     assert zero.returncode != 0 and "--runs 0 must be at least 1" in zero.stderr
 
 
@@ -408,18 +331,20 @@ def open_in_browser(browser: Any, path: Path, screenshot: Path | None = None) ->
     return found
 
 
-def test_the_report_opens_in_chromium_without_errors(checked: Runs, browser: Any) -> None:
-    path = write_report(checked.settings, checked.run_ids[2])
+def test_the_report_opens_in_chromium_without_errors(
+    runs: Runs, drifted: str, browser: Any
+) -> None:
+    path = write_report(runs.settings, drifted)
     screenshot = BUILD / "report-screenshot.png"
     found = open_in_browser(browser, path, screenshot)
     assert found["errors"] == []
     assert found["requests"] == []  # offline: nothing but the file itself
-    assert found["scripts"] == 0 and found["title"] == f"batchscore run {checked.run_ids[2]}"
+    assert found["scripts"] == 0 and found["title"] == f"batchscore run {drifted}"
     assert found["svgs"] >= 10  # PSI, 3 drifting features, predictions, 6 trends
     assert screenshot.stat().st_size > 50_000
     print(f"report screenshot: {screenshot}")
-    old = write_report(checked.settings, checked.run_ids[0])  # the degraded report too
-    found = open_in_browser(browser, old, BUILD / "report-screenshot-no-checks.png")
+    first = write_report(runs.settings, runs.run_ids[0])  # a run with no earlier one
+    found = open_in_browser(browser, first, BUILD / "report-screenshot-first-run.png")
     assert found["errors"] == [] and found["requests"] == []
 
 

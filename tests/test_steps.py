@@ -23,7 +23,7 @@ from tests.helpers import cli, config_for
 FAIL_VALIDATION = "BATCHSCORE_TEST_FAIL_VALIDATION"
 
 
-def validate_predictions(ctx: RunContext) -> dict[str, object]:
+def count_predictions(ctx: RunContext) -> dict[str, object]:
     """A step that is not in batchscore: checks BatchInference's files hold every row."""
     import os
 
@@ -34,35 +34,40 @@ def validate_predictions(ctx: RunContext) -> dict[str, object]:
     return {"rows": rows, "matches": rows == scored["rows"]}
 
 
-VALIDATE = Step(
-    "Validate",
-    "validate",
-    "checks the predictions before they are published",
-    "tests.test_steps:validate_predictions",
+# Not batchscore's own Validate: a step of the test's, between Validate and Publish.
+COUNT = Step(
+    "CountPredictions",
+    "count-predictions",
+    "checks the predictions files hold every row before they are published",
+    "tests.test_steps:count_predictions",
 )
-WITH_VALIDATE = (*STEPS[:2], VALIDATE, STEPS[2])
+WITH_COUNT = (*STEPS[:3], COUNT, STEPS[3])
 
 
 def test_an_added_step_runs_is_recorded_and_has_failpoints(
     settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     barrier = tmp_path / "barrier"
-    monkeypatch.setenv(ENV, f"Validate:start=barrier:{barrier}:1")  # passes, leaving a file
-    record = Pipeline(settings, steps=WITH_VALIDATE).run()
+    monkeypatch.setenv(ENV, f"CountPredictions:start=barrier:{barrier}:1")  # leaves a file
+    record = Pipeline(settings, steps=WITH_COUNT).run()
 
     assert record.status == "succeeded"
-    assert list(record.steps) == ["DataSource", "BatchInference", "Validate", "Publish"]
-    validated = RunRecord.load(Path(record.run_dir)).steps["Validate"]
-    assert validated.status == "succeeded"
-    assert validated.outputs == {"rows": record.steps["BatchInference"].rows, "matches": True}
-    assert list(barrier.glob("*.arrived")), "the runner passed the failpoint Validate:start"
-    assert points(WITH_VALIDATE)[6:9] == ("Validate:start", "Validate:end", "Publish:start")
+    assert list(record.steps) == [
+        "DataSource", "BatchInference", "Validate", "CountPredictions", "Publish",
+    ]  # fmt: skip
+    counted = RunRecord.load(Path(record.run_dir)).steps["CountPredictions"]
+    assert counted.status == "succeeded"
+    assert counted.outputs == {"rows": record.steps["BatchInference"].rows, "matches": True}
+    assert list(barrier.glob("*.arrived")), "the runner passed CountPredictions:start"
+    assert points(WITH_COUNT)[8:11] == (
+        "CountPredictions:start", "CountPredictions:end", "Publish:start",
+    )  # fmt: skip
 
     details = RunHistory.for_settings(settings).get(record.run_id)
     assert [s.step for s in details.steps] == list(record.steps)
     shown = cli("-c", str(config_for(settings, tmp_path / "c.yaml")), "runs", "show", record.run_id)
     assert shown.returncode == 0, shown.stderr
-    assert "Validate" in shown.stdout and "succeeded" in shown.stdout
+    assert "CountPredictions" in shown.stdout and "succeeded" in shown.stdout
 
 
 def test_an_added_step_that_fails_skips_the_rest_and_resumes(
@@ -70,27 +75,29 @@ def test_an_added_step_that_fails_skips_the_rest_and_resumes(
 ) -> None:
     monkeypatch.setenv(FAIL_VALIDATION, "1")
     with pytest.raises(BatchScoreError, match="on purpose"):
-        Pipeline(settings, steps=WITH_VALIDATE).run()
+        Pipeline(settings, steps=WITH_COUNT).run()
     history = RunHistory.for_settings(settings)
     run_id = history.list_runs(limit=1)[0]["run_id"]
     failed = RunRecord.load(settings.runs_path / run_id)
-    assert failed.failed_step == "Validate"
+    assert failed.failed_step == "CountPredictions"
     assert {n: s.status for n, s in failed.steps.items()} == {
         "DataSource": "succeeded",
         "BatchInference": "succeeded",
-        "Validate": "failed",
+        "Validate": "succeeded",
+        "CountPredictions": "failed",
         "Publish": "skipped",
     }
 
     monkeypatch.delenv(FAIL_VALIDATION)
-    resumed = Pipeline(settings, steps=WITH_VALIDATE).resume(run_id)
+    resumed = Pipeline(settings, steps=WITH_COUNT).resume(run_id)
     assert resumed.status == "succeeded"
-    assert resumed.steps["Validate"].attempts == 2  # once failed, once now
+    assert resumed.steps["CountPredictions"].attempts == 2  # once failed, once now
+    assert resumed.steps["Validate"].attempts == 1
     assert resumed.steps["DataSource"].attempts == 1  # reused, not run again
 
 
 def test_the_cli_deploy_and_failpoints_follow_the_list(make) -> None:
-    assert step_names() == ("DataSource", "BatchInference", "Publish")
+    assert step_names() == ("DataSource", "BatchInference", "Validate", "Publish")
     assert points(STEPS) == POINTS
     assert POINTS[0] == "run:started" and "Publish:committed" in POINTS
     assert by_slug("batch-inference") is by_name("BatchInference") is STEPS[1]
@@ -98,19 +105,22 @@ def test_the_cli_deploy_and_failpoints_follow_the_list(make) -> None:
         by_slug("publsh")
 
     help_text = cli("step", "--help").stdout
-    assert "data-source, batch-inference or publish" in help_text
-    assert "Run DataSource → BatchInference → Publish once." in cli("run", "--help").stdout
+    assert "data-source, batch-inference, validate or publish" in help_text
+    assert (
+        "Run DataSource → BatchInference → Validate → Publish once." in cli("run", "--help").stdout
+    )
 
     settings = make(role_arn="arn:aws:iam::123456789012:role/batchscore", bucket="bucket")
     definition = pipeline_definition(
-        settings, image_uri="image", config_uri="s3://bucket/c", steps=WITH_VALIDATE
+        settings, image_uri="image", config_uri="s3://bucket/c", steps=WITH_COUNT
     )
     jobs = definition["Steps"]
     assert [job["Name"] for job in jobs] == [
-        "DataSource", "BatchInference", "Validate", "PublishToAthena",
+        "DataSource", "BatchInference", "Validate", "CountPredictions", "PublishToAthena",
     ]  # fmt: skip
-    entrypoint = jobs[2]["Arguments"]["AppSpecification"]["ContainerEntrypoint"]
-    assert entrypoint[entrypoint.index("step") + 1] == "validate"
+    entrypoint = jobs[3]["Arguments"]["AppSpecification"]["ContainerEntrypoint"]
+    assert entrypoint[entrypoint.index("step") + 1] == "count-predictions"
+    assert jobs[4]["DependsOn"] == ["CountPredictions"]
     assert jobs[3]["DependsOn"] == ["Validate"]
     assert "--date" in jobs[0]["Arguments"]["AppSpecification"]["ContainerEntrypoint"]
     assert "--date" not in entrypoint

@@ -319,6 +319,9 @@ def _print_run(record: Any) -> None:
         ),
         ("run folder", record.run_dir),
     ]
+    validated = record.steps["Validate"].outputs if "Validate" in record.steps else {}
+    if validated:
+        rows.insert(-2, ("checks", _verdict_text(validated, record.accepted)))
     from batchscore.monitoring.files import REPORT_FILE
 
     report = Path(record.run_dir) / REPORT_FILE
@@ -335,6 +338,20 @@ def _print_run(record: Any) -> None:
             text += f"  ROC AUC {auc:.3f}"
         rows.append(("evaluation", text))
     console.print(_kv_table("summary", rows))
+
+
+def _verdict_text(validated: dict[str, Any], accepted: dict[str, str] | None) -> str:
+    """``warn: 2 violation(s): psi age: …; …`` — Validate's verdict in one line."""
+    if validated.get("note"):
+        return str(validated["note"])
+    violations = validated.get("violations") or []
+    text = str(validated.get("verdict"))
+    if violations:
+        text += f": {len(violations)} violation(s): " + "; ".join(violations[:5])
+        text += " …" if len(violations) > 5 else ""
+    if accepted:
+        text += f" (accepted by {accepted.get('by')} at {accepted.get('at')})"
+    return text
 
 
 def _unmatched(data: dict[str, Any]) -> str:
@@ -396,12 +413,28 @@ FORCE_HELP = "Continue even though the config differs from the run's (recorded i
 def resume(
     run_id: Annotated[str, typer.Argument(help="The failed run's id.")],
     force: Annotated[bool, typer.Option("--force", help=FORCE_HELP)] = False,
+    accept: Annotated[
+        bool,
+        typer.Option(
+            "--accept",
+            help="Publish a run Validate blocked, after a person looked (recorded with "
+            "who and when).",
+        ),
+    ] = False,
+    by: Annotated[
+        str | None,
+        typer.Option("--by", help="Who accepts (with --accept; default: $USER)."),
+    ] = None,
 ) -> None:
     """Continue a failed run at its failed step, with the model version it first used."""
     from batchscore.pipeline import Pipeline
 
+    if by is not None and not accept:
+        raise ConfigError("--by names who accepts a blocked run: give it with --accept.")
     with _progress() as progress:
-        record = Pipeline(state.settings, progress=progress).resume(run_id, force=force)
+        record = Pipeline(state.settings, progress=progress).resume(
+            run_id, force=force, accept=accept, by=by
+        )
     _print_run(record)
 
 
@@ -1244,6 +1277,10 @@ def runs_show(
     ]
     if run.error:
         rows.append(("error", run.error))
+    if run.verdict:
+        rows.append(("checks", run.verdict))
+    if run.accepted:
+        rows.append(("accepted", f"by {run.accepted.get('by')} at {run.accepted.get('at')}"))
     if run.outputs_removed:
         rows.append(("outputs", "removed by 'batchscore clean'"))
     if run.note:
@@ -1278,6 +1315,12 @@ def runs_show(
         if run.ignored_columns:
             scoring.append(("ignored columns", ", ".join(run.ignored_columns)))
         console.print(_kv_table("scoring", scoring))
+    if run.violations:
+        violations = Table(Column("violation", overflow="fold"), title="checks beyond threshold",
+                           title_justify="left")  # fmt: skip
+        for line in run.violations:
+            violations.add_row(Text(line))
+        console.print(violations)
     if run.evaluation:
         keys = ("rows", "accuracy", "precision", "recall", "f1", "roc_auc", "confusion_matrix")
         console.print(_kv_table("evaluation", [(k, _round(run.evaluation.get(k))) for k in keys]))
@@ -1285,6 +1328,7 @@ def runs_show(
         ("input", ", ".join(run.input_files)),
         ("predictions", ", ".join(run.prediction_files)),
         ("evaluation", run.evaluation_path),
+        ("checks", run.checks_path),
         ("table snapshot", run.table_snapshot),
         ("report", run.report_path),
     ]

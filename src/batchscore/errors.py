@@ -16,6 +16,8 @@ The tree::
     ├── QueryError                   the query engine failed the SQL (a missing table, …)
     │   └── QueryRefusedError        SQL batchscore will not run: not one SELECT (usage error)
     ├── RunLockedError               another process is running the same pipeline and date
+    ├── ValidationBlockedError       a check with action 'block' failed at Validate: nothing
+    │                                published until a person accepts (exit status 5)
     ├── RunNotFoundError             no run with that id in the workspace
     ├── StorageError                 the workspace is not writable, or the disk is full
     └── PublishError                 the predictions could not be committed
@@ -103,6 +105,25 @@ class RunLockedError(BatchScoreError):
     """Another process holds the lock of this pipeline and logical date."""
 
     exit_code = 4
+
+
+class ValidationBlockedError(BatchScoreError):
+    """Validate found a violation of a check whose action is ``block``: Publish did not run
+    and the output table is untouched. The message lists the violations; after a person
+    looked, ``batchscore resume RUN_ID --accept`` publishes the run (or loosen the check under
+    ``checks:`` and resume it: Validate runs again).
+
+    Attributes:
+        run_id: The blocked run.
+        violations: One short line per check beyond its threshold.
+    """
+
+    exit_code = 5
+
+    def __init__(self, message: str, *, run_id: str = "", violations: list[str] | None = None):
+        super().__init__(message)
+        self.run_id = run_id
+        self.violations = list(violations or [])
 
 
 class RunNotFoundError(BatchScoreError):

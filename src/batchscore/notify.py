@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from batchscore.config import Settings
+from batchscore.errors import ValidationBlockedError
 from batchscore.monitoring.files import REPORT_FILE
 from batchscore.records import PipelineHooks, RunRecord
 
@@ -37,6 +38,60 @@ def notification_urls(settings: Settings) -> list[str]:
             "add one to notification_urls, e.g. mailtos://user:${SMTP_PASSWORD}@smtp.example.com"
         )
     return urls
+
+
+def violation_lines(violations: list[str], limit: int = 20) -> list[str]:
+    """The violations as a message lists them (at most ``limit``; checks.json has all)."""
+    lines = [f"  - {v}" for v in violations[:limit]]
+    if len(violations) > limit:
+        lines.append(f"  … and {len(violations) - limit} more (see checks.json)")
+    return lines
+
+
+def blocked_message(
+    settings: Settings, record: RunRecord, step: str, violations: list[str]
+) -> tuple[str, str]:
+    """The failure message of a run Validate blocked: the violations and how to accept."""
+    subject = f"[batchscore] {record.pipeline_name} blocked at {step}: nothing published"
+    body = "\n".join([
+        f"Pipeline: {record.pipeline_name}",
+        f"Run: {record.run_id} (logical date {record.logical_date}, ids "
+        f"{record.id_start}-{record.id_end})",
+        f"Step: {step} blocked publishing; the table {record.output_table} is untouched.",
+        f"Violations ({len(violations)}):",
+        *violation_lines(violations),
+        f"Checks: {Path(record.run_dir) / 'checks.json'}",
+        *_report_line(record),
+        f"Log: {record.log_path}",
+        f"After a person looked: batchscore resume {record.run_id} --accept",
+        "Or loosen the check under checks: and resume: batchscore resume "
+        f"{record.run_id}",
+    ])  # fmt: skip
+    return settings.redact(subject), settings.redact(body)
+
+
+def warned_message(settings: Settings, record: RunRecord, validated: dict) -> tuple[str, str]:
+    """The message of a run published although checks warned (or a person accepted a
+    block)."""
+    scored = record.steps["BatchInference"]
+    violations = list(validated.get("violations") or [])
+    subject = f"[batchscore] {record.pipeline_name} published with warnings"
+    accepted = record.accepted
+    body = "\n".join([
+        f"Pipeline: {record.pipeline_name}",
+        f"Run: {record.run_id} (logical date {record.logical_date})",
+        f"Rows scored: {scored.rows}",
+        f"Model: {record.model_name} v{record.model_version}",
+        f"Table: {record.output_table}",
+        f"Checks: {validated.get('verdict')}"
+        + (f", accepted by {accepted.get('by')} at {accepted.get('at')}" if accepted else ""),
+        f"Violations ({len(violations)}):",
+        *violation_lines(violations),
+        f"Details: {validated.get('checks_path')}",
+        *([f"Report: {validated['report_path']}"] if validated.get("report_path") else []),
+        f"Log: {record.log_path}",
+    ])  # fmt: skip
+    return settings.redact(subject), settings.redact(body)
 
 
 def failure_message(settings: Settings, record: RunRecord, step: str) -> tuple[str, str]:
@@ -128,9 +183,19 @@ class Notifier(PipelineHooks):
             send_sns(self.settings, subject, body)
 
     def on_pipeline_error(self, record: RunRecord, step: str, error: BaseException) -> None:
-        if "failure" in self.settings.notify_on:
-            self._deliver(*failure_message(self.settings, record, step), failure=True)
+        if "failure" not in self.settings.notify_on:
+            return
+        if isinstance(error, ValidationBlockedError):
+            message = blocked_message(self.settings, record, step, error.violations)
+        else:
+            message = failure_message(self.settings, record, step)
+        self._deliver(*message, failure=True)
 
     def after_pipeline_run(self, record: RunRecord) -> None:
-        if "success" in self.settings.notify_on:
+        validated = record.steps["Validate"].outputs if "Validate" in record.steps else {}
+        # Published despite checks beyond their thresholds: worth a message even when
+        # notify_on names only failures.
+        if validated.get("violations") and self.settings.notify_on:
+            self._deliver(*warned_message(self.settings, record, validated), failure=False)
+        elif "success" in self.settings.notify_on:
             self._deliver(*success_message(self.settings, record), failure=False)

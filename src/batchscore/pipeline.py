@@ -72,6 +72,51 @@ def end_of_day(day: dt.date) -> dt.datetime:
     return dt.datetime.combine(day, dt.time.max)
 
 
+def current_user() -> str:
+    """Who runs this process: ``$USER``, else the login name, else ``"unknown"``."""
+    import getpass
+    import os
+
+    try:
+        return os.environ.get("USER") or getpass.getuser()
+    except Exception:  # no user name in the environment or the password database
+        return "unknown"
+
+
+def accept_blocked(record: RunRecord, by: str) -> None:
+    """Record that ``by`` accepted ``record``'s blocked checks (in ``run.json`` and in its
+    ``checks.json``), so Validate lets it through to Publish.
+
+    Raises:
+        ConfigError: the run was not blocked at Validate (the message says what to do).
+    """
+    import json
+
+    blocked = record.error is not None and record.error.get("type") == "ValidationBlockedError"
+    if not blocked:
+        failed = (
+            f"failed at {record.failed_step} ({(record.error or {}).get('type')})"
+            if record.failed_step
+            else f"is {record.status}"
+        )
+        raise ConfigError(
+            f"--accept publishes a run that Validate blocked; run {record.run_id} {failed}. "
+            f"Resume it without --accept: batchscore resume {record.run_id}"
+        )
+    record.accepted = {"by": by, "at": utcnow().isoformat(timespec="seconds")}
+    record.save()
+    path = Path(record.run_dir) / "checks.json"
+    if path.exists():
+        document = json.loads(path.read_text())
+        document["accepted"] = record.accepted
+        path.write_text(json.dumps(document, indent=1))
+    log.warning(
+        "run %s: blocked checks accepted by %s; Validate lets it through to Publish",
+        record.run_id,
+        by,
+    )
+
+
 def _first_unfinished(record: RunRecord) -> str:
     names = list(record.steps)
     return next((name for name in names if record.steps[name].status != "succeeded"), names[-1])
@@ -217,7 +262,9 @@ class Pipeline:
             day += dt.timedelta(days=1)
         return report
 
-    def resume(self, run_id: str, *, force: bool = False) -> RunRecord:
+    def resume(
+        self, run_id: str, *, force: bool = False, accept: bool = False, by: str | None = None
+    ) -> RunRecord:
         """Continue a failed run at its failed step, reusing what earlier steps wrote.
 
         The run keeps what its record says: its table, model group and version, id range,
@@ -225,9 +272,17 @@ class Pipeline:
         reads, scores or publishes is refused, naming the keys, unless ``force`` (then
         recorded in the run).
 
+        Args:
+            run_id: The failed run.
+            force: Continue even though the config differs (recorded in the run).
+            accept: The run was blocked at Validate and a person looked: record who and
+                when (in ``run.json`` and ``checks.json``), then publish it.
+            by: Who accepts (default: ``$USER``, the login name).
+
         Raises:
             BatchScoreError: no such run, it already succeeded, the config differs, or a step
                 failed again.
+            ConfigError: ``accept`` for a run that was not blocked at Validate.
         """
         check_run_id(run_id)
         run_dir = self._fetch(run_id)
@@ -239,6 +294,8 @@ class Pipeline:
         record = RunRecord.load(run_dir)
         if record.status == "succeeded":
             raise BatchScoreError(f"run {run_id} already succeeded; there is nothing to resume.")
+        if accept:
+            return self._continue(record, force, accept_by=by or current_user())
         return self._continue(record, force)
 
     def _fetch(self, run_id: str) -> Path:
@@ -247,14 +304,22 @@ class Pipeline:
             self.mirror.fetch(run_id, self.settings.runs_path)
         return self.settings.runs_path / run_id
 
-    def _continue(self, record: RunRecord, force: bool, through: str | None = None) -> RunRecord:
+    def _continue(
+        self,
+        record: RunRecord,
+        force: bool,
+        through: str | None = None,
+        accept_by: str | None = None,
+    ) -> RunRecord:
         """Run ``record``'s unfinished steps through ``through`` (default: all), holding its
-        logical run's lock."""
+        logical run's lock; ``accept_by`` accepts a run blocked at Validate first."""
         id_range = format_id_range(record.id_start, record.id_end)
         s = self.settings
         with run_lock(s, record.pipeline_name, record.logical_date, record.run_id, id_range):
             record = RunRecord.load(Path(record.run_dir))  # as it is now that we hold the lock
             check_config(record, self.settings, force=force)
+            if accept_by is not None:
+                accept_blocked(record, accept_by)
             record.status = "running"
             record.error = None
             record.failed_step = None
@@ -337,12 +402,16 @@ class Pipeline:
         The model itself (importing scikit-learn, unpacking the estimator: ~3 s) then loads on
         a background thread while the earlier steps run."""
         record = ctx.record
-        scoring = next((s for s in self.steps if s.needs_model), None)
-        if scoring is None or record.steps[scoring.name].status == "succeeded":
+        needing = [s for s in self.steps if s.needs_model]
+        pending = [s for s in needing if record.steps[s.name].status != "succeeded"]
+        if not pending:
             return None
+        scoring = pending[0]
         reading = next((s for s in self.steps if s.reads_features), None)
         group = None
-        if reading is not None:
+        # The feature group is checked only while the first step using the model is to run
+        # (a resume at Validate reads its summary, not the features).
+        if reading is not None and scoring is needing[0]:
             ctx.step = reading.name
             store = self.backends.feature_store
             group = self._retry(ctx.step, lambda: store.describe(record.feature_group))

@@ -89,6 +89,8 @@ class RunRecord:
     config: dict[str, Any] | None = None
     # Resumes that went ahead with a different config (``--force``): when and which keys.
     forced: list[dict[str, Any]] = field(default_factory=list)
+    # A person accepted the run's blocked checks ('resume --accept'): {"by": user, "at": iso}.
+    accepted: dict[str, str] | None = None
 
     @classmethod
     def create(
@@ -182,13 +184,14 @@ class PipelineHooks:
 
 
 # Settings that change how a run is carried out but not what it reads, scores or publishes:
-# a resume may differ in these. Every other key is part of the run's identity.
+# a resume may differ in these. Every other key is part of the run's identity. ``checks``
+# decide only whether a run publishes: a run blocked at Validate resumes with a loosened one.
 OPERATIONAL_KEYS = frozenset({
     "project_name", "workspace", "local_workspace", "engine", "ray_address", "ray_actors",
     "ray_cpus_per_actor", "batch_size", "notification_urls", "notify_on", "max_attempts",
     "retry_backoff_seconds", "schedule_cron", "role_arn", "processing_instance_type",
     "athena_query_results", "athena_workgroup", "sns_topic_arn", "notification_email",
-    "lock_lease_seconds",
+    "lock_lease_seconds", "checks",
 })  # fmt: skip
 
 

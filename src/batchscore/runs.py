@@ -154,6 +154,11 @@ class RunDetails(RunSummary):
     ignored_columns: list[str] = field(default_factory=list)
     unseen_categories: dict[str, int] = field(default_factory=dict)
     non_finite_values: dict[str, int] = field(default_factory=dict)
+    # Validate: the verdict of its checks, the violations, who accepted a blocked run.
+    verdict: str | None = None
+    violations: list[str] = field(default_factory=list)
+    checks_path: str | None = None
+    accepted: dict[str, str] | None = None
     report_path: str | None = None  # the run report, while it exists
 
     @property
@@ -176,6 +181,7 @@ class RunDetails(RunSummary):
         data = outputs.get("DataSource", {})
         scored = outputs.get("BatchInference", {})
         published = outputs.get("Publish", {})
+        validated = outputs.get("Validate", {})
         report = Path(row.get("run_dir") or "") / REPORT_FILE if row.get("run_dir") else None
         names = set(RunSummary.__dataclass_fields__) | {
             "as_of", "ended", "output_table", "write_mode", "config_fingerprint", "run_dir",
@@ -199,6 +205,10 @@ class RunDetails(RunSummary):
             ignored_columns=list(scored.get("ignored_columns") or []),
             unseen_categories=dict(scored.get("unseen_categories") or {}),
             non_finite_values=dict(scored.get("non_finite_values") or {}),
+            verdict=validated.get("verdict"),
+            violations=list(validated.get("violations") or []),
+            checks_path=validated.get("checks_path"),
+            accepted=(record or {}).get("accepted"),
             report_path=str(report) if report is not None and report.is_file() else None,
         )
 
@@ -378,6 +388,27 @@ class RunHistory:
         record_path = Path(run["run_dir"]) / "run.json"
         record = json.loads(record_path.read_text()) if record_path.exists() else None
         return RunDetails.from_history(run, [dict(s) for s in steps], record)
+
+    def previous_success(self, run: RunRecord) -> dict[str, Any] | None:
+        """The latest succeeded run before ``run`` of the same pipeline, id range and table
+        (logical date at most ``run``'s): what Validate compares a run with.
+
+        Returns:
+            Its history row (``run_id``, ``run_dir`` …), or None when there is none.
+        """
+        with self._connect() as con:
+            row = con.execute(
+                """SELECT * FROM runs
+                   WHERE pipeline_name = ? AND id_start IS ? AND id_end IS ?
+                     AND output_table = ? AND status = 'succeeded' AND run_id != ?
+                     AND logical_date <= ? AND started < ?
+                   ORDER BY logical_date DESC, started DESC LIMIT 1""",
+                [
+                    run.pipeline_name, run.id_start, run.id_end, run.output_table,
+                    run.run_id, run.logical_date, run.started,
+                ],
+            ).fetchone()  # fmt: skip
+        return dict(row) if row is not None else None
 
     def _with_liveness(self, run: dict[str, Any]) -> dict[str, Any]:
         """Mark a run recorded as running whose lock it does not hold as abandoned: a running

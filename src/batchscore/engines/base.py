@@ -20,6 +20,7 @@ from batchscore.progress import NO_PROGRESS, Progress
 if TYPE_CHECKING:
     from batchscore.config import Settings
     from batchscore.feature_store import FeatureStore
+    from batchscore.monitoring.summaries import SummaryPlan
     from batchscore.registry import LoadedModel
     from batchscore.steps.results import BatchInferenceResult, DataSourceResult, Lineage
 
@@ -68,12 +69,14 @@ class Engine(abc.ABC):
         *,
         record_identifier: str,
         lineage: Lineage,
+        summary_plan: SummaryPlan | None = None,
         target_column: str | None,
         source_label: str,
         progress: Progress = NO_PROGRESS,
     ) -> BatchInferenceResult:
         """Score every row of ``input_files`` into ``output_dir`` (the output table's schema)
-        and, when the target column is present, write ``evaluation.json`` beside it.
+        and, when the target column is present, write ``evaluation.json`` beside it; with a
+        ``summary_plan``, summarise every batch into ``summary.json`` beside it.
 
         Raises:
             SchemaMismatchError: the snapshot lacks a column the model needs, or a value does

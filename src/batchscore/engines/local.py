@@ -12,6 +12,7 @@ from batchscore.progress import NO_PROGRESS, Progress
 
 if TYPE_CHECKING:
     from batchscore.feature_store import FeatureStore
+    from batchscore.monitoring.summaries import SummaryPlan
     from batchscore.registry import LoadedModel
     from batchscore.steps.results import BatchInferenceResult, DataSourceResult, Lineage
 
@@ -48,6 +49,7 @@ class LocalEngine(Engine):
         *,
         record_identifier: str,
         lineage: Lineage,
+        summary_plan: SummaryPlan | None = None,
         target_column: str | None,
         source_label: str,
         progress: Progress = NO_PROGRESS,
@@ -56,6 +58,6 @@ class LocalEngine(Engine):
 
         return batch_inference(
             input_files, model, output_dir, record_identifier=record_identifier,
-            lineage=lineage, target_column=target_column, source_label=source_label,
-            batch_size=self.settings.batch_size, progress=progress,
+            lineage=lineage, summary_plan=summary_plan, target_column=target_column,
+            source_label=source_label, batch_size=self.settings.batch_size, progress=progress,
         )  # fmt: skip

@@ -38,6 +38,7 @@ from batchscore.catalog import choose_catalog
 from batchscore.engines.base import Engine
 from batchscore.errors import ConfigError
 from batchscore.feature_store.base import ReadStats
+from batchscore.monitoring.summaries import RunSummary
 from batchscore.progress import NO_PROGRESS, Progress, tracked
 from batchscore.sinks.schema import PREDICTIONS_SCHEMA
 from batchscore.steps.batch_inference import (
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from batchscore.config import Settings
     from batchscore.feature_store import FeatureStore
     from batchscore.feature_store.iceberg import IcebergFeatureStore
+    from batchscore.monitoring.summaries import SummaryPlan
     from batchscore.registry import LoadedModel
 
 log = logging.getLogger("batchscore")
@@ -278,6 +280,7 @@ class RayScorer:
         record_identifier: str,
         lineage: Lineage,
         target_column: str | None,
+        summary_plan: SummaryPlan | None = None,
     ) -> None:
         import ray
 
@@ -286,6 +289,7 @@ class RayScorer:
             record_identifier=record_identifier,
             lineage=lineage,
             target_column=target_column,
+            summary_plan=summary_plan,
         )
         self.target_column = target_column
         self.node = ray.get_runtime_context().get_node_id()
@@ -305,6 +309,7 @@ class RayScorer:
             "unseen": scored.unseen_categories,
             "non_finite": scored.non_finite_values,
             "node": self.node,
+            "summary": scored.summary.to_dict() if scored.summary else None,
         })  # fmt: skip
         return (
             pa.Table.from_batches([scored.predictions])
@@ -325,9 +330,13 @@ def _unpack(table: pa.Table, nodes: set[str]) -> ScoredBatch:
     predictions = table.select(PREDICTIONS_SCHEMA.names).cast(PREDICTIONS_SCHEMA)
     unseen: dict[str, int] = {}
     non_finite: dict[str, int] = {}
+    summary: RunSummary | None = None
     for value in table.column(STATS).drop_null().to_pylist():
         stats = json.loads(value)
         nodes.add(stats["node"])
+        if stats["summary"] is not None:
+            part = RunSummary.from_dict(stats["summary"])
+            summary = part if summary is None else summary.merge(part)
         for into, counts in ((unseen, stats["unseen"]), (non_finite, stats["non_finite"])):
             for column, count in counts.items():
                 into[column] = into.get(column, 0) + count
@@ -340,7 +349,7 @@ def _unpack(table: pa.Table, nodes: set[str]) -> ScoredBatch:
         scores = predictions.column("prediction_probability").to_numpy()[mask]
     merged = predictions.combine_chunks().to_batches()
     batch = merged[0] if merged else PREDICTIONS_SCHEMA.empty_table().to_batches()[0]
-    return ScoredBatch(batch, labels, predicted, scores, unseen, non_finite)
+    return ScoredBatch(batch, labels, predicted, scores, unseen, non_finite, summary)
 
 
 def ray_batch_inference(
@@ -351,6 +360,7 @@ def ray_batch_inference(
     *,
     record_identifier: str,
     lineage: Lineage,
+    summary_plan: SummaryPlan | None = None,
     target_column: str | None,
     source_label: str,
     progress: Progress = NO_PROGRESS,
@@ -380,6 +390,7 @@ def ray_batch_inference(
             "record_identifier": record_identifier,
             "lineage": lineage,
             "target_column": target_column,
+            "summary_plan": summary_plan,
         },
         batch_size=settings.batch_size,
         batch_format="pyarrow",
@@ -475,6 +486,7 @@ class RayEngine(Engine):
         *,
         record_identifier: str,
         lineage: Lineage,
+        summary_plan: SummaryPlan | None = None,
         target_column: str | None,
         source_label: str,
         progress: Progress = NO_PROGRESS,
@@ -482,6 +494,6 @@ class RayEngine(Engine):
         with self._joined():
             return ray_batch_inference(
                 self.settings, list(input_files), model, output_dir,
-                record_identifier=record_identifier, lineage=lineage,
+                record_identifier=record_identifier, lineage=lineage, summary_plan=summary_plan,
                 target_column=target_column, source_label=source_label, progress=progress,
             )  # fmt: skip

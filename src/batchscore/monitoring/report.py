@@ -99,6 +99,9 @@ class RunFiles:
             except (TypeError, ValueError, AttributeError) as exc:
                 files.missing[SUMMARY_FILE] = f"{SUMMARY_FILE} could not be read: {exc}"
         files.checks = _read_json(run_dir / CHECKS_FILE, files.missing)
+        if files.checks is not None and files.checks.get("disabled"):  # Validate ran, off
+            files.checks = None
+            files.missing[CHECKS_FILE] = "absent"
         files.evaluation = _read_json(run_dir / EVALUATION_FILE, files.missing)
         if SUMMARY_FILE in files.missing and files.summary is None:
             files.missing[SUMMARY_FILE] = _why_no_summary(record, files.missing[SUMMARY_FILE])
@@ -121,6 +124,14 @@ class RunFiles:
     def reference(self) -> dict[str, Any]:
         reference = (self.checks or {}).get("reference")
         return reference if isinstance(reference, dict) else {}
+
+    @property
+    def accepted(self) -> dict[str, Any] | None:
+        """Who accepted the run's blocked checks, and when (``resume --accept``)."""
+        for accepted in ((self.checks or {}).get("accepted"), self.record.get("accepted")):
+            if isinstance(accepted, dict):
+                return accepted
+        return None
 
     def step_outputs(self, step: str) -> dict[str, Any]:
         return ((self.record.get("steps") or {}).get(step) or {}).get("outputs") or {}
@@ -149,6 +160,10 @@ def _step_status(record: dict[str, Any], step: str) -> str | None:
 def _why_no_summary(record: dict[str, Any], found: str) -> str:
     if found != "absent":
         return found
+    if _checks_off(record):
+        return (
+            "checks are turned off for this run (checks.enabled: false), so nothing was summarised"
+        )
     status = _step_status(record, "BatchInference")
     if status != "succeeded":
         return (
@@ -161,11 +176,15 @@ def _why_no_summary(record: dict[str, Any], found: str) -> str:
     )
 
 
+def _checks_off(record: dict[str, Any]) -> bool:
+    checks = (record.get("config") or {}).get("checks")
+    return isinstance(checks, dict) and checks.get("enabled") is False
+
+
 def _why_no_checks(record: dict[str, Any], found: str) -> str:
     if found != "absent":
         return found
-    checks_config = (record.get("config") or {}).get("checks")
-    if isinstance(checks_config, dict) and checks_config.get("enabled") is False:
+    if _checks_off(record):
         return "checks are turned off for this run (checks.enabled: false), so none ran"
     status = _step_status(record, VALIDATE_STEP)
     if status is None:
@@ -187,12 +206,14 @@ def _why_no_checks(record: dict[str, Any], found: str) -> str:
 def _feature_reference(reference: dict[str, Any], feature: str) -> dict[str, Any] | None:
     """The reference Validate used for ``feature``: ``bin_fractions`` (numeric) or
     ``frequencies`` (categorical), under ``features``, ``training`` or ``statistics``."""
-    for key in ("features", "training", "statistics"):
+    for key in ("training", "features", "statistics"):
         block = reference.get(key)
         if not isinstance(block, dict):
             continue
-        if isinstance(block.get("statistics"), dict):  # a whole profile
-            block = block["statistics"]
+        for inner in ("features", "statistics"):  # {"training": {"features": {...}}}
+            if isinstance(block.get(inner), dict):
+                block = block[inner]
+                break
         entry = block.get(feature)
         if isinstance(entry, dict):
             return entry
@@ -414,7 +435,7 @@ def _banner(files: RunFiles) -> str:
     verdict = str(checks.get("verdict") or "unknown")
     results = files.results
     violations = [r for r in results if r.get("status") in ("warn", "block")]
-    accepted = checks.get("accepted") if isinstance(checks.get("accepted"), dict) else None
+    accepted = files.accepted
     headline = {
         "pass": "All checks passed",
         "warn": f"Published with {len(violations)} warning{'s' * (len(violations) != 1)}",
@@ -507,7 +528,7 @@ def _facts_section(files: RunFiles) -> str:
     data = files.step_outputs("DataSource")
     scored = files.step_outputs("BatchInference")
     published = files.step_outputs("Publish")
-    accepted = (files.checks or {}).get("accepted")
+    accepted = files.accepted
     facts: list[tuple[str, Any]] = [
         ("pipeline", record.get("pipeline_name")),
         ("run id", record.get("run_id")),

@@ -1,4 +1,4 @@
-"""The pipeline's steps, defined once: DataSource → BatchInference → Publish.
+"""The pipeline's steps, defined once: DataSource → BatchInference → Validate → Publish.
 
 ``STEPS`` is the one ordered list every part of batchscore derives its steps from: the runner
 walks it, run records and run history hold a record per entry, the CLI's ``step`` command takes
@@ -89,6 +89,13 @@ STEPS: tuple[Step, ...] = (
         inner_failpoints=("batch",),
     ),
     Step(
+        "Validate",
+        "validate",
+        "the run's summary checked against the training profile and the previous run",
+        "batchscore.steps.validate:run",
+        needs_model=True,  # the model's training profile is the reference
+    ),
+    Step(
         "Publish",
         "publish",
         "the predictions committed to the output table, once",
@@ -132,6 +139,7 @@ def by_slug(slug: str, steps: Sequence[Step] = STEPS) -> Step:
 
 
 def slugs_text(steps: Sequence[Step] = STEPS) -> str:
-    """``"data-source, batch-inference or publish"``: the slugs as a help text says them."""
+    """``"data-source, batch-inference, validate or publish"``: the slugs as a help text says
+    them."""
     slugs = [step.slug for step in steps]
     return " or ".join([", ".join(slugs[:-1]), slugs[-1]]) if len(slugs) > 1 else slugs[0]

@@ -20,7 +20,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchscore.faults import failpoint
+from batchscore.feature_store.latest import utc_naive
 from batchscore.metrics import classification_metrics
+from batchscore.monitoring.summaries import SUMMARY_FILE, RunSummary, SummaryPlan
 from batchscore.progress import NO_PROGRESS, Progress, tracked
 from batchscore.records import format_id_range
 from batchscore.registry import LoadedModel
@@ -29,6 +31,7 @@ from batchscore.steps.parts import PartWriter
 from batchscore.steps.results import BatchInferenceResult, Lineage
 
 if TYPE_CHECKING:
+    from batchscore.config import Settings
     from batchscore.steps.context import RunContext
 
 log = logging.getLogger("batchscore")
@@ -84,6 +87,7 @@ class ScoredBatch:
     scores: np.ndarray | None
     unseen_categories: dict[str, int]
     non_finite_values: dict[str, int]
+    summary: RunSummary | None = None  # the batch's features and scores (None: checks off)
 
 
 class Scorer:
@@ -97,10 +101,12 @@ class Scorer:
         record_identifier: str,
         lineage: Lineage,
         target_column: str | None,
+        summary_plan: SummaryPlan | None = None,
     ) -> None:
         self.model = model
         self.record_identifier = record_identifier
         self.target_column = target_column
+        self.summary_plan = summary_plan
         self.vocabularies = (model.profile or {}).get("category_vocabularies", {})
         self.constants = {
             "timestamp": pa.scalar(lineage.timestamp, pa.timestamp("us")),
@@ -137,6 +143,9 @@ class Scorer:
             scores,
             _unseen_counts(batch, self.vocabularies),
             dict(self.model.non_finite),
+            self.summary_plan.summarize(batch, probability, prediction)
+            if self.summary_plan
+            else None,
         )
 
 
@@ -150,9 +159,12 @@ class ScoringTotals:
     labels: list[np.ndarray] = field(default_factory=list)
     predicted: list[np.ndarray] = field(default_factory=list)
     scores: list[np.ndarray] = field(default_factory=list)
+    summary: RunSummary | None = None
 
     def add(self, scored: ScoredBatch) -> None:
         self.rows += scored.predictions.num_rows
+        if scored.summary is not None:
+            self.summary = (self.summary or RunSummary()).merge(scored.summary)
         _add_counts(self.unseen_categories, scored.unseen_categories)
         _add_counts(self.non_finite_values, scored.non_finite_values)
         if scored.labels is not None and len(scored.labels):
@@ -163,7 +175,8 @@ class ScoringTotals:
     def result(
         self, files: list[str], ignored: list[str], target_column: str | None, run_dir: Path
     ) -> BatchInferenceResult:
-        """Log what was noticed, write ``evaluation.json`` when labels were seen."""
+        """Log what was noticed, write ``evaluation.json`` when labels were seen and
+        ``summary.json`` when batches were summarised."""
         if self.non_finite_values:
             log.warning(
                 "infinite values scored as missing: %s",
@@ -186,6 +199,9 @@ class ScoringTotals:
             path = run_dir / "evaluation.json"
             path.write_text(json.dumps(evaluation, indent=2))
             evaluation_path = str(path)
+        summary_path = None
+        if self.summary is not None:
+            summary_path = str(self.summary.save(run_dir / SUMMARY_FILE))
         return BatchInferenceResult(
             rows=self.rows,
             files=files,
@@ -194,6 +210,7 @@ class ScoringTotals:
             ignored_columns=ignored,
             unseen_categories=self.unseen_categories,
             non_finite_values=self.non_finite_values,
+            summary_path=summary_path,
         )
 
 
@@ -225,11 +242,13 @@ def batch_inference(
     lineage: Lineage,
     target_column: str | None,
     source_label: str,
+    summary_plan: SummaryPlan | None = None,
     batch_size: int = 100_000,
     progress: Progress = NO_PROGRESS,
 ) -> BatchInferenceResult:
     """Score every row of ``input_files`` with ``model``, reporting the task
     ``BatchInference`` to ``progress``: rows scored of the rows in the files, per batch.
+    With a ``summary_plan``, every batch is summarised too, into ``summary.json``.
 
     Raises:
         SchemaMismatchError: the snapshot lacks a column the model needs, or a value does not
@@ -244,7 +263,11 @@ def batch_inference(
         source_label=source_label,
     )
     scorer = Scorer(
-        model, record_identifier=record_identifier, lineage=lineage, target_column=target_column
+        model,
+        record_identifier=record_identifier,
+        lineage=lineage,
+        target_column=target_column,
+        summary_plan=summary_plan,
     )
     totals = ScoringTotals()
     with (
@@ -258,6 +281,27 @@ def batch_inference(
             totals.add(scored)
             progress.advance("BatchInference", batch.num_rows)
     return totals.result(parts.files, ignored, target_column, output_dir.parent)
+
+
+def summary_plan(settings: Settings, model: LoadedModel, as_of: dt.datetime) -> SummaryPlan | None:
+    """What Validate needs summarised of each batch: the model's input columns on its
+    profile's reference bins, and the event times against ``as_of - max_feature_age``.
+    None when checks are disabled (nothing is summarised)."""
+    checks = settings.checks
+    if not checks.enabled:
+        return None
+    max_feature_age = checks.freshness.max_feature_age
+    stale_before = (
+        utc_naive(as_of) - dt.timedelta(seconds=max_feature_age)
+        if max_feature_age is not None and checks.freshness.action != "off"
+        else None
+    )
+    return SummaryPlan.from_profile(
+        model.profile,
+        list(model.input_columns),
+        event_time_column=settings.event_time_feature,
+        stale_before=stale_before,
+    )
 
 
 def run(ctx: RunContext) -> dict[str, Any]:
@@ -278,6 +322,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         Path(record.run_dir) / "predictions",
         record_identifier=ctx.settings.record_identifier,
         lineage=lineage,
+        summary_plan=summary_plan(ctx.settings, model, dt.datetime.fromisoformat(record.as_of)),
         target_column=ctx.settings.target_column,
         source_label=f"feature group {record.feature_group!r}",
         progress=ctx.progress,

@@ -49,6 +49,7 @@ class BatchInferenceResult:
     non_finite_values: dict[str, int] = field(default_factory=dict)
     engine: str = "local"
     nodes: list[str] = field(default_factory=list)  # Ray nodes that scored (engine: ray)
+    summary_path: str | None = None  # summary.json (None: checks disabled)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
