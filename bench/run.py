@@ -8,6 +8,8 @@ rows to deduplicate) and 20 features, trains and approves a model, then times, e
 process, each REPEAT times (the median is reported):
 
 - batchscore: `batchscore run`, end to end (DataSource + BatchInference + Publish), local engine;
+- batchscore-nochecks: the same with `checks: {enabled: false}` — no per-batch summaries (and
+  no Validate): the difference from `batchscore` is what the checks cost;
 - floor: the same model's predict_proba on the already-deduplicated rows, preloaded in memory;
 - seed's way: pandas reads the whole offline table, sorts, drops duplicates, predicts, writes CSV;
 - mlflow models predict: on the same deduplicated rows (CSV), `--env-manager local`.
@@ -94,6 +96,7 @@ def setup_size(customers: int, root: Path, reuse: bool = False) -> dict:
         setup = json.loads((workspace / "setup.json").read_text())
         ids = pq.read_table(setup["dedup_dir"], columns=["customer_id"]).column(0)
         print(f"  reusing {workspace}", flush=True)
+        _write_nochecks_config(Path(setup["config"]))
         return {**setup, "ids": ids.to_pylist(), "setup_file": str(workspace / "setup.json")}
     if workspace.exists():
         shutil.rmtree(workspace)
@@ -109,6 +112,7 @@ def setup_size(customers: int, root: Path, reuse: bool = False) -> dict:
     import yaml
 
     config.write_text(yaml.safe_dump(overrides))
+    _write_nochecks_config(config)
     store = open_feature_store(settings)
     began = time.perf_counter()
     data.fill_feature_group(store, "bench_features", customers)
@@ -156,10 +160,23 @@ def setup_size(customers: int, root: Path, reuse: bool = False) -> dict:
     return setup
 
 
+def _write_nochecks_config(config: Path) -> Path:
+    """``bench-nochecks.yaml`` beside ``config``: the same settings with checks disabled."""
+    import yaml
+
+    settings = yaml.safe_load(config.read_text())
+    path = config.with_name("bench-nochecks.yaml")
+    path.write_text(yaml.safe_dump({**settings, "checks": {"enabled": False}}))
+    return path
+
+
 def run_contender(name: str, setup: dict) -> dict:
     env = {"MLFLOW_DISABLE_TELEMETRY": "true"}
-    if name == "batchscore":
-        wall, rss, _ = measure([str(BIN / "batchscore"), "-q", "-c", setup["config"], "run"], env)
+    if name in ("batchscore", "batchscore-nochecks"):
+        config = setup["config"]
+        if name == "batchscore-nochecks":
+            config = str(Path(config).with_name("bench-nochecks.yaml"))
+        wall, rss, _ = measure([str(BIN / "batchscore"), "-q", "-c", config, "run"], env)
         from batchscore.runs import RunHistory
 
         run = RunHistory(Path(setup["workspace"]) / "runs.db").list_runs(limit=1)[0]
@@ -290,7 +307,7 @@ def main() -> int:
                 "peak_rss_mib": round(rss),
                 "x_floor": round(wall / floor_s, 2) if floor_s else None,
             }
-            if name == "batchscore":
+            if name.startswith("batchscore"):
                 row["steps_s"] = {
                     k: statistics.median(r["steps"][k] for r in runs[name])
                     for k in runs[name][0]["steps"]
@@ -307,7 +324,7 @@ def main() -> int:
     for r in results:
         if "steps_s" in r:
             steps = ", ".join(f"{k} {v:.2f}s" for k, v in r["steps_s"].items())
-            print(f"batchscore steps at {r['customers']:,}: {steps}")
+            print(f"{r['contender']} steps at {r['customers']:,}: {steps}")
     out = root / "results.json"
     out.write_text(json.dumps(results, indent=2))
     print(f"\nresults: {out}")

@@ -80,6 +80,16 @@ def test_ray_engine_gives_the_local_engines_table(make, local_ray) -> None:
     assert bi_ray["evaluation"]["rows"] > 0
     assert bi_ray["unseen_categories"] == bi_local["unseen_categories"]
     assert bi_ray["engine"] == "ray" and len(bi_ray["nodes"]) == 1
+    # The same summary.json, merged from the actors' batches (sums to rounding).
+    summaries = [json.loads(Path(bi["summary_path"]).read_text()) for bi in (bi_local, bi_ray)]
+    for summary in summaries:
+        for numeric in summary["numeric"].values():
+            numeric["total"] = round(numeric["total"], 6)
+        summary["predictions"]["total_probability"] = round(
+            summary["predictions"]["total_probability"], 6
+        )
+    assert summaries[1] == summaries[0]
+    assert summaries[0]["rows"] == ds_local["rows"]
 
     # Write modes are Publish's, the same code for both engines (tests/test_pipeline.py).
 

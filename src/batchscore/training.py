@@ -20,6 +20,7 @@ from batchscore.config import Settings
 from batchscore.errors import FeatureGroupError, NothingToScoreError
 from batchscore.feature_store import FeatureStore
 from batchscore.metrics import classification_metrics
+from batchscore.monitoring.summaries import prediction_reference
 from batchscore.progress import NO_PROGRESS, Progress, tracked
 from batchscore.registry import ModelRegistry, ModelVersion
 
@@ -164,6 +165,10 @@ def train_model(
         trained_at=dt.datetime.now(dt.UTC).isoformat(),
         validation_metrics=metrics,
     )
+    # What the probabilities of a run are compared with: the validation scores, as a loaded
+    # model computes them (positive class of two, else the predicted class').
+    scores = proba[:, -1] if proba.shape[1] == 2 else proba.max(axis=1)
+    profile["prediction_reference"] = prediction_reference(scores, predicted)
     logged = {k: v for k, v in metrics.items() if isinstance(v, float)}
     with tracked(progress, f"train: registering in {settings.model_package_group!r}"):
         version = registry.register_sklearn(

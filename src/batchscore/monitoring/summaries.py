@@ -53,6 +53,34 @@ def histogram(values: np.ndarray, edges: list[float]) -> list[int]:
     return np.bincount(index, minlength=len(edges) + 1).astype(np.int64).tolist()
 
 
+def bin_reference(values: np.ndarray, bins: int = DEFAULT_BINS) -> dict[str, Any]:
+    """The reference a profile stores for a distribution: ``bin_edges`` (its quantile cut
+    points) and ``bin_fractions`` (the share of its finite values in each of the
+    ``len(bin_edges) + 1`` bins; both empty when it has none)."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    edges = quantile_edges(finite, bins)
+    if not len(finite):
+        return {"bin_edges": [], "bin_fractions": []}
+    counts = np.asarray(histogram(finite, edges), dtype=np.float64)
+    return {"bin_edges": edges, "bin_fractions": (counts / len(finite)).round(6).tolist()}
+
+
+def prediction_reference(
+    probabilities: np.ndarray, predictions: np.ndarray | None = None
+) -> dict[str, Any]:
+    """A profile's ``prediction_reference`` from scores of known data (a model's validation
+    scores): decile bins of the probabilities, their shares, the positive rate (predictions
+    equal to 1; without predictions, probabilities of at least 0.5) and the rows."""
+    scores = np.asarray(probabilities, dtype=np.float64)
+    summary = _predictions(scores, predictions, [])
+    return {
+        **bin_reference(scores),
+        "positive_rate": summary.positive_rate,
+        "rows": summary.rows,
+    }
+
+
 @dataclass
 class NumericSummary:
     """A numeric feature: rows seen, nulls (NaN counts as null), bounds, sum, and counts in

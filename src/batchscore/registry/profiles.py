@@ -35,6 +35,10 @@ log = logging.getLogger("batchscore")
 TRAINING_DATA_KEY = "registry.training_data"
 _ICEBERG_IDENTIFIER = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
 _DATA_SUFFIXES = (".parquet", ".pq", ".csv", ".tsv", ".txt")
+# Rows of the training data scored for a computed profile's prediction reference.
+PREDICTION_SAMPLE_ROWS = 50_000
+# Part of the cache key: a profile cached before the reference bins existed is recomputed.
+PROFILE_FORMAT = 2
 
 
 def feature_profile(
@@ -53,9 +57,12 @@ def feature_profile(
             values of the column, sorted).
 
     Returns:
-        The profile fields batchscore's training profile and a first-use profile share.
+        The profile fields batchscore's training profile and a first-use profile share; a
+        numeric column's statistics include its decile ``bin_edges`` and ``bin_fractions``.
     """
     import pyarrow.compute as pc
+
+    from batchscore.monitoring.summaries import bin_reference
 
     rows = table.num_rows
     statistics: dict[str, Any] = {}
@@ -71,6 +78,8 @@ def feature_profile(
             "p50": _num(median[0] if median else None),
             "max": _num(bounds["max"]),
             "missing_fraction": values.null_count / rows if rows else 0.0,
+            # Decile cut points and shares: what a run's drift (PSI) is measured against.
+            **bin_reference(values.to_numpy(zero_copy_only=False)),
         }
     found: dict[str, list[str]] = {}
     for column in categorical:
@@ -174,6 +183,33 @@ def profile_from_data(table: pa.Table, input_types: dict[str, str]) -> dict[str,
     return profile
 
 
+def scored_reference(loaded: LoadedModel, table: pa.Table) -> dict[str, Any] | None:
+    """The model's ``prediction_reference`` from its scores of (a sample of up to
+    ``PREDICTION_SAMPLE_ROWS`` rows of) its training data; None when the data lacks an input
+    column or the model cannot score it (the prediction checks then have no training
+    reference, only the previous run)."""
+    import numpy as np
+
+    from batchscore.monitoring.summaries import prediction_reference
+
+    if any(c not in table.column_names for c in loaded.input_columns) or not table.num_rows:
+        return None
+    if table.num_rows > PREDICTION_SAMPLE_ROWS:
+        rows = np.random.default_rng(0).choice(table.num_rows, PREDICTION_SAMPLE_ROWS, False)
+        table = table.take(np.sort(rows))
+    try:
+        predicted, probabilities = loaded.predict(table.select(loaded.input_columns))
+    except Exception as exc:  # any model error only leaves the reference out
+        log.warning(
+            "profile of model %s: scoring its training data failed (%s); no prediction "
+            "reference from training", loaded.version.label, exc,
+        )  # fmt: skip
+        return None
+    finally:
+        loaded.non_finite.clear()  # what scoring the sample noticed is not the run's
+    return prediction_reference(probabilities, predicted)
+
+
 # The cache ------------------------------------------------------------------------------
 
 
@@ -190,6 +226,7 @@ def cache_path(
         "model_source": version.source,
         "run_id": version.run_id,
         "data": source,
+        "format": PROFILE_FORMAT,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     safe_group = re.sub(r"[^\w.-]", "_", version.group)
@@ -226,6 +263,9 @@ def computed_profile(
     table = read_training_data(settings, source, loaded.input_columns)
     now = dt.datetime.now(dt.UTC)
     profile = profile_from_data(table, loaded.input_types)
+    reference = scored_reference(loaded, table)
+    if reference is not None:
+        profile["prediction_reference"] = reference
     profile |= {
         "profile_source": f"profile computed at first use from {source} ({now:%Y-%m-%d})",
         "training_data": source,
