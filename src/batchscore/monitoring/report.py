@@ -47,6 +47,8 @@ log = logging.getLogger("batchscore")
 
 SUMMARY_FILE = "summary.json"  # as monitoring.summaries names it (not imported: numpy)
 VALIDATE_STEP = "Validate"
+# Why a run has no checks when Validate ran with them turned off (its checks.json says so).
+CHECKS_OFF = "checks are turned off for this run (checks.enabled: false), so none ran"
 DEFAULT_TREND_RUNS = 20
 # Drifting features drawn one by one; more are listed by name.
 MAX_FEATURE_PLOTS = 12
@@ -101,11 +103,12 @@ class RunFiles:
         files.checks = _read_json(run_dir / CHECKS_FILE, files.missing)
         if files.checks is not None and files.checks.get("disabled"):  # Validate ran, off
             files.checks = None
-            files.missing[CHECKS_FILE] = "absent"
+            files.missing[CHECKS_FILE] = CHECKS_OFF
         files.evaluation = _read_json(run_dir / EVALUATION_FILE, files.missing)
-        if SUMMARY_FILE in files.missing and files.summary is None:
-            files.missing[SUMMARY_FILE] = _why_no_summary(record, files.missing[SUMMARY_FILE])
-        if CHECKS_FILE in files.missing:
+        checks_off = files.missing.get(CHECKS_FILE) == CHECKS_OFF
+        if files.missing.get(SUMMARY_FILE) == "absent":
+            files.missing[SUMMARY_FILE] = _why_no_summary(record, checks_off)
+        if files.missing.get(CHECKS_FILE) == "absent":
             files.missing[CHECKS_FILE] = _why_no_checks(record, files.missing[CHECKS_FILE])
         if EVALUATION_FILE in files.missing and files.missing[EVALUATION_FILE] == "absent":
             files.missing[EVALUATION_FILE] = (
@@ -157,10 +160,8 @@ def _step_status(record: dict[str, Any], step: str) -> str | None:
     return entry.get("status") if isinstance(entry, dict) else None
 
 
-def _why_no_summary(record: dict[str, Any], found: str) -> str:
-    if found != "absent":
-        return found
-    if _checks_off(record):
+def _why_no_summary(record: dict[str, Any], checks_off: bool) -> str:
+    if checks_off:  # BatchInference summarises only for the checks
         return (
             "checks are turned off for this run (checks.enabled: false), so nothing was summarised"
         )
@@ -176,16 +177,9 @@ def _why_no_summary(record: dict[str, Any], found: str) -> str:
     )
 
 
-def _checks_off(record: dict[str, Any]) -> bool:
-    checks = (record.get("config") or {}).get("checks")
-    return isinstance(checks, dict) and checks.get("enabled") is False
-
-
 def _why_no_checks(record: dict[str, Any], found: str) -> str:
     if found != "absent":
         return found
-    if _checks_off(record):
-        return "checks are turned off for this run (checks.enabled: false), so none ran"
     status = _step_status(record, VALIDATE_STEP)
     if status is None:
         return (
