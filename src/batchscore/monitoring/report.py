@@ -480,28 +480,50 @@ def _missing_section(files: RunFiles) -> str:
     )
 
 
+def _check_rows(results: list[dict[str, Any]]) -> str:
+    return "".join(
+        "<tr>"
+        f"<td>{esc(r.get('check'))}</td><td>{esc(r.get('feature') or '–')}</td>"
+        f"<td>{esc(r.get('statistic'))}</td><td>{esc(r.get('reference') or '–')}</td>"
+        f'<td class="num">{esc(_figure(r.get("value")))}</td>'
+        f'<td class="num">{esc(_figure(r.get("threshold")))}</td>'
+        f"<td>{_pill(str(r.get('status')))}</td>"
+        f'<td class="detail">{esc(r.get("detail") or "")}</td>'
+        "</tr>"
+        for r in results
+    )
+
+
+CHECKS_HEAD = (
+    '<table class="checks"><colgroup><col style="width:13%"><col style="width:13%">'
+    '<col style="width:13%"><col style="width:9%"><col style="width:7%"><col style="width:9%">'
+    '<col style="width:8%"><col></colgroup>'
+    "<thead><tr><th>check</th><th>feature</th><th>statistic</th><th>reference</th>"
+    '<th class="num">value</th><th class="num">threshold</th><th>status</th>'
+    "<th>detail</th></tr></thead>"
+)
+
+
 def _checks_section(files: RunFiles) -> str:
     if files.checks is None:
         return ""
-    rows = []
-    for r in files.results:
-        rows.append(
-            "<tr>"
-            f"<td>{esc(r.get('check'))}</td><td>{esc(r.get('feature') or '–')}</td>"
-            f"<td>{esc(r.get('statistic'))}</td><td>{esc(r.get('reference') or '–')}</td>"
-            f'<td class="num">{esc(_figure(r.get("value")))}</td>'
-            f'<td class="num">{esc(_figure(r.get("threshold")))}</td>'
-            f"<td>{_pill(str(r.get('status')))}</td>"
-            f'<td class="detail">{esc(r.get("detail") or "")}</td>'
-            "</tr>"
+    results = files.results
+    if not results:
+        return (
+            '<section class="card"><h2>Checks</h2>'
+            '<p class="note">No check results were recorded.</p></section>'
         )
-    body = "".join(rows) or '<tr><td colspan="8">No check results were recorded.</td></tr>'
-    return (
-        '<section class="card"><h2>Checks</h2>'
-        "<table><thead><tr><th>check</th><th>feature</th><th>statistic</th><th>reference</th>"
-        '<th class="num">value</th><th class="num">threshold</th><th>status</th>'
-        f"<th>detail</th></tr></thead><tbody>{body}</tbody></table></section>"
-    )
+    # Violations and skipped checks in view; the passing ones one click away (no script).
+    shown = [r for r in results if r.get("status") not in ("pass", "info")]
+    folded = [r for r in results if r.get("status") in ("pass", "info")]
+    table = f"{CHECKS_HEAD}<tbody>{_check_rows(shown)}</tbody></table>" if shown else ""
+    if folded:
+        table += (
+            f"<details{'' if shown else ' open'}><summary>{len(folded)} check result"
+            f"{'s' * (len(folded) != 1)} passed or recorded for information</summary>"
+            f"{CHECKS_HEAD}<tbody>{_check_rows(folded)}</tbody></table></details>"
+        )
+    return f'<section class="card"><h2>Checks</h2>{table}</section>'
 
 
 def _text(value: Any) -> str | None:
@@ -889,7 +911,10 @@ code { font-family: ui-monospace, 'DejaVu Sans Mono', monospace; font-size: 13px
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid #e5e7eb;
   vertical-align: top; overflow-wrap: break-word; }
-td.detail { min-width: 240px; overflow-wrap: anywhere; }
+table.checks { table-layout: fixed; }
+table.checks td { overflow-wrap: anywhere; }
+details { margin-top: 10px; }
+summary { cursor: pointer; color: #374151; font-weight: 600; padding: 4px 0; }
 thead th { font-size: 12px; text-transform: uppercase; letter-spacing: .04em; color: #6b7280; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 table.facts th { width: 34%; color: #4b5563; font-weight: 500; }

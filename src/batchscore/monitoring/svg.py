@@ -65,7 +65,7 @@ def fmt_number(value: float | None, *, percent: bool = False) -> str:
     if abs(value) >= 1000:
         return f"{value:,.0f}"
     if abs(value) < 0.001:
-        return f"{value:.1e}"
+        return f"{value:.2g}"
     return f"{value:.3g}"
 
 
