@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install demo test lint clean reliability soak bench
+.PHONY: install demo test lint clean reliability soak bench browser
 
 install: $(STAMP)
 
@@ -19,7 +19,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/batchscore quickstart
 
-test: $(STAMP)
+# The browser tests/test_report.py opens the run report in: Debian's Chromium, driven by
+# Playwright (no browser download). Installed as root, as CI runs, when it is missing.
+CHROMIUM := /usr/bin/chromium
+browser: $(CHROMIUM)
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "$(CHROMIUM) is missing and this is not root: run 'sudo apt-get install -y chromium'" \
+			"(tests/test_report.py skips its browser test without it)"; \
+	fi
+
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/ruff check src tests scripts bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

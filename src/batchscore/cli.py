@@ -322,6 +322,11 @@ def _print_run(record: Any) -> None:
     validated = record.steps["Validate"].outputs if "Validate" in record.steps else {}
     if validated:
         rows.insert(-2, ("checks", _verdict_text(validated, record.accepted)))
+    from batchscore.monitoring.files import REPORT_FILE
+
+    report = Path(record.run_dir) / REPORT_FILE
+    if report.is_file():
+        rows.append(("report", str(report)))
     evaluation = scored.get("evaluation")
     if evaluation:
         auc = evaluation["roc_auc"]
@@ -1254,6 +1259,26 @@ def clean(
     )
 
 
+@app.command()
+def report(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Where to write (default: the run folder's report.html)."
+        ),
+    ] = None,
+    runs: Annotated[
+        int, typer.Option("--runs", help="Runs of the pipeline the trend charts show.")
+    ] = 20,
+) -> None:
+    """Write a run's HTML report: check verdicts, drift, predictions, trends (opens offline)."""
+    from batchscore.monitoring.report import write_report
+
+    path = write_report(state.settings, run_id, output=output, trend_runs=runs)
+    console.print(f"report: {path}", markup=False, highlight=False)
+
+
 @runs_app.command("list")
 def runs_list(
     status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
@@ -1401,6 +1426,7 @@ def runs_show(
         ("evaluation", run.evaluation_path),
         ("checks", run.checks_path),
         ("table snapshot", run.table_snapshot),
+        ("report", run.report_path),
     ]
     console.print(_kv_table("outputs", [(k, v) for k, v in files if v]))
 

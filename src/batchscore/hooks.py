@@ -1,6 +1,6 @@
-"""The hooks every run has: the S3 mirror (for an ``s3://`` workspace), run history, the
-monitoring table, MLflow tracking (where there is an MLflow store) and notifications. The
-runner calls them first, in that order, then the caller's own."""
+"""The hooks every run has: the run report, the S3 mirror (for an ``s3://`` workspace), run
+history, the monitoring table, MLflow tracking (where there is an MLflow store) and
+notifications. The runner calls them first, in that order, then the caller's own."""
 
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ def default_hooks(settings: Settings, history: RunHistory) -> list[PipelineHooks
         history: The run history the runs are recorded in.
 
     Returns:
-        The mirror first, then the history hook, the monitoring recorder (its rows are in
-        the table before a notification or report reads them), the MLflow tracker, then the
-        notifier.
+        The report writer first (so the mirror uploads the report and the notification names
+        it), then the mirror, the history hook, the monitoring recorder, the MLflow tracker,
+        then the notifier.
     """
+    from batchscore.monitoring.report import ReportHook
     from batchscore.monitoring.table import MonitoringRecorder
     from batchscore.monitoring.tracking import MlflowTracker, tracking_uri
     from batchscore.notify import Notifier
@@ -42,4 +43,5 @@ def default_hooks(settings: Settings, history: RunHistory) -> list[PipelineHooks
         from batchscore.mirror import RunMirror
 
         hooks.insert(0, RunMirror(settings))
+    hooks.insert(0, ReportHook(settings))
     return hooks

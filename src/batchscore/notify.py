@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from batchscore.config import Settings
 from batchscore.errors import ValidationBlockedError
+from batchscore.monitoring.files import REPORT_FILE
 from batchscore.records import PipelineHooks, RunRecord
 
 log = logging.getLogger("batchscore")
@@ -60,6 +61,7 @@ def blocked_message(
         f"Violations ({len(violations)}):",
         *violation_lines(violations),
         f"Checks: {Path(record.run_dir) / 'checks.json'}",
+        *_report_line(record),
         f"Log: {record.log_path}",
         f"After a person looked: batchscore resume {record.run_id} --accept",
         "Or loosen the check under checks: and resume: batchscore resume "
@@ -102,6 +104,7 @@ def failure_message(settings: Settings, record: RunRecord, step: str) -> tuple[s
         f"Step: {step}",
         f"Error: {error['type']}: {error['message']}",
         f"Log: {record.log_path}",
+        *_report_line(record),
         f"Resume: batchscore resume {record.run_id}",
     ])  # fmt: skip
     return settings.redact(subject), settings.redact(body)
@@ -117,8 +120,15 @@ def success_message(settings: Settings, record: RunRecord) -> tuple[str, str]:
         f"Model: {record.model_name} v{record.model_version}",
         f"Table: {record.output_table}",
         f"Log: {record.log_path}",
+        *_report_line(record),
     ])  # fmt: skip
     return settings.redact(subject), settings.redact(body)
+
+
+def _report_line(record: RunRecord) -> list[str]:
+    """The run report's path, once the report hook (which runs first) has written it."""
+    path = Path(record.run_dir) / REPORT_FILE
+    return [f"Report: {path}"] if path.is_file() else []
 
 
 def send(urls: list[str], subject: str, body: str, *, failure: bool, redact=str) -> bool:

@@ -25,6 +25,7 @@ from typing import Any
 from batchscore.clock import utcnow
 from batchscore.config import Settings
 from batchscore.errors import ConfigError, RunNotFoundError, StorageError, did_you_mean
+from batchscore.monitoring.files import REPORT_FILE
 from batchscore.records import PipelineHooks, RunRecord
 from batchscore.workspace import ensure_writable_workspace, readonly_sqlite_uri, require_workspace
 
@@ -158,6 +159,7 @@ class RunDetails(RunSummary):
     violations: list[str] = field(default_factory=list)
     checks_path: str | None = None
     accepted: dict[str, str] | None = None
+    report_path: str | None = None  # the run report, while it exists
 
     @property
     def error(self) -> str | None:
@@ -180,6 +182,7 @@ class RunDetails(RunSummary):
         scored = outputs.get("BatchInference", {})
         published = outputs.get("Publish", {})
         validated = outputs.get("Validate") or _blocked_checks(record)
+        report = Path(row.get("run_dir") or "") / REPORT_FILE if row.get("run_dir") else None
         names = set(RunSummary.__dataclass_fields__) | {
             "as_of", "ended", "output_table", "write_mode", "config_fingerprint", "run_dir",
             "log_path", "error_type", "error_message",
@@ -206,6 +209,7 @@ class RunDetails(RunSummary):
             violations=list(validated.get("violations") or []),
             checks_path=validated.get("checks_path"),
             accepted=(record or {}).get("accepted"),
+            report_path=str(report) if report is not None and report.is_file() else None,
         )
 
 
