@@ -104,7 +104,9 @@ def test_validate_results_and_the_runs_figures_are_recorded(validated) -> None:
         + [
             CheckResult("run", None, "rows_scored", "", float(record.steps["BatchInference"].rows),
                         None, "info", "", f"{record.steps['BatchInference'].rows} rows scored "
-                        "by BatchInference").to_dict()
+                        "by BatchInference").to_dict(),
+            CheckResult("run", None, "quarantined", "", 0.0, None, "info", "",
+                        "0 rows quarantined (not scorable; see the quarantine table)").to_dict(),
         ],
         key=lambda r: (r["check"], r["feature"] or "", r["statistic"]),
     )  # fmt: skip
@@ -190,9 +192,10 @@ def test_a_run_without_validate_records_its_figures(make) -> None:
 
     rows = rows_of(settings, record.run_id)
     assert [(r["check"], r["statistic"], r["value"], r["status"]) for r in rows] == [
-        ("run", "rows_scored", float(record.steps["BatchInference"].rows), "info")
+        ("run", "quarantined", 0.0, "info"),
+        ("run", "rows_scored", float(record.steps["BatchInference"].rows), "info"),
     ]
-    # BatchInference's outputs gain "quarantined" (the quarantine branch): recorded with it.
+    # A run that set rows aside records how many.
     record.steps["BatchInference"].outputs["quarantined"] = 3
     record_results(settings, record, run_figures(record))
     assert {r["statistic"]: r["value"] for r in rows_of(settings, record.run_id)} == {
@@ -216,7 +219,10 @@ def test_the_real_validate_steps_results_are_recorded(make) -> None:
     )
     assert by_checks == sorted((CheckResult.from_dict(r).to_dict() for r in checks["results"]),
                                key=key)  # fmt: skip
-    assert {r["statistic"] for r in recorded if r["check"] == "run"} == {"rows_scored"}
+    assert {r["statistic"] for r in recorded if r["check"] == "run"} == {
+        "rows_scored",
+        "quarantined",
+    }
 
 
 def test_trends_read_back_in_run_order(make) -> None:

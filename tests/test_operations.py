@@ -558,9 +558,13 @@ def test_each_step_runs_alone_as_an_orchestrator_would(make, tmp_path: Path) -> 
     )
     record = RunRecord.load(settings.runs_path / run_id)
     assert record.status == "running"
-    assert [s.status for s in record.steps.values()] == ["succeeded", "pending", "pending"]
+    assert [s.status for s in record.steps.values()] == [
+        "succeeded", "pending", "pending", "pending"
+    ]  # fmt: skip
     assert main(["-c", config, "step", "publish", "--run-id", run_id]) != 0
     assert main(["-c", config, "step", "batch-inference", "--run-id", run_id]) == 0
+    assert main(["-c", config, "step", "publish", "--run-id", run_id]) != 0  # Validate first
+    assert main(["-c", config, "step", "validate", "--run-id", run_id]) == 0
     assert main(["-c", config, "step", "publish", "--run-id", run_id]) == 0
     record = RunRecord.load(settings.runs_path / run_id)
     assert record.status == "succeeded" and record.logical_date == "2026-03-01"

@@ -181,7 +181,9 @@ class RunDetails(RunSummary):
         data = outputs.get("DataSource", {})
         scored = outputs.get("BatchInference", {})
         published = outputs.get("Publish", {})
-        validated = outputs.get("Validate") or _blocked_checks(record)
+        validated = outputs.get("Validate") or {}
+        if "verdict" not in validated:  # it blocked: the outputs hold at most the report's path
+            validated = {**_blocked_checks(record), **validated}
         report = Path(row.get("run_dir") or "") / REPORT_FILE if row.get("run_dir") else None
         names = set(RunSummary.__dataclass_fields__) | {
             "as_of", "ended", "output_table", "write_mode", "config_fingerprint", "run_dir",
