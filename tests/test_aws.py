@@ -319,16 +319,26 @@ def test_s3_workspace_carries_a_run_from_machine_to_machine(
     first = Pipeline(machine("a")).run_step("DataSource", "exec-7")
     assert first.steps["DataSource"].status == "succeeded"
     Pipeline(machine("b")).run_step("BatchInference", "exec-7")
-    done = Pipeline(machine("c")).run_step("Publish", "exec-7")
+    # Validate reads what BatchInference summarised on another machine (summary.json in S3).
+    validated = Pipeline(machine("c")).run_step("Validate", "exec-7")
+    assert validated.steps["Validate"].outputs["verdict"] == "pass"
+    done = Pipeline(machine("d")).run_step("Publish", "exec-7")
     assert done.status == "succeeded"
-    assert done.run_dir == str(tmp_path / "c" / "runs" / "exec-7")  # rebased onto machine c
+    assert done.run_dir == str(tmp_path / "d" / "runs" / "exec-7")  # rebased onto machine d
 
     s3 = boto3.client("s3", region_name=REGION)
     listed = s3.list_objects_v2(
         Bucket=BUCKET, Prefix="mlops/batch_inference/workspace/runs/exec-7/"
     )
     keys = {o["Key"].split("exec-7/", 1)[1] for o in listed["Contents"]}
-    assert {"run.json", "run.log", "input/part-00000.parquet"} <= keys
+    assert {
+        "run.json",
+        "run.log",
+        "input/part-00000.parquet",
+        "summary.json",
+        "checks.json",
+    } <= keys
+    assert "report.html" in keys
     assert any(k.startswith("predictions/") for k in keys)
     record = json.loads(
         s3.get_object(Bucket=BUCKET, Key="mlops/batch_inference/workspace/runs/exec-7/run.json")[
@@ -336,7 +346,7 @@ def test_s3_workspace_carries_a_run_from_machine_to_machine(
         ].read()
     )
     assert record["status"] == "succeeded"
-    published = glue_table_rows(machine("c"))
+    published = glue_table_rows(machine("d"))
     assert published.num_rows == len(reference_latest(rows, 4000, 5000))
 
 
