@@ -102,6 +102,9 @@ def test_steps_score_with_the_runs_model_group(make) -> None:
     scored = Pipeline(other_group).run_step("BatchInference", "stepwise", force=True)
     assert scored.steps["BatchInference"].status == "succeeded"
     assert scored.model_name == "classification-model-group"
+    assert Pipeline(settings).run_step("Validate", "stepwise").steps["Validate"].status == (
+        "succeeded"
+    )
     published = Pipeline(settings).run_step("Publish", "stepwise")
     assert published.status == "succeeded"
     assert len(table_rows(settings)) == len(expected_latest(settings, 4000, 4200))
