@@ -98,6 +98,7 @@ def ensure_monitoring_table(catalog: Catalog, identifier: str) -> Table:
     from pyiceberg.exceptions import TableAlreadyExistsError
 
     from batchscore.catalog import ensure_namespace, load_table
+    from batchscore.sinks.iceberg import iceberg_schema, partition_spec
 
     namespace, _, name = identifier.partition(".")
     validate_identifier(namespace, "athena_database")
@@ -109,39 +110,12 @@ def ensure_monitoring_table(catalog: Catalog, identifier: str) -> Table:
     try:
         return catalog.create_table(
             identifier,
-            schema=_iceberg_schema(),
-            partition_spec=_partition_spec(),
+            schema=iceberg_schema(monitoring_schema()),
+            partition_spec=partition_spec(monitoring_schema()),
             properties=TABLE_PROPERTIES,
         )
     except TableAlreadyExistsError:  # another run created it first
         return catalog.load_table(identifier)
-
-
-def _iceberg_schema() -> Any:
-    """``monitoring_schema()`` as an Iceberg schema, field ids 1..n in column order."""
-    import pyarrow as pa
-    from pyiceberg.io.pyarrow import pyarrow_to_schema
-    from pyiceberg.schema import Schema
-
-    with_ids = pa.schema(
-        [
-            f.with_metadata({b"PARQUET:field_id": str(i).encode()})
-            for i, f in enumerate(monitoring_schema(), start=1)
-        ]
-    )
-    return Schema(*pyarrow_to_schema(with_ids).fields, schema_id=0)
-
-
-def _partition_spec() -> Any:
-    from pyiceberg.partitioning import PartitionField, PartitionSpec
-    from pyiceberg.transforms import IdentityTransform
-
-    source = monitoring_schema().get_field_index(PARTITION_COLUMN) + 1
-    return PartitionSpec(
-        PartitionField(
-            source_id=source, field_id=1000, transform=IdentityTransform(), name=PARTITION_COLUMN
-        )
-    )
 
 
 # Writing ------------------------------------------------------------------------------------
