@@ -30,6 +30,7 @@ from batchscore.monitoring.checks import run_checks
 from batchscore.monitoring.files import CHECKS_FILE, REPORT_FILE
 from batchscore.monitoring.report import write_report
 from batchscore.monitoring.summaries import SUMMARY_FILE, RunSummary, SummaryPlan
+from batchscore.monitoring.svg import line_chart, nice_ticks
 from batchscore.pipeline import Pipeline
 from batchscore.records import PipelineHooks, RunRecord
 from batchscore.registry import open_registry
@@ -353,3 +354,21 @@ def test_the_browser_check_catches_a_script_error(browser: Any, tmp_path: Path) 
     page = tmp_path / "broken.html"
     page.write_text("<!DOCTYPE html><html><body><script>undefinedFunction()</script></body></html>")
     assert "undefinedFunction is not defined" in " ".join(open_in_browser(browser, page)["errors"])
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("low", "high"),
+    [(0.75, 0.75 + 1e-16), (1e6, 1e6 + 1e-9), (-2.0, -2.0 + 4e-16), (0.0, 5e-324)],
+)
+def test_axis_ticks_of_a_range_floats_cannot_step_through(low: float, high: float) -> None:
+    """Two runs whose mean probabilities differ in the 16th digit (the Ray and the local
+    engine add in different orders) once made the trend chart's tick loop spin for ever."""
+    ticks = nice_ticks(low, high, 4)
+    assert 2 <= len(ticks) <= 12
+    assert ticks[0] <= low and ticks[-1] >= high
+    assert ticks == sorted(set(ticks))
+    svg = line_chart(
+        ["2025-06-01", "2025-06-02"], [low, high], title="mean probability", y_label="p"
+    )
+    assert svg.count("<line") >= 2

@@ -32,23 +32,25 @@ def esc(text: object) -> str:
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """About ``count`` round tick values covering [low, high] (1, 2, 2.5 or 5 × 10^k apart)."""
+    """About ``count`` round tick values covering [low, high] (1, 2, 2.5 or 5 × 10^k apart).
+
+    A range too narrow for floats to step through (two runs' means that differ in the 16th
+    digit) is widened as a flat one is: the ticks are counted, never stepped until they pass
+    ``high``, so no input can make this loop."""
     if not math.isfinite(low) or not math.isfinite(high):
         return [0.0, 1.0]
     if high <= low:
         high = low + (abs(low) or 1.0)
+    scale = max(abs(low), abs(high))
+    if high - low <= max(scale * 1e-9, 1e-200):  # flat, to within what floats tell apart
+        pad = (scale if scale > 1e-200 else 1.0) * 0.05
+        low, high = low - pad, high + pad
     raw = (high - low) / max(count, 1)
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
-    start = math.floor(low / step) * step
-    ticks = []
-    value = start
-    while value <= high + step * 1e-9:
-        ticks.append(round(value, 12))
-        value += step
-    if ticks[-1] < high:
-        ticks.append(round(value, 12))
-    return ticks
+    first = math.floor(low / step)
+    last = math.ceil(high / step - 1e-9)
+    return [round(i * step, 12) for i in range(first, last + 1)]
 
 
 def fmt_number(value: float | None, *, percent: bool = False) -> str:
