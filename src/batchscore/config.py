@@ -359,6 +359,11 @@ class Settings(BaseModel):
     ray_address: str | None = None  # host:port of a running cluster; unset = Ray on this machine
     ray_actors: Annotated[int, WHOLE, Field(ge=1)] | None = None  # default: one per CPU
     ray_cpus_per_actor: Annotated[float, Field(gt=0, le=64)] = 0.5
+    # How BatchInference scores (docs/architecture.md#scoring): ``auto`` compiles a tree
+    # ensemble to native code when it can (checked against the library on every run, falling
+    # back to it on any difference); ``library`` always calls the model's own predict_proba;
+    # ``compiled`` fails the run instead of falling back.
+    scoring: Literal["auto", "library", "compiled"] = "auto"
 
     # Operations.
     notification_urls: list[str] = Field(default_factory=list)

@@ -192,6 +192,8 @@ OPERATIONAL_KEYS = frozenset({
     "retry_backoff_seconds", "schedule_cron", "role_arn", "processing_instance_type",
     "athena_query_results", "athena_workgroup", "sns_topic_arn", "notification_email",
     "lock_lease_seconds", "tracking", "checks",
+    # How, not what: every path gives the library's probabilities (checked to 1e-12 per run).
+    "scoring",
     # A gate, not what is scored: raising it to publish a run that failed on it is a resume.
     "max_quarantine_fraction",
 })  # fmt: skip
