@@ -52,7 +52,8 @@ soak: $(STAMP)
 	BATCHSCORE_SOAK=500 $(BIN)/python -m pytest -q tests/test_faults.py
 	$(BIN)/python scripts/reliability_report.py
 
-# Benchmarks (not tests): batchscore vs the floor, the seed's way and mlflow models predict.
+# Benchmarks (not tests): batchscore (local and Ray) vs the floor, the compiled floor, the
+# seed's way and mlflow models predict (bench/run.py; docs/benchmarks.md).
 SIZES ?= 1e5,1e6
 REPEAT ?= 3
 bench: $(STAMP)
