@@ -508,8 +508,9 @@ class _Planner:
         stats = step.statistics_
         out: list[_Node] = []
         if all(n.kind == "num" for n in nodes):
-            if step._fit_dtype != np.float64 or stats.dtype != np.float64:
+            if step._fit_dtype != np.float64 or step._fill_dtype != np.float64:
                 raise Unsupported("an imputer fitted on other than float64")
+            stats = stats.astype(np.float64)  # as scikit-learn casts them (constant: object)
             for node, stat in zip(nodes, stats, strict=True):
                 if np.isnan(stat) and not step.keep_empty_features:
                     continue  # scikit-learn drops a column with no statistic
