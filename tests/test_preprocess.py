@@ -322,3 +322,16 @@ def test_pipeline_with_final_estimator_parts_only():
     pipeline.steps[-1] = ("classifier", "passthrough")
     whole = fitted(Pipeline(pipeline.steps[:-1]), features(300, 0))
     assert_equal_to_sklearn(whole, features(200, 18, vocabulary="abz"))
+
+
+def test_model_input_in_another_order_with_an_unused_column():
+    """Columns are found by the names the transformer was fitted on; an unused numeric column
+    is still cast and its ±inf counted, as ``LoadedModel.frame`` does."""
+    pre = training_pipeline(features(300, 0))
+    types = {"extra": "double", **dict(reversed(TYPES.items())), "other": "any"}
+    batch = features(200, 19).append_column("extra", pa.array([np.inf, -np.inf, 0.5, 1.0] * 50))
+    batch = batch.append_column("other", pa.array([np.inf, 2.0] * 100, pa.float32()))
+    assert_equal_to_sklearn(pre, batch, types)
+    counted: dict[str, int] = {}
+    vectorise(pre, types).transform(batch, counted)
+    assert counted["extra"] == counted["other"] == 100 and counted["n0"] > 0
