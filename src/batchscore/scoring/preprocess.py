@@ -199,9 +199,11 @@ class _Codes(_Node):
 
     def _unknown_values(self, ctx: _Batch, codes: np.ndarray) -> list[Any]:
         child = self.child
-        column = pa.chunked_array(ctx.chunks(child.source)).combine_chunks()
-        if pa.types.is_dictionary(column.type):
-            column = column.dictionary_decode()
+        chunks = [  # decoded first: chunks of a table may hold different dictionaries
+            c.dictionary_decode() if pa.types.is_dictionary(c.type) else c
+            for c in ctx.chunks(child.source)
+        ]
+        column = pa.chunked_array(chunks).combine_chunks()
         mask = pa.array(codes == self.unknown)
         values = column.filter(mask)
         out: list[Any] = sorted(v for v in pc.unique(values).to_pylist() if v is not None)
