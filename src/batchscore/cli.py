@@ -1368,6 +1368,7 @@ def runs_show(
         ("started", run.started),
         ("ended", run.ended),
         ("seconds", run.seconds),
+        ("startup_seconds", run.startup_seconds),
         ("run_dir", run.run_dir),
         ("log_path", run.log_path),
     ]
