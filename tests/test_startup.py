@@ -1,0 +1,76 @@
+"""Start-up (issue 16): what a run's process pays for before DataSource starts, and the start-up
+figure every run records. Speed itself is shown by bench/ and docs/benchmarks.md, not here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from batchscore.records import RunRecord
+from batchscore.registry import open_registry
+from tests.helpers import config_for
+
+# Not needed before the first step: the model (scikit-learn, skops) loads on its own thread,
+# the registry lookup reads the SQLite store without MLflow, and MLflow tracking opens its
+# store in a worker process. (pandas is not here: pyarrow.dataset, which pyiceberg's reads
+# use, imports it.)
+NOT_BEFORE_DATASOURCE = ("mlflow", "sklearn", "skops", "alembic", "scipy")
+
+# Runs the pipeline in a fresh interpreter and prints the top-level packages the *main*
+# thread imported by the time DataSource starts (imports on the model thread do not count:
+# they overlap the read), then leaves at once.
+SCRIPT = """
+import json, os, sys, threading
+
+seen = set()
+
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if threading.current_thread() is threading.main_thread():
+            seen.add(name.partition(".")[0])
+        return None
+
+sys.meta_path.insert(0, Spy())
+from batchscore.config import load_settings
+from batchscore.pipeline import Pipeline
+from batchscore.records import PipelineHooks
+
+class AtFirstStep(PipelineHooks):
+    def before_step(self, record, step):
+        print("MAIN-THREAD-IMPORTS", json.dumps(sorted(seen)), flush=True)
+        os._exit(0)
+
+Pipeline(load_settings(sys.argv[1]), hooks=[AtFirstStep()]).run()
+"""
+
+
+def test_the_way_to_datasource_imports_no_model_or_mlflow_library(make, tmp_path) -> None:
+    settings = make(customer_id_start=4000, customer_id_end=4100)
+    # As on every day but the first: the model is in the workspace's cache (a download goes
+    # through MLflow's artifact repositories).
+    registry = open_registry(settings)
+    registry.input_types(registry.resolve(settings.model_package_group))
+    config = config_for(settings, tmp_path / "c.yaml")
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(config)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    imported = json.loads(result.stdout.split("MAIN-THREAD-IMPORTS ")[-1])
+    assert "pyiceberg" in imported  # the spy sees the imports DataSource does need
+    assert [name for name in NOT_BEFORE_DATASOURCE if name in imported] == []
+
+
+def test_a_run_records_its_startup_seconds(make) -> None:
+    from batchscore.pipeline import Pipeline
+
+    settings = make(customer_id_start=4000, customer_id_end=4100)
+    record = Pipeline(settings).run()
+    saved = RunRecord.load(Path(record.run_dir))
+    # In this process (pytest's) the first step starts long after the process did.
+    assert isinstance(saved.startup_seconds, float) and saved.startup_seconds > 0
+    from batchscore.runs import RunHistory
+
+    shown = RunHistory.for_settings(settings, writable=False).get(record.run_id)
+    assert shown.startup_seconds == saved.startup_seconds
