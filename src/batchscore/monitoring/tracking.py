@@ -183,9 +183,10 @@ def run_tags(record: RunRecord, settings: Settings) -> dict[str, str]:
 
 
 def _client(uri: str) -> MlflowClient:
-    from batchscore.registry.mlflow import _quiet_mlflow
-
-    _quiet_mlflow()
+    # As registry.mlflow._quiet_mlflow, without importing the registry (pyarrow, pandas):
+    # the tracking worker process imports only this module and MLflow.
+    for name in ("mlflow", "alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
     database = sqlite_path(uri)
