@@ -74,3 +74,32 @@ def test_a_run_records_its_startup_seconds(make) -> None:
 
     shown = RunHistory.for_settings(settings, writable=False).get(record.run_id)
     assert shown.startup_seconds == saved.startup_seconds
+
+
+def test_a_run_whose_tracking_worker_died_is_tracked_all_the_same(make) -> None:
+    import uuid
+
+    from mlflow import MlflowClient
+
+    from batchscore.monitoring.tracking import MlflowTracker
+    from batchscore.pipeline import Pipeline
+    from batchscore.records import PipelineHooks
+
+    settings = make(customer_id_start=4000, customer_id_end=4100,
+                    pipeline_name=f"worker-{uuid.uuid4().hex[:8]}")  # fmt: skip
+    pipeline = Pipeline(settings)
+    (tracker,) = [h for h in pipeline.hooks if isinstance(h, MlflowTracker)]
+
+    class KillWorker(PipelineHooks):
+        def before_step(self, record, step):
+            assert tracker.worker is not None, "the tracker starts a worker with the run"
+            tracker.worker.process.kill()
+            tracker.worker.process.wait()
+
+    pipeline.hooks.append(KillWorker())
+    record = pipeline.run()
+    client = MlflowClient(settings.tracking_uri)
+    experiment = client.get_experiment_by_name(settings.pipeline_name)
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.tags["batchscore.run_id"] == record.run_id
+    assert run.info.status == "FINISHED" and run.data.metrics["rows_scored"] > 0

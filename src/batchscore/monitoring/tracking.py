@@ -335,10 +335,15 @@ class TrackingWorker:
         env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "batchscore.monitoring.tracking", uri, experiment],
+                [sys.executable, "-m", "batchscore.monitoring.tracking"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 env=env, text=True, close_fds=True,
             )  # fmt: skip
+            # On stdin, not the command line: a tracking URI may hold a password, and any
+            # local user can read a process' arguments.
+            assert process.stdin is not None
+            process.stdin.write(json.dumps({"uri": uri, "experiment": experiment}) + "\n")
+            process.stdin.flush()
         except OSError as exc:
             log.debug("MLflow tracking: no worker process (%s); recording in-process", exc)
             return None
@@ -367,10 +372,17 @@ class TrackingWorker:
             self.process.wait()
 
 
-def _worker_main(uri: str, experiment: str) -> int:
-    """The tracking worker (``python -m batchscore.monitoring.tracking URI EXPERIMENT``): open
-    the store, then write the one job read from stdin; answer one JSON line on stdout."""
+def _worker_main() -> int:
+    """The tracking worker (``python -m batchscore.monitoring.tracking``): read the store's URI
+    and the experiment from stdin's first line and open them, then write the one job of the
+    second line; answer one JSON line on stdout."""
+    import signal
     import sys
+
+    # Ctrl-C reaches the whole process group: the run records itself as KILLED through us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    start = json.loads(sys.stdin.readline() or "{}")
+    uri, experiment = start.get("uri"), start.get("experiment")
 
     warnings_seen: list[str] = []
 
@@ -476,4 +488,4 @@ class TrackingError(Exception):
 if __name__ == "__main__":
     import sys
 
-    sys.exit(_worker_main(sys.argv[1], sys.argv[2]))
+    sys.exit(_worker_main())
