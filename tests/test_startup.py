@@ -103,3 +103,28 @@ def test_a_run_whose_tracking_worker_died_is_tracked_all_the_same(make) -> None:
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.data.tags["batchscore.run_id"] == record.run_id
     assert run.info.status == "FINISHED" and run.data.metrics["rows_scored"] > 0
+
+
+def test_the_mlmodel_file_is_read_as_mlflow_reads_it(make, tmp_path) -> None:
+    import shutil
+
+    import yaml
+    from mlflow.models import Model
+
+    from batchscore.registry.mlflow import _simple_mlmodel, declared_input_types
+
+    registry = open_registry(make())
+    folder = registry._download(registry.resolve(make().model_package_group))
+    schema = Model.load(str(folder / "MLmodel")).get_input_schema()
+    assert _simple_mlmodel(folder) is not None  # the demo's model: read without MLflow
+    assert declared_input_types(folder) == {spec.name: spec.type.name for spec in schema.inputs}
+    assert _simple_mlmodel(folder).skops == "model.skops"
+    # A signature of tensors is MLflow's to read.
+    tensors = tmp_path / "tensors"
+    shutil.copytree(folder, tensors)
+    document = yaml.safe_load((tensors / "MLmodel").read_text())
+    document["signature"]["inputs"] = (
+        '[{"type": "tensor", "tensor-spec": {"dtype": "float64", "shape": [-1, 12]}}]'
+    )
+    (tensors / "MLmodel").write_text(yaml.safe_dump(document))
+    assert _simple_mlmodel(tensors) is None
