@@ -1368,6 +1368,7 @@ def runs_show(
         ("started", run.started),
         ("ended", run.ended),
         ("seconds", run.seconds),
+        ("startup_seconds", run.startup_seconds),
         ("run_dir", run.run_dir),
         ("log_path", run.log_path),
     ]
@@ -1704,8 +1705,21 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     if argv is None:
+        _skip_final_collection()
         sys.exit(code)
     return code
+
+
+def _skip_final_collection() -> None:
+    """Let the interpreter exit without garbage-collecting every object of every module one
+    last time: with MLflow, scikit-learn and pyiceberg loaded, that final collection took
+    1.2–1.8 s of ``batchscore run``'s wall time, after its last line was printed. Everything
+    that was open is closed by then; objects still go away (by reference counting, or with
+    the process), only the pointless scan of millions of them is skipped."""
+    import gc
+
+    gc.disable()
+    gc.freeze()
 
 
 if __name__ == "__main__":

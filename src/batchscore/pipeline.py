@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from batchscore.clock import utcnow
+from batchscore.clock import seconds_since_process_start, utcnow
 from batchscore.config import Settings
 from batchscore.engines import open_engine
 from batchscore.engines.base import Engine
@@ -448,6 +448,8 @@ class Pipeline:
         step_record.error = None
         started = time.perf_counter()
         step_record.started = utcnow().isoformat()
+        if step is self.steps[0]:  # what a user waits for before any work starts
+            record.startup_seconds = seconds_since_process_start()
         record.save()
         self._call_hooks("before_step", record, step.name)
         log.info("%s: started", step.name)

@@ -91,6 +91,10 @@ class RunRecord:
     forced: list[dict[str, Any]] = field(default_factory=list)
     # A person accepted the run's blocked checks ('resume --accept'): {"by": user, "at": iso}.
     accepted: dict[str, str] | None = None
+    # Wall seconds from the start of the process that ran the first step (DataSource) to that
+    # step's start: interpreter, imports, config, backends, model lookup. None: unknown (no
+    # /proc), or the first step ran before batchscore recorded it.
+    startup_seconds: float | None = None
 
     @classmethod
     def create(

@@ -160,6 +160,8 @@ class RunDetails(RunSummary):
     checks_path: str | None = None
     accepted: dict[str, str] | None = None
     report_path: str | None = None  # the run report, while it exists
+    # Seconds from process start to the first step's start (run.json's startup_seconds).
+    startup_seconds: float | None = None
 
     @property
     def error(self) -> str | None:
@@ -212,6 +214,7 @@ class RunDetails(RunSummary):
             checks_path=validated.get("checks_path"),
             accepted=(record or {}).get("accepted"),
             report_path=str(report) if report is not None and report.is_file() else None,
+            startup_seconds=(record or {}).get("startup_seconds"),
         )
 
 

@@ -183,9 +183,10 @@ def run_tags(record: RunRecord, settings: Settings) -> dict[str, str]:
 
 
 def _client(uri: str) -> MlflowClient:
-    from batchscore.registry.mlflow import _quiet_mlflow
-
-    _quiet_mlflow()
+    # As registry.mlflow._quiet_mlflow, without importing the registry (pyarrow, pandas):
+    # the tracking worker process imports only this module and MLflow.
+    for name in ("mlflow", "alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
     database = sqlite_path(uri)
@@ -194,19 +195,14 @@ def _client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
-def _experiment_id(client: MlflowClient, settings: Settings, uri: str) -> str:
+def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     from mlflow.exceptions import MlflowException
 
-    name = settings.pipeline_name
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return str(experiment.experiment_id)
     try:
-        return str(
-            client.create_experiment(
-                name, artifact_location=experiment_artifact_location(settings, uri)
-            )
-        )
+        return str(client.create_experiment(name, artifact_location=artifact_location))
     except MlflowException:  # another run created it meanwhile
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
@@ -220,6 +216,77 @@ def find_mlflow_run(client: MlflowClient, experiment_id: str, run_id: str) -> st
         [experiment_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{run_id}'", max_results=1
     )
     return runs[0].info.run_id if runs else None
+
+
+def tracking_job(settings: Settings, record: RunRecord) -> dict[str, Any]:
+    """Everything :func:`write_job` writes for ``record``, worked out without MLflow (JSON-able,
+    so the tracking worker process can write it): where, the run's params, metrics and tags,
+    its artifact files, status and times.
+
+    Raises:
+        ValueError: tracking is off for ``settings``.
+    """
+    uri = tracking_uri(settings)
+    if uri is None:
+        raise ValueError("MLflow tracking is off for these settings (tracking_uri is None)")
+    status = MLFLOW_STATUS.get(record.status, "FAILED")
+    if record.error and record.error.get("type") == "KeyboardInterrupt":
+        status = "KILLED"
+    run_dir = Path(record.run_dir)
+    return {
+        "uri": uri,
+        "experiment": settings.pipeline_name,
+        "artifact_location": experiment_artifact_location(settings, uri),
+        "run_id": record.run_id,
+        "start_time": _milliseconds(record.started),
+        "end_time": _milliseconds(record.ended),
+        "params": run_params(record, settings),
+        "metrics": run_metrics(record),
+        "tags": run_tags(record, settings),
+        "artifacts": [str(run_dir / n) for n in ARTIFACT_FILES if (run_dir / n).is_file()],
+        "status": status,
+    }
+
+
+def write_job(client: MlflowClient, job: dict[str, Any]) -> str:
+    """Write a :func:`tracking_job` through ``client``: the MLflow run of ``job["run_id"]``
+    created, or the one an earlier attempt made updated. Returns the MLflow run id.
+
+    Raises:
+        MlflowException: the store refused a write.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+
+    experiment_id = _experiment_id(client, job["experiment"], job["artifact_location"])
+    mlflow_run_id = find_mlflow_run(client, experiment_id, job["run_id"])
+    if mlflow_run_id is None:
+        mlflow_run_id = client.create_run(
+            experiment_id, start_time=job["start_time"], run_name=job["run_id"],
+            tags={RUN_ID_TAG: job["run_id"]},
+        ).info.run_id  # fmt: skip
+        logged_params: dict[str, str] = {}
+    else:
+        logged_params = client.get_run(mlflow_run_id).data.params
+    # Params cannot change once logged (a --force resume may run on another engine): keep
+    # the first attempt's and log only the new keys.
+    params = {k: v for k, v in job["params"].items() if k not in logged_params}
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, value, now, 0) for key, value in job["metrics"].items()]
+    tags = job["tags"]
+    param_items = [Param(key, value) for key, value in params.items()]
+    client.log_batch(
+        mlflow_run_id,
+        metrics=metrics,
+        params=param_items[:MAX_PARAMS_PER_BATCH],
+        tags=[RunTag(key, value) for key, value in tags.items()],
+    )
+    stale = {"failed_step", "error"} - set(tags)  # a resumed run that went on to succeed
+    for key in stale & set(client.get_run(mlflow_run_id).data.tags):
+        client.delete_tag(mlflow_run_id, key)
+    for path in job["artifacts"]:
+        client.log_artifact(mlflow_run_id, path)
+    client.set_terminated(mlflow_run_id, job["status"], end_time=job["end_time"] or now)
+    return str(mlflow_run_id)
 
 
 def record_run(settings: Settings, record: RunRecord, client: MlflowClient | None = None) -> str:
@@ -238,55 +305,125 @@ def record_run(settings: Settings, record: RunRecord, client: MlflowClient | Non
         ValueError: tracking is off for ``settings``.
         MlflowException: the store refused a write (the hook turns it into a warning).
     """
-    from mlflow.entities import Metric, Param, RunTag
+    job = tracking_job(settings, record)
+    return write_job(client or _client(job["uri"]), job)
 
-    uri = tracking_uri(settings)
-    if uri is None:
-        raise ValueError("MLflow tracking is off for these settings (tracking_uri is None)")
-    client = client or _client(uri)
-    experiment_id = _experiment_id(client, settings, uri)
-    mlflow_run_id = find_mlflow_run(client, experiment_id, record.run_id)
-    if mlflow_run_id is None:
-        mlflow_run_id = client.create_run(
-            experiment_id, start_time=_milliseconds(record.started), run_name=record.run_id,
-            tags={RUN_ID_TAG: record.run_id},
-        ).info.run_id  # fmt: skip
-        logged_params: dict[str, str] = {}
-    else:
-        logged_params = client.get_run(mlflow_run_id).data.params
-    # Params cannot change once logged (a --force resume may run on another engine): keep
-    # the first attempt's and log only the new keys.
-    params = {k: v for k, v in run_params(record, settings).items() if k not in logged_params}
-    now = int(time.time() * 1000)
-    metrics = [Metric(key, value, now, 0) for key, value in run_metrics(record).items()]
-    tags = run_tags(record, settings)
-    param_items = [Param(key, value) for key, value in params.items()]
-    client.log_batch(
-        mlflow_run_id,
-        metrics=metrics,
-        params=param_items[:MAX_PARAMS_PER_BATCH],
-        tags=[RunTag(key, value) for key, value in tags.items()],
-    )
-    stale = {"failed_step", "error"} - set(tags)  # a resumed run that went on to succeed
-    for key in stale & set(client.get_run(mlflow_run_id).data.tags):
-        client.delete_tag(mlflow_run_id, key)
-    run_dir = Path(record.run_dir)
-    for name in ARTIFACT_FILES:
-        if (run_dir / name).is_file():
-            client.log_artifact(mlflow_run_id, str(run_dir / name))
-    status = MLFLOW_STATUS.get(record.status, "FAILED")
-    if record.error and record.error.get("type") == "KeyboardInterrupt":
-        status = "KILLED"
-    client.set_terminated(mlflow_run_id, status, end_time=_milliseconds(record.ended) or now)
-    return str(mlflow_run_id)
+
+class TrackingWorker:
+    """A child process that imports MLflow and opens the tracking store while the run works,
+    then writes the run's :func:`tracking_job` when it ends.
+
+    ``import mlflow`` and opening its store cost 1.5–3 s of CPU; in the run's own process
+    they would come after the last step (the tracker writes once, at the end) and hold the
+    GIL. In a child they take the machine's other core while DataSource and the model load
+    run. Any trouble with the child — it cannot start, it died, it answered nonsense — and the
+    tracker writes in-process as before; the child exits when its input closes.
+    """
+
+    def __init__(self, process: Any) -> None:
+        self.process = process
+
+    @classmethod
+    def start(cls, uri: str, experiment: str) -> TrackingWorker | None:
+        """The worker for store ``uri``, warming up experiment ``experiment``; None when no
+        child process can be started here."""
+        import os
+        import subprocess
+        import sys
+
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "batchscore.monitoring.tracking"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                env=env, text=True, close_fds=True,
+            )  # fmt: skip
+            # On stdin, not the command line: a tracking URI may hold a password, and any
+            # local user can read a process' arguments.
+            assert process.stdin is not None
+            process.stdin.write(json.dumps({"uri": uri, "experiment": experiment}) + "\n")
+            process.stdin.flush()
+        except OSError as exc:
+            log.debug("MLflow tracking: no worker process (%s); recording in-process", exc)
+            return None
+        return cls(process)
+
+    def write(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Hand ``job`` to the worker and wait for its answer: ``{"mlflow_run_id", "warnings"}``
+        or ``{"error_type", "error"}``.
+
+        Raises:
+            OSError: the worker is gone or gave no answer (write in-process instead).
+        """
+        try:
+            answer, _ = self.process.communicate(json.dumps(job) + "\n")
+            reply = json.loads(answer.strip().splitlines()[-1])
+        except (OSError, ValueError, IndexError) as exc:
+            raise OSError(f"the tracking worker gave no answer: {exc}") from exc
+        if not isinstance(reply, dict):
+            raise OSError(f"the tracking worker answered {reply!r}")
+        return reply
+
+    def close(self) -> None:
+        """Stop the worker if it has not written (the run ended without a tracker call)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def _worker_main() -> int:
+    """The tracking worker (``python -m batchscore.monitoring.tracking``): read the store's URI
+    and the experiment from stdin's first line and open them, then write the one job of the
+    second line; answer one JSON line on stdout."""
+    import signal
+    import sys
+
+    # Ctrl-C reaches the whole process group: the run records itself as KILLED through us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    start = json.loads(sys.stdin.readline() or "{}")
+    uri, experiment = start.get("uri"), start.get("experiment")
+
+    warnings_seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, entry: logging.LogRecord) -> None:
+            warnings_seen.append(f"{entry.name}: {entry.getMessage()}")
+
+    logging.captureWarnings(True)
+    logging.getLogger().addHandler(Collect(logging.WARNING))
+    client = None
+    try:  # warm up while the run works: MLflow's imports, the store, the experiment
+        client = _client(uri)
+        client.get_experiment_by_name(experiment)
+    except Exception:  # the job below meets the same error and reports it
+        pass
+    line = sys.stdin.readline()
+    if not line:
+        return 0  # the run ended without recording (a step run alone); nothing to write
+    try:
+        job = json.loads(line)
+        mlflow_run_id = write_job(client or _client(job["uri"]), job)
+        reply: dict[str, Any] = {"mlflow_run_id": mlflow_run_id, "warnings": warnings_seen}
+    except Exception as exc:  # the parent logs it as the in-process path did
+        reply = {"error_type": type(exc).__name__, "error": str(exc)}
+    sys.stdout.write(json.dumps(reply) + "\n")
+    sys.stdout.flush()
+    return 0
 
 
 class MlflowTracker(PipelineHooks):
-    """Records every run in MLflow when it ends (``record_run``); never fails the run."""
+    """Records every run in MLflow when it ends (``record_run``, through a
+    :class:`TrackingWorker` started with the run); never fails the run."""
 
     def __init__(self, settings: Settings, uri: str) -> None:
         self.settings = settings
         self.uri = uri
+        self.worker: TrackingWorker | None = None
+
+    def before_pipeline_run(self, record: RunRecord) -> None:
+        self._close()
+        self.worker = TrackingWorker.start(self.uri, self.settings.pipeline_name)
 
     def after_pipeline_run(self, record: RunRecord) -> None:
         self._record(record)
@@ -294,18 +431,45 @@ class MlflowTracker(PipelineHooks):
     def on_pipeline_error(self, record: RunRecord, step: str, error: BaseException) -> None:
         self._record(record)
 
+    def _close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+    def _write(self, record: RunRecord) -> str:
+        """The MLflow run id; written by the worker when there is one that answers."""
+        job = tracking_job(self.settings, record)
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            try:
+                reply = worker.write(job)
+            except OSError as exc:
+                log.debug("MLflow tracking: %s; recording in-process", exc)
+            else:
+                if "error_type" in reply:
+                    raise TrackingError(f"{reply['error_type']}: {reply.get('error', '')}")
+                for line in reply.get("warnings") or []:
+                    log.warning("MLflow tracking: %s", self.settings.redact(str(line)))
+                return str(reply["mlflow_run_id"])
+            finally:
+                worker.close()
+        return write_job(_client(job["uri"]), job)
+
     def _record(self, record: RunRecord) -> None:
         started = time.perf_counter()
         try:
-            mlflow_run_id = record_run(self.settings, record)
+            mlflow_run_id = self._write(record)
         except Exception as exc:  # tracking is a record of the run, never a reason to fail it
+            kind, text = type(exc).__name__, str(exc)
+            if isinstance(exc, TrackingError):  # the worker's: its own type and message
+                kind, _, text = text.partition(": ")
             log.warning(
                 "MLflow tracking: run %s was not recorded in %s: %s: %s (the run is unaffected; "
                 "check tracking.uri, or set tracking: false)",
                 record.run_id,
                 self.settings.redact(self.uri),
-                type(exc).__name__,
-                self.settings.redact(str(exc).splitlines()[0] if str(exc) else ""),
+                kind,
+                self.settings.redact(text.splitlines()[0] if text else ""),
             )
             return
         log.info(
@@ -315,3 +479,13 @@ class MlflowTracker(PipelineHooks):
             record.pipeline_name,
             time.perf_counter() - started,
         )
+
+
+class TrackingError(Exception):
+    """The tracking worker's store refused the run: ``"<its type>: <its message>"``."""
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_worker_main())

@@ -12,13 +12,13 @@ import json
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 from batchscore.config import APPROVAL_STATUSES, RESOURCE_NAME, validate_identifier
 from batchscore.errors import ModelError, ModelLoadError, UnknownVersionError
+from batchscore.registry import mlflow_sqlite
 from batchscore.registry.base import (
     APPROVAL_TAG,
     DEFAULT_STATUS,
@@ -36,6 +36,7 @@ from batchscore.registry.flavors import SAFE_LOG_CALLS
 from batchscore.workspace import readonly_sqlite_url, require_sqlite_file, sqlite_path
 
 if TYPE_CHECKING:
+    import pandas as pd
     from mlflow.tracking import MlflowClient
 
     from batchscore.config import Settings
@@ -82,9 +83,6 @@ class MlflowRegistry(ModelRegistry):
         Raises:
             WorkspaceNotFoundError: not ``writable``, and the SQLite database does not exist.
         """
-        _quiet_mlflow()
-        from mlflow.tracking import MlflowClient
-
         database = sqlite_path(tracking_uri)
         client_uri = tracking_uri
         if database is not None and writable:
@@ -101,7 +99,20 @@ class MlflowRegistry(ModelRegistry):
         self.cache = ModelCache(cache_dir)
         self.trusted_types = [*TRUSTED_SKOPS_TYPES, *trusted_types]
         self.trust_pickle = trust_pickle
-        self.client = client or MlflowClient(tracking_uri=client_uri, registry_uri=client_uri)
+        # Reads of a SQLite store skip MLflow (registry/mlflow_sqlite.py); an injected client
+        # is always the one asked.
+        self.database = database if client is None else None
+        self._client = client
+
+    @property
+    def client(self) -> MlflowClient:
+        """The ``MlflowClient`` of this registry, made (importing MLflow) on first use."""
+        if self._client is None:
+            _quiet_mlflow()
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.client_uri, registry_uri=self.client_uri)
+        return self._client
 
     @classmethod
     def from_settings(cls, settings: Settings, *, writable: bool = True) -> MlflowRegistry:
@@ -143,6 +154,9 @@ class MlflowRegistry(ModelRegistry):
 
     def list_versions(self, group: str) -> list[ModelVersion]:
         validate_identifier(group, "model_package_group", RESOURCE_NAME)
+        stored = mlflow_sqlite.search_versions(self.database, group)
+        if stored is not None:
+            return sorted(map(self._to_version, stored), key=lambda v: v.version, reverse=True)
         from mlflow.exceptions import MlflowException
 
         try:
@@ -154,6 +168,9 @@ class MlflowRegistry(ModelRegistry):
 
     def get_version(self, group: str, version: int) -> ModelVersion:
         validate_identifier(group, "model_package_group", RESOURCE_NAME)
+        stored = mlflow_sqlite.get_version(self.database, group, version)
+        if stored is not None:
+            return self._to_version(stored)
         from mlflow.exceptions import MlflowException
 
         try:
@@ -179,7 +196,9 @@ class MlflowRegistry(ModelRegistry):
         return self.get_version(group, version)
 
     def _history_tag(self, group: str, version: int) -> list[dict[str, str]]:
-        tags = self.client.get_model_version(group, str(version)).tags or {}
+        stored = mlflow_sqlite.get_version(self.database, group, version)
+        mv = stored if stored is not None else self.client.get_model_version(group, str(version))
+        tags = mv.tags or {}
         try:
             history = json.loads(tags.get(STATUS_HISTORY_TAG, "[]"))
         except ValueError:
@@ -361,6 +380,11 @@ def _input_types(meta: Any, estimator: Any, version: ModelVersion) -> dict[str, 
             kind = getattr(spec, "type", None)
             types[spec.name] = getattr(kind, "name", str(kind)) if kind is not None else "any"
         return types
+    return _feature_names(estimator, version)
+
+
+def _feature_names(estimator: Any, version: ModelVersion) -> dict[str, str]:
+    """Input columns of a model without a signature: the fitted estimator's own."""
     names = getattr(estimator, "feature_names_in_", None)
     if names is None:
         raise ModelLoadError(
@@ -390,6 +414,17 @@ def load_model_folder(
             corrupt, not a classifier, or its library is not installed (naming the
             ``pip install 'batchscore[<extra>]'``).
     """
+    simple = _simple_mlmodel(folder)
+    if simple is not None and simple.skops is not None:  # the common case, without MLflow
+        estimator = load_skops(folder / simple.skops, version, trusted_types)
+        classes = check_classifier(estimator, version)
+        return LoadedModel(
+            version=version,
+            estimator=estimator,
+            input_types=simple.input_types or _feature_names(estimator, version),
+            profile=read_profile(folder),
+            classes=classes,
+        )
     from mlflow.models import Model
 
     try:
@@ -504,8 +539,73 @@ def load_skops(path: Path, version: ModelVersion, trusted_types: list[str]) -> A
         ) from exc
 
 
+# The column types of an MLflow signature (``mlflow.types.DataType``): a signature of these
+# alone is read here without importing MLflow.
+COLUMN_TYPES = frozenset(
+    {"boolean", "integer", "long", "float", "double", "string", "binary", "datetime"}
+)
+
+
+@dataclass(frozen=True)
+class SimpleMLmodel:
+    """What a run needs from an MLmodel file whose signature has only named columns of
+    plain types (or no signature).
+
+    Attributes:
+        input_types: column -> type name, as MLflow's ``get_input_schema()`` gives them;
+            None: no signature.
+        skops: the skops file of its ``sklearn`` flavour (saved with
+            ``serialization_format='skops'``); None: another flavour or format, which the
+            MLflow path loads or refuses.
+    """
+
+    input_types: dict[str, str] | None
+    skops: str | None
+
+
+def _simple_mlmodel(folder: Path) -> SimpleMLmodel | None:
+    """``folder``'s MLmodel read with PyYAML alone (MLflow's import costs seconds); None
+    when the file is anything but plain — unreadable, or a signature of tensors, arrays,
+    objects or unnamed columns — so MLflow's own ``Model.load`` reads it and reports what is
+    wrong exactly as before."""
+    import yaml
+
+    try:
+        document = yaml.safe_load((folder / "MLmodel").read_text())
+        flavors = document.get("flavors") or {}
+        signature = document.get("signature")
+        inputs = None if signature is None else signature.get("inputs")
+        specs = None if inputs is None else json.loads(inputs)
+    except Exception:  # Model.load says what is wrong with it
+        return None
+    if not isinstance(flavors, dict):
+        return None
+    types: dict[str, str] | None = None
+    if signature is not None:
+        if (
+            not isinstance(specs, list)
+            or not specs
+            or not all(
+                isinstance(spec, dict)
+                and isinstance(spec.get("name"), str)
+                and spec.get("type") in COLUMN_TYPES
+                for spec in specs
+            )
+        ):
+            return None
+        types = {spec["name"]: spec["type"] for spec in specs}
+    sklearn = flavors.get("sklearn")
+    skops = None
+    if isinstance(sklearn, dict) and sklearn.get("serialization_format") == "skops":
+        skops = str(sklearn.get("pickled_model", "model.skops"))
+    return SimpleMLmodel(types, skops)
+
+
 def declared_input_types(folder: Path) -> dict[str, str] | None:
     """Input columns and types from the MLmodel signature in ``folder``, if it has one."""
+    simple = _simple_mlmodel(folder)
+    if simple is not None:
+        return simple.input_types
     from mlflow.models import Model
 
     try:
