@@ -43,6 +43,9 @@ def make_settings(shared: Path, workspace: Path, **overrides: object) -> Setting
             "artifact_location": (shared / "mlartifacts").as_uri(),
         },
         "athena_output_table": f"predictions_{uuid.uuid4().hex[:10]}",
+        # Off but where a test asks for it (tests/test_tracking.py): each tracked run starts an
+        # MLflow worker process, seconds of CPU that hundreds of runs here do not need.
+        "tracking": False,
     }
     values.update(overrides)
     return load_settings(path=None, overrides=values, env={})
@@ -58,6 +61,7 @@ def overrides_of(settings: Settings, **extra: object) -> dict[str, object]:
             "artifact_location": settings.artifact_location,
         },
         "athena_output_table": settings.athena_output_table,
+        "tracking": settings.tracking.model_dump(exclude_none=True),
         **extra,
     }
 

@@ -86,7 +86,7 @@ def test_a_run_whose_tracking_worker_died_is_tracked_all_the_same(make) -> None:
     from batchscore.records import PipelineHooks
 
     settings = make(customer_id_start=4000, customer_id_end=4100,
-                    pipeline_name=f"worker-{uuid.uuid4().hex[:8]}")  # fmt: skip
+                    pipeline_name=f"worker-{uuid.uuid4().hex[:8]}", tracking=True)  # fmt: skip
     pipeline = Pipeline(settings)
     (tracker,) = [h for h in pipeline.hooks if isinstance(h, MlflowTracker)]
 

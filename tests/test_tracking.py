@@ -44,9 +44,10 @@ def tracked(
     shared_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Settings, RunRecord]:
     """One succeeded run of a pipeline of its own, tracked in the registry's own store (the
-    default: no tracking settings)."""
+    default once tracking is on; the tests' settings turn it off unless asked)."""
     folder = tmp_path_factory.mktemp("tracked")
-    settings = make_settings(shared_dir, folder / "ws", pipeline_name=unique_pipeline())
+    name = unique_pipeline()
+    settings = make_settings(shared_dir, folder / "ws", pipeline_name=name, tracking=True)
     with pytest.MonkeyPatch.context() as monkeypatch:  # _isolate is per test: not yet applied
         for name in [n for n in os.environ if n.startswith("BATCHSCORE_")]:
             monkeypatch.delenv(name)
@@ -116,7 +117,7 @@ def test_the_run_folders_files_are_its_artifacts(tracked, tmp_path) -> None:
 
 
 def test_a_failed_run_is_recorded_failed_and_its_resume_updates_that_run(make) -> None:
-    settings = make(pipeline_name=unique_pipeline())
+    settings = make(pipeline_name=unique_pipeline(), tracking=True)
     blocker = block_publish(settings, dt.datetime.now(dt.UTC).date())
     with pytest.raises(PublishError):
         Pipeline(settings).run()
@@ -143,7 +144,7 @@ def test_a_failed_run_is_recorded_failed_and_its_resume_updates_that_run(make) -
 
 
 def test_a_secret_in_the_config_never_reaches_the_mlflow_run(make, tmp_path) -> None:
-    base = make(pipeline_name=unique_pipeline())
+    base = make(pipeline_name=unique_pipeline(), tracking=True)
     uri = f"sqlite:///{tmp_path / 'tracking' / 'mlflow.db'}"  # a store of its own
     settings = load_settings(
         overrides=overrides_of(
