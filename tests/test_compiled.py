@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -118,8 +119,10 @@ def register(shared_dir: Path, kind: str, group: str, seed: int = 0) -> list[str
 
     x = frame[[*NUMERIC, *CATEGORICAL]].astype({c: "float64" for c in NUMERIC})
     model = sklearn_model(kind)
-    if seed:
-        model.set_params(classifier__random_state=seed)
+    if seed:  # another model: more trees
+        model.set_params(classifier__max_iter=30 + seed) if kind == "hgb" else model.set_params(
+            classifier__n_estimators=20 + seed
+        )
     model.fit(x, y)
     trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
     log_and_approve(settings, group, lambda **kw: mlflow.sklearn.log_model(
@@ -195,3 +198,114 @@ def test_a_tree_ensemble_scores_compiled_as_its_library(shared_dir, workspace, g
     assert compiled.outputs("BatchInference")["evaluation"] == library.outputs(
         "BatchInference"
     )["evaluation"]
+
+
+def library_dir(record) -> Path:
+    return Path(scoring_of(record)["compiled_library"]).parent
+
+
+def test_the_cache_compiles_once_per_model_version(shared_dir, groups, tmp_path):
+    """scoring: library never compiles; then one compile, a hit, and a new version compiles."""
+    workspace = tmp_path / "ws"
+    group = "compiled-cache"
+    TRUSTED.update(register(shared_dir, "hgb", group))
+    library = run(shared_dir, workspace, group, scoring="library")
+    assert scoring_of(library)["reason"] == "scoring: library in the config"
+    assert not (workspace / "models" / "compiled").exists()
+
+    first = run(shared_dir, workspace, group)
+    second = run(shared_dir, workspace, group)
+    assert (scoring_of(first)["cache"], scoring_of(second)["cache"]) == ("miss", "hit")
+    assert library_dir(first) == library_dir(second)
+    assert scoring_of(second)["compile_seconds"] == scoring_of(first)["compile_seconds"] > 0
+    assert_same_predictions(predictions(second), predictions(library))
+
+    TRUSTED.update(register(shared_dir, "hgb", group, seed=1))  # another model: version 2
+    third = run(shared_dir, workspace, group)
+    assert third.model_version == 2
+    assert scoring_of(third)["cache"] == "miss"
+    assert library_dir(third) != library_dir(first)
+    assert sorted(p.name for p in (workspace / "models" / "compiled").iterdir()
+                  if not p.name.startswith(".")) == sorted([library_dir(first).name,
+                                                           library_dir(third).name])  # fmt: skip
+
+
+def put_other_library(into: Path, other: Path) -> None:
+    """Replace a cache entry's library with another model's (and its meta, so it verifies)."""
+    for name in ("model.so", "meta.json"):
+        shutil.copyfile(other / name, into / name)
+
+
+def test_a_library_that_differs_falls_back_to_the_library_for_every_row(
+    shared_dir, groups, tmp_path, caplog
+):
+    workspace = tmp_path / "ws"
+    reference = run(shared_dir, workspace, groups["hgb"], scoring="library", batch_size=300)
+    compiled = run(shared_dir, workspace, groups["hgb"], batch_size=300)
+    other = run(shared_dir, workspace, groups["gb"], batch_size=300)  # same 12 features
+    assert scoring_of(compiled)["path"] == scoring_of(other)["path"] == "compiled"
+    put_other_library(library_dir(compiled), library_dir(other))
+
+    caplog.clear()
+    fell_back = run(shared_dir, workspace, groups["hgb"], batch_size=300)
+    assert fell_back.status == "succeeded"
+    facts = scoring_of(fell_back)
+    assert facts["path"] == "library" and facts["cache"] == "hit"
+    assert facts["fallback"].startswith("the compiled trees' probabilities differ")
+    assert facts["parity"]["max_abs_diff"] > TOLERANCE
+    assert "rescoring every row with the library" in caplog.text
+    assert_same_predictions(predictions(fell_back), predictions(reference))
+    assert fell_back.outputs("BatchInference")["rows"] == reference.outputs("BatchInference")[
+        "rows"
+    ]
+
+    # scoring: compiled refuses to fall back: the run fails naming the model and the fix.
+    with pytest.raises(ModelError) as failed:
+        run(shared_dir, workspace, groups["hgb"], scoring="compiled", batch_size=300)
+    message = str(failed.value)
+    assert "'compiled-hgb' v1" in message and "differ from the model's own predict_proba by up to" in message
+    assert "Set 'scoring: library' in the config" in message
+
+
+def scoring_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "scoring: " in line and " — " in line]
+
+
+def test_without_a_c_compiler_the_library_scores_said_in_one_line(shared_dir, groups, tmp_path):
+    settings = settings_for(shared_dir, tmp_path / "ws", groups["hgb"])
+    config = config_for(settings, tmp_path / "batchscore.yaml", model_package_group=groups["hgb"],
+                        registry={"tracking_uri": settings.tracking_uri,
+                                  "artifact_location": settings.artifact_location,
+                                  "trusted_types": sorted(TRUSTED)})  # fmt: skip
+    venv_bin = str(Path(sys.executable).parent)  # batchscore and python, no gcc, clang or cc
+    done = cli("--config", str(config), "run", env={"PATH": venv_bin})
+    assert done.returncode == 0, done.stderr
+    lines = scoring_lines(done.stdout + done.stderr)
+    assert len(lines) == 1, lines
+    assert "scoring: library — no C compiler (gcc, clang or cc) on PATH" in lines[0]
+    assert not (tmp_path / "ws" / "models" / "compiled").exists()
+
+    listed = cli("--config", str(config), "runs", "list", "--format", "json")
+    run_id = json.loads(listed.stdout)[0]["run_id"]
+    shown = cli("--config", str(config), "runs", "show", run_id)
+    assert shown.returncode == 0, shown.stderr
+    assert "library — no C compiler" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("logistic", "LogisticRegression is not a tree ensemble batchscore compiles"),
+        ("xgb", "XGBoost adds its trees in float32"),
+    ],
+)
+def test_a_model_that_does_not_compile_scores_with_the_library(
+    shared_dir, workspace, groups, kind, reason, caplog
+):
+    record = run(shared_dir, workspace, groups[kind])
+    assert record.status == "succeeded"
+    facts = scoring_of(record)
+    assert facts["path"] == "library" and reason in facts["reason"]
+    assert len(scoring_lines(caplog.text)) == 1
+    with pytest.raises(ModelError, match=r"cannot be scored compiled: .*Set 'scoring: auto'"):
+        run(shared_dir, workspace, groups[kind], scoring="compiled")

@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
@@ -507,10 +508,11 @@ def toolchain_versions(toolchain: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def native_output() -> Iterator[list[str]]:
-    """Silence what native code writes to stderr (treelite's version notices, compiler
-    chatter); the text is appended to the yielded list, for error messages."""
+    """Silence treelite's and tl2cgen's notices (printed from Python, or written to stderr by
+    native code); the text is appended to the yielded list, for error messages."""
     captured: list[str] = []
-    with tempfile.TemporaryFile() as sink:
+    printed = io.StringIO()  # treelite's log callback prints from Python
+    with tempfile.TemporaryFile() as sink, contextlib.redirect_stdout(printed):
         saved = os.dup(2)
         os.dup2(sink.fileno(), 2)
         try:
@@ -519,7 +521,7 @@ def native_output() -> Iterator[list[str]]:
             os.dup2(saved, 2)
             os.close(saved)
             sink.seek(0)
-            captured.append(sink.read().decode(errors="replace"))
+            captured.append(printed.getvalue() + sink.read().decode(errors="replace"))
 
 
 def _tail(captured: list[str]) -> str:
