@@ -11,7 +11,6 @@ another model is put at a model's cache path to make parity fail for real.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -104,15 +103,18 @@ def register(shared_dir: Path, kind: str, group: str, seed: int = 0) -> list[str
             import mlflow.lightgbm
 
             model = lightgbm.LGBMClassifier(n_estimators=30 + seed, verbose=-1).fit(x, y)
+            booster = model.booster_
             log_and_approve(settings, group, lambda **kw: mlflow.lightgbm.log_model(
-                model.booster_, signature=infer_signature(x), pip_requirements=["lightgbm"], **kw))  # fmt: skip
+                booster, signature=infer_signature(x), pip_requirements=["lightgbm"],
+                **kw))  # fmt: skip
         else:
             import mlflow.xgboost
             import xgboost
 
             model = xgboost.XGBClassifier(n_estimators=20).fit(x, y)
             log_and_approve(settings, group, lambda **kw: mlflow.xgboost.log_model(
-                model, signature=infer_signature(x), pip_requirements=["xgboost"], **kw))  # fmt: skip
+                model, signature=infer_signature(x), pip_requirements=["xgboost"],
+                **kw))  # fmt: skip
         return []
     import mlflow.sklearn
     import skops.io
@@ -170,8 +172,11 @@ def groups(shared_dir: Path) -> dict[str, str]:
 
 def settings_for(shared_dir: Path, workspace: Path, group: str, **overrides):
     settings = make_settings(shared_dir, workspace)
-    registry = {"tracking_uri": settings.tracking_uri,
-                "artifact_location": settings.artifact_location, "trusted_types": sorted(TRUSTED)}  # fmt: skip
+    registry = {
+        "tracking_uri": settings.tracking_uri,
+        "artifact_location": settings.artifact_location,
+        "trusted_types": sorted(TRUSTED),
+    }
     return make_settings(
         shared_dir, workspace, model_package_group=group, registry=registry, **overrides
     )
@@ -195,9 +200,10 @@ def test_a_tree_ensemble_scores_compiled_as_its_library(shared_dir, workspace, g
     assert facts["parity"]["rows_checked"] == compiled.outputs("BatchInference")["rows"]
     assert facts["parity"]["max_abs_diff"] <= TOLERANCE
     assert_same_predictions(predictions(compiled), predictions(library))
-    assert compiled.outputs("BatchInference")["evaluation"] == library.outputs(
-        "BatchInference"
-    )["evaluation"]
+    assert (
+        compiled.outputs("BatchInference")["evaluation"]
+        == library.outputs("BatchInference")["evaluation"]
+    )
 
 
 def library_dir(record) -> Path:
@@ -255,15 +261,18 @@ def test_a_library_that_differs_falls_back_to_the_library_for_every_row(
     assert facts["parity"]["max_abs_diff"] > TOLERANCE
     assert "rescoring every row with the library" in caplog.text
     assert_same_predictions(predictions(fell_back), predictions(reference))
-    assert fell_back.outputs("BatchInference")["rows"] == reference.outputs("BatchInference")[
-        "rows"
-    ]
+    assert (
+        fell_back.outputs("BatchInference")["rows"] == reference.outputs("BatchInference")["rows"]
+    )
 
     # scoring: compiled refuses to fall back: the run fails naming the model and the fix.
     with pytest.raises(ModelError) as failed:
         run(shared_dir, workspace, groups["hgb"], scoring="compiled", batch_size=300)
     message = str(failed.value)
-    assert "'compiled-hgb' v1" in message and "differ from the model's own predict_proba by up to" in message
+    assert (
+        "'compiled-hgb' v1" in message
+        and "differ from the model's own predict_proba by up to" in message
+    )
     assert "Set 'scoring: library' in the config" in message
 
 
@@ -309,3 +318,129 @@ def test_a_model_that_does_not_compile_scores_with_the_library(
     assert len(scoring_lines(caplog.text)) == 1
     with pytest.raises(ModelError, match=r"cannot be scored compiled: .*Set 'scoring: auto'"):
         run(shared_dir, workspace, groups[kind], scoring="compiled")
+
+
+def loaded(estimator, frame, group: str):
+    """A LoadedModel of a fitted estimator, as a registry hands it over."""
+    import datetime as dt
+
+    from batchscore.registry.base import LoadedModel, ModelVersion, check_classifier
+
+    version = ModelVersion(group, 1, "Approved", dt.datetime(2026, 1, 1), "test")
+    types = {c: "double" if c in NUMERIC else "string" for c in frame.columns}
+    return LoadedModel(version, estimator, types, classes=check_classifier(estimator, version))
+
+
+@pytest.mark.parametrize("kind", ["hgb", "gb", "rf", "et", "lgb"])
+def test_multi_class_models_compile_to_the_same_probabilities(shared_dir, tmp_path, kind):
+    """Three classes: the compiled probabilities of every class equal predict_proba's, and the
+    predicted class and ranking probability (the best class') equal LoadedModel.predict's."""
+    from batchscore.scoring.compiled import plan_scoring
+
+    frame, _ = training_rows(shared_dir)
+    y = np.digitize(frame.tenure_months.to_numpy(), [12, 36])  # three classes
+    if kind == "lgb":
+        import lightgbm
+
+        x = frame[NUMERIC].astype("float64")
+        booster = lightgbm.LGBMClassifier(n_estimators=20, verbose=-1).fit(x, y).booster_
+        from batchscore.registry.flavors import LightGBMClassifier
+
+        estimator = LightGBMClassifier(booster)
+    else:
+        x = frame[[*NUMERIC, *CATEGORICAL]].astype({c: "float64" for c in NUMERIC})
+        estimator = sklearn_model(kind).fit(x, y)
+    model = loaded(estimator, x, f"multi-{kind}")
+    plan = plan_scoring("compiled", model, tmp_path)
+    assert plan.path == "compiled", plan.reason
+    batch = pa.Table.from_pandas(x, preserve_index=False).to_batches()[0]
+    proba = plan.compiled.predict_proba(batch, model)
+    expected = estimator.predict_proba(model.frame(batch))
+    assert proba.shape == expected.shape == (len(x), 3)
+    assert np.abs(proba - expected).max() <= TOLERANCE
+    got_class, got = model.decide(proba)
+    want_class, want = model.predict(batch)
+    assert np.array_equal(got_class, want_class) and np.abs(got - want).max() <= TOLERANCE
+
+
+def test_rows_the_library_raises_on_are_quarantined_on_the_compiled_path(shared_dir, tmp_path):
+    """A OneHotEncoder that refuses unseen categories in front of compiled trees: the batch with
+    such rows is the library's, bisected; those rows are set aside, the rest scored exactly."""
+    import datetime as dt
+
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import Pipeline as SkPipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    from batchscore.scoring.compiled import plan_scoring
+    from batchscore.steps.batch_inference import Scorer
+    from batchscore.steps.results import Lineage
+
+    frame, y = training_rows(shared_dir)
+    x = frame[["customer_id", *NUMERIC, "contract_type"]].astype({c: "float64" for c in NUMERIC})
+    estimator = SkPipeline([
+        ("encode", ColumnTransformer([("contract", OneHotEncoder(handle_unknown="error"),
+                                       ["contract_type"]), ("numbers", "passthrough", NUMERIC)])),
+        ("classify", HistGradientBoostingClassifier(max_iter=20)),
+    ]).fit(x.drop(columns="customer_id"), y)  # fmt: skip
+    model = loaded(estimator, x.drop(columns="customer_id"), "quarantine-compiled")
+    plan = plan_scoring("auto", model, tmp_path)
+    assert plan.path == "compiled", plan.reason
+    lineage = Lineage("r1", "p", "1-4000", dt.date(2025, 3, 2), dt.datetime(2025, 3, 2))
+
+    def scorer(compiled):
+        return Scorer(model, record_identifier="customer_id", lineage=lineage,
+                      target_column=None, compiled=compiled)  # fmt: skip
+
+    clean = pa.Table.from_pandas(x.iloc[:1000], preserve_index=False).to_batches()[0]
+    scored = scorer(plan.compiled)(clean)
+    assert scored.quarantined is None and scored.parity.rows_checked == 1000
+    assert scored.parity.deferred_rows == 0
+
+    bad = [3, 500, 999]
+    poisoned = x.iloc[:1000].copy()
+    poisoned.iloc[bad, poisoned.columns.get_loc("contract_type")] = "weekly"
+    batch = pa.Table.from_pandas(poisoned, preserve_index=False).to_batches()[0]
+    compiled_scored = scorer(plan.compiled)(batch)
+    library_scored = scorer(None)(batch)
+    assert compiled_scored.quarantined.column("record_id").to_pylist() == [
+        x.customer_id.iloc[i] for i in bad
+    ]
+    assert compiled_scored.parity.deferred_rows == 1000
+    assert compiled_scored.predictions.equals(library_scored.predictions)
+
+
+@pytest.fixture
+def local_ray():
+    """Ray on this machine for one test; the pipeline joins it instead of starting its own."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.timeout(600)
+def test_the_ray_engine_scores_compiled_as_the_local_engine(
+    shared_dir, groups, tmp_path, local_ray
+):
+    """Actors get the library's bytes with the model, their parity checks reach the driver,
+    and a failed check there rescores every row with the library too."""
+    workspace = tmp_path / "ws"
+    on_ray = {"engine": "ray", "ray_actors": 2, "batch_size": 300}
+    local = run(shared_dir, workspace, groups["hgb"], batch_size=300)
+    ray_run = run(shared_dir, workspace, groups["hgb"], **on_ray)
+    assert ray_run.outputs("BatchInference")["engine"] == "ray"
+    facts = scoring_of(ray_run)
+    assert facts["path"] == "compiled" and facts["cache"] == "hit", facts["reason"]
+    assert facts["parity"]["rows_checked"] == ray_run.outputs("BatchInference")["rows"]
+    assert predictions(ray_run).select(["customer_id", "prediction", "prediction_probability"]
+                                       ).equals(predictions(local).select(
+        ["customer_id", "prediction", "prediction_probability"]))  # fmt: skip
+
+    other = run(shared_dir, workspace, groups["gb"], batch_size=300)
+    put_other_library(library_dir(local), library_dir(other))
+    fell_back = run(shared_dir, workspace, groups["hgb"], **on_ray)
+    assert scoring_of(fell_back)["path"] == "library" and scoring_of(fell_back)["fallback"]
+    assert_same_predictions(predictions(fell_back), predictions(local))
