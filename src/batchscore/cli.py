@@ -278,6 +278,19 @@ def _print_fitted(table: Table, dropped: list[str]) -> None:
 # Pipeline -------------------------------------------------------------------------------------
 
 
+def _scoring_text(facts: dict[str, Any]) -> str:
+    """BatchInference's scoring facts in one line: the path, and why or how it was checked."""
+    parity = facts.get("parity") or {}
+    if facts["path"] == "compiled":
+        compiled = "compiled in {:.1f} s".format(facts["compile_seconds"] or 0)
+        how = "cache hit" if facts.get("cache") == "hit" else compiled
+        return (
+            f"compiled ({how}; parity: {parity.get('rows_checked', 0)} rows checked, "
+            f"max difference {parity.get('max_abs_diff', 0):.1e})"
+        )
+    return f"library — {facts['reason']}"
+
+
 def _print_run(record: Any) -> None:
     steps = Table(
         "step",
@@ -303,6 +316,7 @@ def _print_run(record: Any) -> None:
         ("ids", f"{_id_range(record.id_start, record.id_end)} of {record.feature_group}"),
         ("model", f"{record.model_name} v{record.model_version}" if record.model_name else None),
         ("rows scored", scored.get("rows")),
+        *([("scoring", _scoring_text(scored["scoring"]))] if scored.get("scoring") else []),
         (
             "skipped",
             f"{data.get('duplicate_versions_skipped', 0)} older versions, "
@@ -1400,6 +1414,7 @@ def runs_show(
     console.print(steps)
     if run.duplicate_versions_skipped is not None or run.prediction_files:
         scoring = [
+            *([("path", _scoring_text(run.scoring))] if run.scoring else []),
             ("skipped", f"{_fmt(run.duplicate_versions_skipped)} older versions, "
                         f"{_fmt(run.deleted_records_skipped)} deleted records"),
             ("unseen categories", f"{_counts(run.unseen_categories)} (scored as missing)"

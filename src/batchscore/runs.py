@@ -154,6 +154,7 @@ class RunDetails(RunSummary):
     ignored_columns: list[str] = field(default_factory=list)
     unseen_categories: dict[str, int] = field(default_factory=dict)
     non_finite_values: dict[str, int] = field(default_factory=dict)
+    scoring: dict[str, Any] | None = None  # which path scored, why, parity (scoring.compiled)
     # Validate: the verdict of its checks, the violations, who accepted a blocked run.
     verdict: str | None = None
     violations: list[str] = field(default_factory=list)
@@ -209,6 +210,7 @@ class RunDetails(RunSummary):
             ignored_columns=list(scored.get("ignored_columns") or []),
             unseen_categories=dict(scored.get("unseen_categories") or {}),
             non_finite_values=dict(scored.get("non_finite_values") or {}),
+            scoring=scored.get("scoring"),
             verdict=validated.get("verdict"),
             violations=list(validated.get("violations") or []),
             checks_path=validated.get("checks_path"),

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from batchscore.feature_store import FeatureStore
     from batchscore.monitoring.summaries import SummaryPlan
     from batchscore.registry import LoadedModel
+    from batchscore.scoring.compiled import ScoringPlan
     from batchscore.steps.results import BatchInferenceResult, DataSourceResult, Lineage
 
 
@@ -73,6 +74,7 @@ class Engine(abc.ABC):
         target_column: str | None,
         source_label: str,
         progress: Progress = NO_PROGRESS,
+        scoring: ScoringPlan | None = None,
     ) -> BatchInferenceResult:
         """Score every row of ``input_files`` into ``output_dir`` (the output table's schema)
         and, when the target column is present, write ``evaluation.json`` beside it; with a
@@ -81,4 +83,9 @@ class Engine(abc.ABC):
         Raises:
             SchemaMismatchError: the snapshot lacks a column the model needs, or a value does
                 not fit the type the model was trained on.
+            ModelError: ``scoring`` is compiled-only and its parity check failed.
+
+        With a compiled ``scoring`` plan, the compiled trees score and a sample of every batch
+        is checked against the library; when the check fails every row is scored again by the
+        library (the plan switches to it) and the result's ``scoring`` says so.
         """

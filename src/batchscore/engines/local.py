@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from batchscore.feature_store import FeatureStore
     from batchscore.monitoring.summaries import SummaryPlan
     from batchscore.registry import LoadedModel
+    from batchscore.scoring.compiled import ScoringPlan
     from batchscore.steps.results import BatchInferenceResult, DataSourceResult, Lineage
 
 
@@ -53,6 +54,7 @@ class LocalEngine(Engine):
         target_column: str | None,
         source_label: str,
         progress: Progress = NO_PROGRESS,
+        scoring: ScoringPlan | None = None,
     ) -> BatchInferenceResult:
         from batchscore.steps.batch_inference import batch_inference
 
@@ -60,4 +62,5 @@ class LocalEngine(Engine):
             input_files, model, output_dir, record_identifier=record_identifier,
             lineage=lineage, summary_plan=summary_plan, target_column=target_column,
             source_label=source_label, batch_size=self.settings.batch_size, progress=progress,
+            scoring=scoring,
         )  # fmt: skip

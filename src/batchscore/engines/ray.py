@@ -41,6 +41,7 @@ from batchscore.errors import ConfigError
 from batchscore.feature_store.base import ReadStats
 from batchscore.monitoring.summaries import RunSummary
 from batchscore.progress import NO_PROGRESS, Progress, tracked
+from batchscore.scoring.compiled import Parity
 from batchscore.sinks.schema import PREDICTIONS_SCHEMA
 from batchscore.steps.batch_inference import (
     QUARANTINE_DIR,
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
     from batchscore.feature_store.iceberg import IcebergFeatureStore
     from batchscore.monitoring.summaries import SummaryPlan
     from batchscore.registry import LoadedModel
+    from batchscore.scoring.compiled import CompiledModel, ScoringPlan
 
 log = logging.getLogger("batchscore")
 
@@ -285,15 +287,20 @@ class RayScorer:
         lineage: Lineage,
         target_column: str | None,
         summary_plan: SummaryPlan | None = None,
+        compiled: CompiledModel | None = None,
     ) -> None:
         import ray
 
+        if compiled is not None:  # this actor's share of the node's CPUs
+            compiled.nthread = max(1, int(ray.get_runtime_context().get_assigned_resources()
+                                          .get("CPU", 1)))  # fmt: skip
         self.scorer = Scorer(
             model,
             record_identifier=record_identifier,
             lineage=lineage,
             target_column=target_column,
             summary_plan=summary_plan,
+            compiled=compiled,
         )
         self.target_column = target_column
         self.node = ray.get_runtime_context().get_node_id()
@@ -318,6 +325,7 @@ class RayScorer:
             "non_finite": scored.non_finite_values,
             "node": self.node,
             "summary": scored.summary.to_dict() if scored.summary else None,
+            "parity": scored.parity.to_dict() if scored.parity else None,
         })  # fmt: skip
         rows = (
             pa.Table.from_batches([scored.predictions])
@@ -369,9 +377,13 @@ def _unpack(table: pa.Table, nodes: set[str]) -> ScoredBatch:
     unseen: dict[str, int] = {}
     non_finite: dict[str, int] = {}
     summary: RunSummary | None = None
+    parity: Parity | None = None
     for value in carriers_stats:
         stats = json.loads(value)
         nodes.add(stats["node"])
+        if stats.get("parity") is not None:
+            parity = parity or Parity()
+            parity.merge(Parity.from_dict(stats["parity"]))
         if stats["summary"] is not None:
             part = RunSummary.from_dict(stats["summary"])
             summary = part if summary is None else summary.merge(part)
@@ -391,7 +403,7 @@ def _unpack(table: pa.Table, nodes: set[str]) -> ScoredBatch:
     quarantined = pa.concat_tables(set_aside).combine_chunks().to_batches() if set_aside else []
     return ScoredBatch(
         batch, labels, predicted, scores, unseen, non_finite, summary=summary,
-        quarantined=quarantined[0] if quarantined else None,
+        quarantined=quarantined[0] if quarantined else None, parity=parity,
     )  # fmt: skip
 
 
@@ -407,9 +419,11 @@ def ray_batch_inference(
     target_column: str | None,
     source_label: str,
     progress: Progress = NO_PROGRESS,
+    scoring: ScoringPlan | None = None,
 ) -> BatchInferenceResult:
     """The BatchInference step on Ray Data; see :func:`batchscore.steps.batch_inference`.
-    Progress advances per scored block as it reaches the driver."""
+    Progress advances per scored block as it reaches the driver. Actors report their parity
+    checks with their stats; a failed check stops the pass and the library scores again."""
     import pyarrow.parquet as pq
 
     ray = _import_ray()
@@ -422,6 +436,45 @@ def ray_batch_inference(
         source_label=source_label,
     )
     actors = _actors(settings, ray)
+    while True:
+        totals, nodes, parts, quarantine = _score_on_actors(
+            ray, settings, input_files, model, output_dir, actors,
+            record_identifier=record_identifier, lineage=lineage, summary_plan=summary_plan,
+            target_column=target_column, progress=progress,
+            compiled=scoring.compiled if scoring else None,
+        )  # fmt: skip
+        if scoring is None or not totals.parity.failed:
+            break
+        scoring.parity_failed(totals.parity)  # raises with scoring: compiled
+    log.info("BatchInference: scored by %d actor(s) on %d node(s)", actors, len(nodes))
+    result = totals.result(
+        parts.files, ignored, target_column, output_dir.parent, quarantine.output_dir
+    )
+    if scoring is not None and scoring.fallback is None:
+        scoring.parity = totals.parity
+    return dataclasses.replace(
+        result, engine="ray", nodes=sorted(nodes),
+        scoring=scoring.record() if scoring is not None else None,
+    )  # fmt: skip
+
+
+def _score_on_actors(
+    ray: Any,
+    settings: Settings,
+    input_files: list[str],
+    model: LoadedModel,
+    output_dir: Path,
+    actors: int,
+    *,
+    record_identifier: str,
+    lineage: Lineage,
+    summary_plan: SummaryPlan | None,
+    target_column: str | None,
+    progress: Progress,
+    compiled: CompiledModel | None,
+) -> tuple[ScoringTotals, set[str], PartWriter, PartWriter]:
+    """One pass of the actor pool over the snapshot; stops early when a compiled batch fails
+    its parity check (the caller then scores again with the library)."""
     # Reads take a quarter CPU, actors ray_cpus_per_actor: on a node of one CPU an actor and
     # a read task fit side by side (whole CPUs for both starve one or the other: Ray hangs).
     ds = ray.data.read_parquet([str(Path(f).resolve()) for f in input_files], num_cpus=0.25)
@@ -434,6 +487,7 @@ def ray_batch_inference(
             "lineage": lineage,
             "target_column": target_column,
             "summary_plan": summary_plan,
+            "compiled": compiled,  # carries the library's bytes: actors may be on other nodes
         },
         batch_size=settings.batch_size,
         batch_format="pyarrow",
@@ -452,18 +506,16 @@ def ray_batch_inference(
             if table.num_rows == 0:
                 continue
             scored = _unpack(table, nodes)
+            totals.add(scored)
+            if compiled is not None and totals.parity.failed:
+                break
             if scored.predictions.num_rows:
                 parts.write(scored.predictions)
             if scored.quarantined is not None:
                 quarantine.write(scored.quarantined)
-            totals.add(scored)
             set_aside = 0 if scored.quarantined is None else scored.quarantined.num_rows
             progress.advance("BatchInference", scored.predictions.num_rows + set_aside)
-    log.info("BatchInference: scored by %d actor(s) on %d node(s)", actors, len(nodes))
-    result = totals.result(
-        parts.files, ignored, target_column, output_dir.parent, quarantine.output_dir
-    )
-    return dataclasses.replace(result, engine="ray", nodes=sorted(nodes))
+    return totals, nodes, parts, quarantine
 
 
 # The engine -----------------------------------------------------------------------------------
@@ -540,10 +592,12 @@ class RayEngine(Engine):
         target_column: str | None,
         source_label: str,
         progress: Progress = NO_PROGRESS,
+        scoring: ScoringPlan | None = None,
     ) -> BatchInferenceResult:
         with self._joined():
             return ray_batch_inference(
                 self.settings, list(input_files), model, output_dir,
                 record_identifier=record_identifier, lineage=lineage, summary_plan=summary_plan,
                 target_column=target_column, source_label=source_label, progress=progress,
+                scoring=scoring,
             )  # fmt: skip

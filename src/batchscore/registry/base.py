@@ -188,6 +188,11 @@ class LoadedModel:
             if "contains NaN" not in str(exc):
                 raise
             raise self._missing_values_error(frame) from exc
+        return self.decide(proba)
+
+    def decide(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted class (as int) and ranking probability from class probabilities
+        (n, classes) — the rule every scoring path shares (``predict``, compiled trees)."""
         best = proba.argmax(axis=1)
         classes = self.classes
         if classes and all(_is_int_like(c) for c in classes):

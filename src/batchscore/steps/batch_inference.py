@@ -8,6 +8,7 @@ commit them as they are), the rows it could not score to ``quarantine/``
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -34,12 +35,14 @@ from batchscore.monitoring.summaries import SUMMARY_FILE, RunSummary, SummaryPla
 from batchscore.progress import NO_PROGRESS, Progress, tracked
 from batchscore.records import format_id_range
 from batchscore.registry import LoadedModel
+from batchscore.scoring.compiled import Parity, ScoringPlan, check_parity
 from batchscore.sinks.schema import PREDICTIONS_SCHEMA
 from batchscore.steps.parts import PartWriter
 from batchscore.steps.results import BatchInferenceResult, Lineage
 
 if TYPE_CHECKING:
     from batchscore.config import Settings
+    from batchscore.scoring.compiled import CompiledModel
     from batchscore.steps.context import RunContext
 
 log = logging.getLogger("batchscore")
@@ -99,11 +102,17 @@ class ScoredBatch:
     non_finite_values: dict[str, int]
     summary: RunSummary | None = None  # the batch's features and scores (None: checks off)
     quarantined: pa.RecordBatch | None = None  # rows not scored (QUARANTINE_SCHEMA), or None
+    parity: Parity | None = None  # compiled path: its check against the library (else None)
 
 
 class Scorer:
     """Turns feature batches into prediction rows. The local engine calls it in a loop; the
-    Ray engine holds one per actor. Stateless between batches."""
+    Ray engine holds one per actor. Stateless between batches.
+
+    With ``compiled``, batches are scored by the compiled trees and a sample of each by the
+    library too (:func:`~batchscore.scoring.compiled.check_parity`); a batch the compiled path
+    cannot take as the library would is the library's, bisected for quarantine as before.
+    """
 
     def __init__(
         self,
@@ -113,8 +122,10 @@ class Scorer:
         lineage: Lineage,
         target_column: str | None,
         summary_plan: SummaryPlan | None = None,
+        compiled: CompiledModel | None = None,
     ) -> None:
         self.model = model
+        self.compiled = compiled
         self.record_identifier = record_identifier
         self.target_column = target_column
         self.summary_plan = summary_plan
@@ -134,7 +145,7 @@ class Scorer:
         # Rows that cannot be scored are set aside (quarantined); the rest are scored.
         rejected = RejectedRows(self.record_identifier)
         batch = drop_uncastable(batch, self.model.input_types, rejected)
-        batch, prediction, probability = predict_bisecting(self.model, batch, rejected)
+        batch, prediction, probability, parity = self._predict(batch, rejected)
         n = batch.num_rows
         arrays = [
             batch.column(self.record_identifier).cast(pa.string()),
@@ -161,7 +172,26 @@ class Scorer:
             if self.summary_plan
             else None,
             quarantined=rejected.batch(self.constants),
+            parity=parity,
         )
+
+    def _predict(
+        self, batch: pa.RecordBatch, rejected: RejectedRows
+    ) -> tuple[pa.RecordBatch, np.ndarray, np.ndarray, Parity | None]:
+        if self.compiled is None:
+            return *predict_bisecting(self.model, batch, rejected), None
+        if batch.num_rows:
+            counted = dict(self.model.non_finite)
+            proba = self.compiled.predict_proba(batch, self.model)
+            if proba is not None:
+                prediction, probability = self.model.decide(proba)
+                parity = check_parity(self.model, batch, prediction, probability)
+                if parity is not None:
+                    return batch, prediction, probability, parity
+            self.model.non_finite.clear()  # the library counts this batch's ±inf itself
+            self.model.non_finite.update(counted)
+        scored = predict_bisecting(self.model, batch, rejected)
+        return *scored, Parity(deferred_rows=batch.num_rows)
 
 
 @dataclass
@@ -176,9 +206,11 @@ class ScoringTotals:
     predicted: list[np.ndarray] = field(default_factory=list)
     scores: list[np.ndarray] = field(default_factory=list)
     summary: RunSummary | None = None
+    parity: Parity = field(default_factory=Parity)
 
     def add(self, scored: ScoredBatch) -> None:
         self.rows += scored.predictions.num_rows
+        self.parity.merge(scored.parity)
         if scored.summary is not None:
             self.summary = (self.summary or RunSummary()).merge(scored.summary)
         self.quarantined += scored.quarantined.num_rows if scored.quarantined is not None else 0
@@ -269,14 +301,18 @@ def batch_inference(
     summary_plan: SummaryPlan | None = None,
     batch_size: int = 100_000,
     progress: Progress = NO_PROGRESS,
+    scoring: ScoringPlan | None = None,
 ) -> BatchInferenceResult:
     """Score every row of ``input_files`` with ``model``, reporting the task
     ``BatchInference`` to ``progress``: rows scored of the rows in the files, per batch.
-    With a ``summary_plan``, every batch is summarised too, into ``summary.json``.
+    With a ``summary_plan``, every batch is summarised too, into ``summary.json``. With a
+    compiled ``scoring`` plan, the compiled trees score; when a batch's parity check fails,
+    every row is scored again by the library (``scoring: auto``).
 
     Raises:
         SchemaMismatchError: the snapshot lacks a column the model needs, or a value does not
             fit the type the model was trained on.
+        ModelError: ``scoring: compiled`` and the compiled trees differ from the library.
     """
     columns = pq.read_schema(input_files[0]).names if input_files else []
     ignored = check_inputs(
@@ -286,31 +322,45 @@ def batch_inference(
         target_column=target_column,
         source_label=source_label,
     )
-    scorer = Scorer(
-        model,
-        record_identifier=record_identifier,
-        lineage=lineage,
-        target_column=target_column,
-        summary_plan=summary_plan,
-    )
-    totals = ScoringTotals()
-    with (
-        tracked(progress, "BatchInference", snapshot_rows(input_files), "rows"),
-        PartWriter(output_dir) as parts,
-        PartWriter(output_dir.parent / QUARANTINE_DIR) as quarantine,
-    ):
-        for batch in iter_batches(input_files, batch_size):
-            scored = scorer(batch)
-            if scored.predictions.num_rows:  # none when every row was set aside
-                parts.write(scored.predictions)
-            if scored.quarantined is not None:
-                quarantine.write(scored.quarantined)
-            failpoint("BatchInference:batch")
-            totals.add(scored)
-            progress.advance("BatchInference", batch.num_rows)
-    return totals.result(
+    while True:
+        scorer = Scorer(
+            model,
+            record_identifier=record_identifier,
+            lineage=lineage,
+            target_column=target_column,
+            summary_plan=summary_plan,
+            compiled=scoring.compiled if scoring else None,
+        )
+        totals = ScoringTotals()
+        with (
+            tracked(progress, "BatchInference", snapshot_rows(input_files), "rows"),
+            PartWriter(output_dir) as parts,
+            PartWriter(output_dir.parent / QUARANTINE_DIR) as quarantine,
+        ):
+            for batch in iter_batches(input_files, batch_size):
+                scored = scorer(batch)
+                totals.add(scored)
+                if scoring is not None and totals.parity.failed:
+                    break
+                if scored.predictions.num_rows:  # none when every row was set aside
+                    parts.write(scored.predictions)
+                if scored.quarantined is not None:
+                    quarantine.write(scored.quarantined)
+                failpoint("BatchInference:batch")
+                progress.advance("BatchInference", batch.num_rows)
+        if scoring is not None and totals.parity.failed:
+            scoring.parity_failed(totals.parity)  # raises with scoring: compiled
+            model.non_finite.clear()
+            continue  # new PartWriters remove the parts written so far
+        break
+    result = totals.result(
         parts.files, ignored, target_column, output_dir.parent, quarantine.output_dir
     )
+    if scoring is None:
+        return result
+    if scoring.fallback is None:
+        scoring.parity = totals.parity
+    return dataclasses.replace(result, scoring=scoring.record())
 
 
 def summary_plan(settings: Settings, model: LoadedModel, as_of: dt.datetime) -> SummaryPlan | None:
@@ -346,6 +396,9 @@ def run(ctx: RunContext) -> dict[str, Any]:
         inference_date=dt.date.fromisoformat(record.logical_date),
         timestamp=dt.datetime.fromisoformat(record.started),
     )
+    from batchscore.scoring.compiled import plan_scoring
+
+    scoring = plan_scoring(ctx.settings.scoring, model, ctx.settings.workspace_path)
     result = ctx.engine.batch_inference(
         record.outputs("DataSource")["files"],
         model,
@@ -356,6 +409,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         target_column=ctx.settings.target_column,
         source_label=f"feature group {record.feature_group!r}",
         progress=ctx.progress,
+        scoring=scoring,
     )
     check_quarantine_budget(
         result.quarantined, result.rows, ctx.settings.max_quarantine_fraction,

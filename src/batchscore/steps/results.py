@@ -52,6 +52,8 @@ class BatchInferenceResult:
     engine: str = "local"
     nodes: list[str] = field(default_factory=list)  # Ray nodes that scored (engine: ray)
     summary_path: str | None = None  # summary.json (None: checks disabled)
+    # How the rows were scored (scoring.compiled.ScoringPlan.record): path, reason, parity.
+    scoring: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
