@@ -46,6 +46,9 @@ def make_settings(shared: Path, workspace: Path, **overrides: object) -> Setting
         # Off but where a test asks for it (tests/test_tracking.py): each tracked run starts an
         # MLflow worker process, seconds of CPU that hundreds of runs here do not need.
         "tracking": False,
+        # The model's own predict_proba but where a test asks for the compiled path
+        # (tests/test_compiled.py, the demo): each fresh workspace would compile the model.
+        "scoring": "library",
     }
     values.update(overrides)
     return load_settings(path=None, overrides=values, env={})
@@ -62,6 +65,7 @@ def overrides_of(settings: Settings, **extra: object) -> dict[str, object]:
         },
         "athena_output_table": settings.athena_output_table,
         "tracking": settings.tracking.model_dump(exclude_none=True),
+        "scoring": settings.scoring,
         **extra,
     }
 

@@ -177,6 +177,7 @@ def settings_for(shared_dir: Path, workspace: Path, group: str, **overrides):
         "artifact_location": settings.artifact_location,
         "trusted_types": sorted(TRUSTED),
     }
+    overrides = {"scoring": "auto", **overrides}  # the default (the tests' settings: library)
     return make_settings(
         shared_dir, workspace, model_package_group=group, registry=registry, **overrides
     )
