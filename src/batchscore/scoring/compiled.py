@@ -175,17 +175,15 @@ class CompiledModel:
 
     def _loaded(self) -> Any:
         if self._predictor is None:
-            path = self.library_path
-            if not path.is_file() or self._library_bytes is not None:
-                # A copy shipped elsewhere: its own file (dlopen caches libraries by path).
-                folder = Path(tempfile.mkdtemp(prefix="batchscore-compiled-"))
-                try:
-                    (folder / LIBRARY).write_bytes(self.library_bytes)
-                    self._predictor = load_predictor(folder / LIBRARY, self.nthread)
-                finally:  # loaded (mapped) libraries outlive their file
-                    shutil.rmtree(folder, ignore_errors=True)
-            else:
-                self._predictor = load_predictor(path, self.nthread)
+            # Always from a private copy: dlopen caches libraries by path (a process that runs
+            # many runs, as `schedule` does, would keep a replaced entry's old code), and a
+            # mapped file changed in place kills the process with SIGBUS.
+            folder = Path(tempfile.mkdtemp(prefix="batchscore-compiled-"))
+            try:
+                (folder / LIBRARY).write_bytes(self.library_bytes)
+                self._predictor = load_predictor(folder / LIBRARY, self.nthread)
+            finally:  # loaded (mapped) libraries outlive their file
+                shutil.rmtree(folder, ignore_errors=True)
         return self._predictor
 
     def features(self, batch: pa.RecordBatch, model: LoadedModel) -> np.ndarray:
