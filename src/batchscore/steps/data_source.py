@@ -121,6 +121,8 @@ def data_source_result(
         columns=columns,
         unmatched_ids=stats.unmatched_ids,
         unmatched_id_examples=list(stats.unmatched_id_examples),
+        files_skipped=stats.files_skipped,
+        row_groups_skipped=stats.row_groups_skipped,
     )
 
 
