@@ -118,3 +118,23 @@ def test_the_ranking_key_is_packed_only_when_the_statistics_prove_it_exact(tmp_p
     nanos = write(tmp_path / "c.parquet", {"t": pa.array(at, pa.timestamp("ns")), "w": at})
     assert packed_order([nanos], "t", "timestamp", ["w"]) is None
     assert packed_order([exact], "t", "string", ["w"]) is None
+
+
+def test_ids_differing_only_by_whitespace_are_one_id(tmp_path: Path) -> None:
+    """Ranked by the id as stored first; an untrimmed one makes it rank again by the trimmed
+    id, so a version written with whitespace by another tool still competes with the rest."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    catalog = SqlCatalog(
+        "lake", uri=f"sqlite:///{tmp_path}/catalog.db", warehouse=f"file://{tmp_path}/wh"
+    )
+    catalog.create_namespace("sales")
+    table = catalog.create_table("sales.events", schema=SCHEMA)
+    table.append(rows([1, 2], day=1, x=1.0))
+    newer = rows([1], day=2, x=2.0)
+    table.append(newer.set_column(0, "customer_id", pa.array([" CUST_0001\t"])))
+    result = data_source(IcebergFeatureStore(catalog), "sales.events", 1, 50, tmp_path / "in")
+    read = pq.read_table(result.files[0]).to_pandas().sort_values("customer_id")
+    assert read.customer_id.tolist() == ["CUST_0001", "CUST_0002"]
+    assert read.x.tolist() == [2.0, 1.0]
+    assert result.duplicate_versions_skipped == 1
