@@ -52,6 +52,8 @@ from batchscore.sql import sql_string
 
 # DuckDB's buffer pool per read: past it the ranking spills to disk instead of growing.
 DUCKDB_MEMORY_LIMIT = "512MB"
+# ... and while the winners are taken from the files (pass 2 of a local read).
+PASS2_MEMORY_LIMIT = "128MB"
 
 # A source of rows to rank: local Parquet paths, an Arrow stream, or None (no rows at all).
 RowSource = list[str] | pa.RecordBatchReader | None
@@ -431,6 +433,9 @@ def latest_batches(
                 stats.unmatched_ids = unmatched[0]
                 stats.unmatched_id_examples = [r[0] for r in examples]
             con.execute("DELETE FROM newest WHERE __number IS NULL")
+            # Pass 2 needs little of DuckDB: the winners' table may spill rather than sit
+            # beside pyarrow's batches.
+            con.execute(f"SET memory_limit = '{PASS2_MEMORY_LIMIT}'")
             reader = take_winners(con, found, out_columns, batch_size, stats)  # type: ignore[arg-type]
         else:
             sql = f"""
