@@ -87,6 +87,10 @@ class ReadStats:
     # Ids without a number (see feature_store.ids): never scored, counted, a few kept to show.
     unmatched_ids: int = 0
     unmatched_id_examples: list[str] = field(default_factory=list)
+    # Data files and Parquet row groups never decoded for features: pruned by the table's
+    # statistics (event time after as_of) or holding no winner (local Parquet reads only).
+    files_skipped: int = 0
+    row_groups_skipped: int = 0
 
     def add_unmatched(self, ids: list[str]) -> None:
         self.unmatched_ids += len(ids)

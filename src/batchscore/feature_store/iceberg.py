@@ -396,7 +396,7 @@ class IcebergFeatureStore(FeatureStore):
         plan = ReadPlan.of(group)
         scan = table.scan(snapshot_id=snapshot_id, row_filter=as_of_filter(plan, as_of))
         batches = latest_batches(
-            lambda: scan_source(scan),
+            lambda: scan_source(scan, stats),
             **plan.kwargs(),
             out_columns=out_columns,
             out_schema=out_schema,

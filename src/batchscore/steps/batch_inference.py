@@ -55,21 +55,37 @@ def snapshot_rows(files: Sequence[str | Path]) -> int:
     return sum(pq.ParquetFile(path).metadata.num_rows for path in files)
 
 
+# Rows between two hand-backs of freed memory to the OS while scoring (see iter_batches).
+RETURN_MEMORY_ROWS = 1_000_000
+
+
 def iter_batches(files: Sequence[str | Path], batch_size: int) -> Iterator[pa.RecordBatch]:
     """The files' record batches, the next one read on a background thread while the caller
-    works on this one."""
+    works on this one.
+
+    Every :data:`RETURN_MEMORY_ROWS` rows, memory the previous batches freed is handed back to
+    the OS (:func:`~batchscore.steps.data_source.return_memory`): the allocators otherwise
+    keep it, batch after batch, and the peak grows with the rows scored.
+    """
     from concurrent.futures import ThreadPoolExecutor
+
+    from batchscore.steps.data_source import return_memory
 
     def read() -> Iterator[pa.RecordBatch]:
         for path in files:
             yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size)
 
     batches = read()
+    since_return = 0
     with ThreadPoolExecutor(1, thread_name_prefix="batchscore-read") as reader:
         upcoming = reader.submit(next, batches, None)
         while (batch := upcoming.result()) is not None:
             upcoming = reader.submit(next, batches, None)
             yield batch
+            since_return += batch.num_rows
+            if since_return >= RETURN_MEMORY_ROWS:
+                return_memory(collect=False)
+                since_return = 0
 
 
 def _unseen_counts(batch: pa.RecordBatch, vocabularies: dict[str, list[str]]) -> dict[str, int]:
@@ -194,6 +210,21 @@ class Scorer:
         return *scored, Parity(deferred_rows=batch.num_rows)
 
 
+def _compact(values: np.ndarray | None) -> np.ndarray | None:
+    """Integer class labels in the smallest integer type holding them all (equal values)."""
+    if values is None or not len(values) or values.dtype.kind not in "iu":
+        return values
+    smallest = np.result_type(np.min_scalar_type(values.min()), np.min_scalar_type(values.max()))
+    return values.astype(smallest) if smallest.itemsize < values.itemsize else values
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    """The batches' arrays as one, the list emptied."""
+    joined = np.concatenate(parts)
+    parts.clear()
+    return joined
+
+
 @dataclass
 class ScoringTotals:
     """What BatchInference adds up over its batches, whichever engine scored them."""
@@ -217,8 +248,10 @@ class ScoringTotals:
         _add_counts(self.unseen_categories, scored.unseen_categories)
         _add_counts(self.non_finite_values, scored.non_finite_values)
         if scored.labels is not None and len(scored.labels):
-            self.labels.append(scored.labels)
-            self.predicted.append(scored.predicted)
+            # Kept to the end for the metrics: class labels in the smallest integer type that
+            # holds them (int8 for 0/1, 1 byte a row where int64 took 8), scores as they are.
+            self.labels.append(_compact(scored.labels))
+            self.predicted.append(_compact(scored.predicted))
             self.scores.append(scored.scores)
 
     def result(
@@ -244,11 +277,9 @@ class ScoringTotals:
         evaluation = None
         evaluation_path = None
         if self.labels:
-            evaluation = classification_metrics(
-                np.concatenate(self.labels),
-                np.concatenate(self.predicted),
-                np.concatenate(self.scores),
-            )
+            # Each list freed as it is joined: the batches and the whole never all coexist.
+            joined = [_join(parts) for parts in (self.labels, self.predicted, self.scores)]
+            evaluation = classification_metrics(*joined)
             evaluation["target_column"] = target_column
             path = run_dir / "evaluation.json"
             path.write_text(json.dumps(evaluation, indent=2))

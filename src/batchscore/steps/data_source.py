@@ -29,8 +29,9 @@ log = logging.getLogger("batchscore")
 RETURN_MEMORY_ROWS = 100_000
 
 
-def return_memory() -> None:
-    """Hand memory freed by the read back to the OS before scoring starts.
+def return_memory(*, collect: bool = True) -> None:
+    """Hand memory freed by the read back to the OS before scoring starts (and, without the
+    garbage collection, every million rows scored: ``collect=False``).
 
     Arrow's allocator (mimalloc) and glibc keep freed pages for reuse; without this, the
     read's high-water mark and scoring's add up: at 10M customers 2.45 GiB in one process
@@ -42,7 +43,8 @@ def return_memory() -> None:
 
     import pyarrow as pa
 
-    gc.collect()
+    if collect:
+        gc.collect()
     pa.default_memory_pool().release_unused()
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -127,6 +129,8 @@ def data_source_result(
         columns=columns,
         unmatched_ids=stats.unmatched_ids,
         unmatched_id_examples=list(stats.unmatched_id_examples),
+        files_skipped=stats.files_skipped,
+        row_groups_skipped=stats.row_groups_skipped,
     )
 
 

@@ -22,6 +22,9 @@ class DataSourceResult:
     # Ids without a number (feature_store.ids): never scored; how many, and up to five.
     unmatched_ids: int = 0
     unmatched_id_examples: list[str] = field(default_factory=list)
+    # Data files and row groups whose feature columns were never decoded (ReadStats).
+    files_skipped: int = 0
+    row_groups_skipped: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
