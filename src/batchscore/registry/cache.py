@@ -194,14 +194,20 @@ class ModelCache:
             os.rename(entry, aside)
         shutil.rmtree(aside, ignore_errors=True)
 
-    @contextlib.contextmanager
-    def _lock(self, key: str) -> Iterator[None]:
-        """One downloader per key across processes; released by the OS if the holder dies."""
-        locks = self.root / ".locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        with open(locks / f"{key}.lock", "a") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    def _lock(self, key: str) -> contextlib.AbstractContextManager[None]:
+        """One downloader per key across processes."""
+        return key_lock(self.root, key)
+
+
+@contextlib.contextmanager
+def key_lock(root: Path, key: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``root/.locks/<key>.lock``: one writer of a cache entry across
+    processes, released by the OS if the holder dies."""
+    locks = root / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{key}.lock", "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import io
 import json
@@ -612,16 +611,11 @@ class CompileCache:
         log.warning("compiled library at %s does not match its meta.json; compiling again", entry)
         return None
 
-    @contextlib.contextmanager
-    def _lock(self, key: str) -> Iterator[None]:
-        locks = self.root / ".locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        with open(locks / f"{key}.lock", "a") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    def _lock(self, key: str) -> contextlib.AbstractContextManager[None]:
+        """One compiler per key across processes (the model cache's lock)."""
+        from batchscore.registry.cache import key_lock
+
+        return key_lock(self.root, key)
 
 
 def _sha256(path: Path) -> str:
