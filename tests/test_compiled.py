@@ -445,3 +445,26 @@ def test_the_ray_engine_scores_compiled_as_the_local_engine(
     fell_back = run(shared_dir, workspace, groups["hgb"], **on_ray)
     assert scoring_of(fell_back)["path"] == "library" and scoring_of(fell_back)["fallback"]
     assert_same_predictions(predictions(fell_back), predictions(local))
+
+
+def test_the_model_is_compiled_on_its_loading_thread_while_datasource_reads(
+    shared_dir, workspace, groups
+):
+    """The loading thread that loads the model then compiles it (or loads its library from
+    the cache), so BatchInference finds the plan made; ``scoring: library`` makes one too."""
+    from batchscore.registry import open_registry
+    from batchscore.steps.context import ModelLoad
+
+    for mode, path in (("auto", "compiled"), ("library", "library")):
+        settings = settings_for(shared_dir, workspace, groups["hgb"], scoring=mode)
+        registry = open_registry(settings)
+        load = ModelLoad(registry, registry.resolve(groups["hgb"]), settings)
+        try:
+            plan = load.scoring()
+        finally:
+            load.close()
+        assert plan is not None and plan.path == path, mode
+    # Without the settings (a caller that only wants the model), no plan is made.
+    load = ModelLoad(registry, registry.resolve(groups["hgb"]))
+    assert load.scoring() is None and load.result().version.group == groups["hgb"]
+    load.close()

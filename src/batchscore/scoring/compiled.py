@@ -333,8 +333,11 @@ class ScoringPlan:
         }
 
 
-def plan_scoring(mode: str, model: LoadedModel, workspace: Path) -> ScoringPlan:
-    """Choose how the run scores ``model`` and log it in one line; compiles (or loads from
+def plan_scoring(
+    mode: str, model: LoadedModel, workspace: Path, *, announce: bool = True
+) -> ScoringPlan:
+    """Choose how the run scores ``model`` and log it in one line (unless ``announce`` is
+    False: the caller logs ``plan.describe()`` when the step starts); compiles (or loads from
     the cache) when the compiled path applies.
 
     Args:
@@ -348,7 +351,8 @@ def plan_scoring(mode: str, model: LoadedModel, workspace: Path) -> ScoringPlan:
     label = model.version.label
     if mode == "library":
         plan = ScoringPlan(mode, "library", "scoring: library in the config", model_label=label)
-        log.info(plan.describe())
+        if announce:
+            log.info(plan.describe())
         return plan
     try:
         plan = _compile_plan(mode, model, workspace / "models" / COMPILED_DIR)
@@ -359,7 +363,8 @@ def plan_scoring(mode: str, model: LoadedModel, workspace: Path) -> ScoringPlan:
                 "back to the model's own predict_proba) or 'scoring: library' in the config."
             ) from exc
         plan = ScoringPlan(mode, "library", str(exc), model_label=label)
-    log.info(plan.describe())
+    if announce:
+        log.info(plan.describe())
     return plan
 
 

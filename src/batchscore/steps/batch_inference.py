@@ -427,9 +427,7 @@ def run(ctx: RunContext) -> dict[str, Any]:
         inference_date=dt.date.fromisoformat(record.logical_date),
         timestamp=dt.datetime.fromisoformat(record.started),
     )
-    from batchscore.scoring.compiled import plan_scoring
-
-    scoring = plan_scoring(ctx.settings.scoring, model, ctx.settings.workspace_path)
+    scoring = ctx.scoring_plan(model)
     result = ctx.engine.batch_inference(
         record.outputs("DataSource")["files"],
         model,

@@ -7,6 +7,7 @@ so a resumed run that only publishes never opens the feature store or the regist
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from batchscore.feature_store import FeatureStore
     from batchscore.records import RunRecord
     from batchscore.registry import LoadedModel, ModelRegistry, ModelVersion
+    from batchscore.scoring.compiled import ScoringPlan
     from batchscore.sinks import PredictionSink
 
 
@@ -65,7 +67,9 @@ class Backends:
 
 
 class ModelLoad:
-    """A model version loading on a background thread; ``result()`` waits for it."""
+    """A model version loading on a background thread; ``result()`` waits for it. With the
+    settings, the same thread then chooses how it scores (compiling it, or loading its compiled
+    library, while DataSource reads); ``scoring()`` waits for that."""
 
     def __init__(
         self, registry: ModelRegistry, version: ModelVersion, settings: Settings | None = None
@@ -74,6 +78,19 @@ class ModelLoad:
         self._future: Future[LoadedModel] = self._worker.submit(
             self._load, registry, version, settings
         )
+        self._scoring: Future[ScoringPlan] | None = None
+        if settings is not None:
+            self._scoring = self._worker.submit(self._plan, settings)
+
+    def _plan(self, settings: Settings) -> ScoringPlan:
+        from batchscore.scoring.compiled import plan_scoring
+
+        model = self._future.result()  # the same thread, after the load: done (or raised)
+        return plan_scoring(settings.scoring, model, settings.workspace_path, announce=False)
+
+    def scoring(self) -> ScoringPlan | None:
+        """The scoring plan made on the loading thread; None when this load makes none."""
+        return None if self._scoring is None else self._scoring.result()
 
     @staticmethod
     def _load(
@@ -132,3 +149,17 @@ class RunContext:
             return self.model.result()
         with tracked(self.progress, f"{self.step}: loading the model"):
             return self.model.result()
+
+    def scoring_plan(self, model: LoadedModel) -> ScoringPlan:
+        """How ``model`` scores (``settings.scoring``), logged in one line: the plan the loading
+        thread made while DataSource read, else made now."""
+        from batchscore.scoring.compiled import plan_scoring
+
+        if self.model is None or self.model.result() is not model:
+            return plan_scoring(self.settings.scoring, model, self.settings.workspace_path)
+        with tracked(self.progress, f"{self.step}: preparing the compiled model"):
+            plan = self.model.scoring()
+        if plan is None:
+            return plan_scoring(self.settings.scoring, model, self.settings.workspace_path)
+        logging.getLogger("batchscore").info(plan.describe())
+        return plan
