@@ -505,6 +505,7 @@ def test_a_damaged_feature_file_is_one_error_line_without_sql(make, tmp_path: Pa
     errors = [line for line in failed.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1, failed.stderr
     assert f"reading feature group '{group}' failed:" in errors[0]
+    assert Path(data_file).name in errors[0]  # the damaged file, named
     assert "LINE " not in failed.stderr and "read_parquet" not in failed.stderr
     assert "Resume it: batchscore resume " in errors[0]
 

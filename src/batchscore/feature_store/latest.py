@@ -472,19 +472,19 @@ def latest_batches(
                 if live.schema != out_schema:  # e.g. large_string in a file, string in the table
                     live = pa.Table.from_batches([live]).cast(out_schema).to_batches()[0]
                 yield pa.RecordBatch.from_arrays(live.columns, schema=out_schema)
-    except duckdb.Error as exc:
+    except (duckdb.Error, pa.ArrowException) as exc:  # pass 2 and the statistics: pyarrow's
         raise engine_read_error(label, exc) from exc
     finally:
         con.close()
 
 
 def engine_read_error(label: str, exc: BaseException) -> FeatureGroupError:
-    """A DuckDB failure while reading ``label``, as one line: DuckDB's first line names the
-    problem and the file; the rest echoes batchscore's own SQL, which tells the user nothing.
+    """A DuckDB (or pyarrow) failure while reading ``label``, as one line: the first line names
+    the problem and the file; the rest echoes batchscore's own SQL, which tells the user nothing.
 
     Args:
         label: what was read (``"feature group 'churn'"``).
-        exc: DuckDB's error.
+        exc: DuckDB's or pyarrow's error.
 
     Returns:
         The FeatureGroupError to raise ``from exc``.
@@ -495,6 +495,17 @@ def engine_read_error(label: str, exc: BaseException) -> FeatureGroupError:
         "was changed outside batchscore: restore it, or re-ingest the records into a new "
         "feature group (--debug shows the whole engine error)."
     )
+
+
+def open_parquet(path: str) -> Any:
+    """``pyarrow.parquet.ParquetFile(path)``; a damaged file's error names it (pyarrow's
+    does not)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except pa.ArrowException as exc:
+        raise pa.ArrowInvalid(f"{path}: {exc}") from exc
 
 
 # A ranked position packs the file index, the row number (ROW_BITS bits) and the winner's
@@ -532,7 +543,6 @@ def packed_order(
     Returns:
         The SQL of the packed key, or None.
     """
-    import pyarrow.parquet as pq
 
     if event_kind not in ("timestamp", "timestamptz") or not files:
         return None
@@ -540,7 +550,7 @@ def packed_order(
     low: dict[str, int] = {}
     high: dict[str, int] = {}
     for path in files:
-        parquet = pq.ParquetFile(path)
+        parquet = open_parquet(path)
         meta = parquet.metadata
         for name in columns:
             arrow_type = parquet.schema_arrow.field(name).type
@@ -672,7 +682,6 @@ def take_winners(
         holds it (trimmed). Row numbers come sorted per file, so both sides advance together.
     """
     import numpy as np
-    import pyarrow.parquet as pq
 
     # One query per file, each sorting that file's winners only: a single sort of all of
     # them was no faster and raised DataSource's peak at 10M ids from 1.0 to 1.3 GiB.
@@ -705,7 +714,7 @@ def take_winners(
         exhausted = False
         groups_read = 0
         start = 0
-        parquet = pq.ParquetFile(path)
+        parquet = open_parquet(path)
         for group in range(parquet.metadata.num_row_groups):
             end = start + parquet.metadata.row_group(group).num_rows
             top_up(start)
