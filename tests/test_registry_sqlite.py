@@ -17,7 +17,9 @@ from batchscore.registry.mlflow import MlflowRegistry
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SQLite store made by plain MLflow calls: two groups, tagged versions, one deleted."""
     database = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    client = MlflowClient(f"sqlite:///{database}")
+    # registry_uri too: an earlier test's mlflow.set_registry_uri would otherwise win.
+    uri = f"sqlite:///{database}"
+    client = MlflowClient(uri, registry_uri=uri)
     for group in ("churn", "churn-2"):
         client.create_registered_model(group)
         for n in range(3):
@@ -46,7 +48,7 @@ def test_the_queries_are_written_for_the_installed_mlflows_schema() -> None:
 
 
 def test_versions_are_read_as_mlflow_reads_them(store: Path) -> None:
-    client = MlflowClient(f"sqlite:///{store}")
+    client = MlflowClient(f"sqlite:///{store}", registry_uri=f"sqlite:///{store}")
     for group in ("churn", "churn-2", "absent"):
         ours = mlflow_sqlite.search_versions(store, group)
         theirs = client.search_model_versions(f"name = '{group}'")
@@ -63,7 +65,7 @@ def test_the_registry_gives_the_same_versions_either_way(store: Path, tmp_path: 
     uri = f"sqlite:///{store}"
     direct = MlflowRegistry(uri, "file:///x", tmp_path / "models", writable=False)
     through_mlflow = MlflowRegistry(uri, "file:///x", tmp_path / "models", writable=False,
-                                    client=MlflowClient(uri))  # fmt: skip
+                                    client=MlflowClient(uri, registry_uri=uri))  # fmt: skip
     assert direct.database == store and through_mlflow.database is None
     for group in ("churn", "churn-2"):
         assert direct.list_versions(group) == through_mlflow.list_versions(group)

@@ -180,6 +180,10 @@ def open_catalog(settings: Settings, *, writable: bool = True) -> Catalog:
         catalog = load_catalog(choice.name, **properties)
         if writable:
             _use_wal(properties.get("uri", ""))
+        if getattr(catalog, "engine", None) is not None:  # pyiceberg's SqlCatalog
+            from batchscore.workspace import track_engine
+
+            track_engine(catalog.engine)
         return catalog
     except Exception as exc:
         shown = settings.redact(str(exc))

@@ -222,6 +222,9 @@ class SqlLeaseStore(LeaseStore):
         # A busy timeout of 30 s unless the catalog's URI sets its own (``?timeout=…``).
         waits = sqlite and "timeout=" not in uri
         self.engine = sa.create_engine(uri, connect_args={"timeout": 30} if waits else {})
+        from batchscore.workspace import track_engine
+
+        track_engine(self.engine)
         if sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_wal)
         self.table = sa.Table(

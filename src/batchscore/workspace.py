@@ -12,10 +12,13 @@ fails with one message naming it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import uuid
+import weakref
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from batchscore.config import Settings
@@ -123,3 +126,25 @@ def require_sqlite_file(path: Path, what: str, create_with: str) -> None:
         raise WorkspaceNotFoundError(
             f"no {what} at {str(path)!r}: nothing has made it yet ({create_with}). {POINT_AT_ONE}"
         )
+
+
+# The SQLAlchemy engines this process opened on the catalog database (pyiceberg's SQL catalog,
+# the run locks), so the console script can close their pooled connections before it exits.
+_ENGINES: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def track_engine(engine: Any) -> None:
+    """Remember ``engine`` (weakly) for :func:`dispose_engines`."""
+    _ENGINES.add(engine)
+
+
+def dispose_engines() -> None:
+    """Close the pooled connections of every engine still alive. The console script exits
+    without the interpreter's last garbage collection (``cli._skip_final_collection``), which
+    would otherwise be what closes them; SQLite then checkpoints its WAL and removes the
+    ``-wal`` and ``-shm`` files, so a workspace is left as a reader (or a read-only copy)
+    expects it."""
+    for engine in list(_ENGINES):
+        # Exiting anyway: a connection that will not close is the OS's to close.
+        with contextlib.suppress(Exception):
+            engine.dispose()
