@@ -262,6 +262,9 @@ def test_an_interrupted_run_exits_non_zero_and_says_how_to_resume(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # As from a terminal: a suite started in the background (`make test &`) has SIGINT
+        # ignored, and an ignored SIGINT is inherited — the run would rightly not stop.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while not list(barrier.glob("*.arrived")) and time.monotonic() < deadline:
