@@ -94,32 +94,44 @@ def _answerable(database: Path | None) -> bool:
     return not any(os.environ.get(variable) for variable in WORKSPACE_VARIABLES)
 
 
-def search_versions(database: Path | None, name: str) -> list[StoredVersion] | None:
-    """The versions of registered model ``name`` (``search_model_versions("name = '…'")``),
-    or None when this store must be asked through MLflow."""
-    if not _answerable(database):
+def _select(database: Path | None, where: str, params: tuple) -> list[StoredVersion] | None:
+    """The model versions ``where`` selects (with their tags); None when this store must be
+    asked through MLflow: not one it knows, or locked, corrupt, or not what is expected —
+    then MLflow says what is wrong."""
+    if database is None or not _answerable(database):
         return None
-    assert database is not None
     try:
         with _connect(database) as connection:
             if not _usable(connection):
                 return None
             rows = connection.execute(
-                f"SELECT {_COLUMNS} FROM model_versions WHERE workspace = ? AND name = ? "
-                "AND current_stage != ? "
-                "ORDER BY last_updated_time DESC, name ASC, version DESC LIMIT ?",
-                (DEFAULT_WORKSPACE, name, DELETED_INTERNAL, SEARCH_MAX_RESULTS),
+                f"SELECT {_COLUMNS} FROM model_versions WHERE workspace = ? AND {where}",
+                (DEFAULT_WORKSPACE, *params),
             ).fetchall()
             return [_version(connection, row) for row in rows]
-    except sqlite3.Error:  # locked, corrupt, or not what we expect: MLflow says what is wrong
+    except sqlite3.Error:
         return None
+
+
+def search_versions(database: Path | None, name: str) -> list[StoredVersion] | None:
+    """The versions of registered model ``name`` (``search_model_versions("name = '…'")``),
+    or None when this store must be asked through MLflow."""
+    return _select(
+        database,
+        "name = ? AND current_stage != ? "
+        "ORDER BY last_updated_time DESC, name ASC, version DESC LIMIT ?",
+        (name, DELETED_INTERNAL, SEARCH_MAX_RESULTS),
+    )
 
 
 def get_version(database: Path | None, name: str, version: int) -> StoredVersion | None:
     """Version ``version`` of ``name``; None when it does not exist *or* this store must be
     asked through MLflow (the caller then asks MLflow, which raises its own error)."""
-    if not _answerable(database):
-        return None
+    found = _select(
+        database, "name = ? AND version = ? AND current_stage != ?",
+        (name, version, DELETED_INTERNAL),
+    )  # fmt: skip
+    return found[0] if found is not None and len(found) == 1 else None
     assert database is not None
     try:
         with _connect(database) as connection:
