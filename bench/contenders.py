@@ -50,8 +50,9 @@ def floor(setup: dict) -> dict:
 def compiled_floor(setup: dict) -> dict:
     """The compiled model alone — the new limit: the deduplicated rows preloaded as Arrow, the
     model's preprocessing (batchscore's vectorised version where it has one, else the model's
-    own) and its trees compiled to native code (treelite + tl2cgen, compiled before the clock
-    starts), over the rows in the run's batch size, both cores."""
+    own) and its trees compiled to native code (treelite + tl2cgen with batchscore's code
+    generation parameters, compiled before the clock starts), over the rows in the run's batch
+    size, both cores."""
     import os
     import tempfile
 
@@ -69,6 +70,10 @@ def compiled_floor(setup: dict) -> dict:
         c: "string" for c in setup["categorical"]
     }
     try:
+        from batchscore.scoring.compiled import CODEGEN_PARAMS
+    except ImportError:  # a batchscore from before the compiled path
+        CODEGEN_PARAMS = {}
+    try:
         from batchscore.scoring.preprocess import vectorise
 
         vectorised = vectorise(transformer, input_types)
@@ -77,7 +82,7 @@ def compiled_floor(setup: dict) -> dict:
     library = Path(tempfile.mkdtemp()) / "model.so"
     tl2cgen.export_lib(
         treelite.sklearn.import_model(estimator), toolchain="gcc", libpath=str(library),
-        params={"parallel_comp": 8}, nthread=os.cpu_count(),
+        params={**CODEGEN_PARAMS, "parallel_comp": 8}, nthread=os.cpu_count(),
     )  # fmt: skip
     predictor = tl2cgen.Predictor(str(library), nthread=os.cpu_count())
     batches = table.select(columns).to_batches(max_chunksize=200_000)

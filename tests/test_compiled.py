@@ -237,6 +237,25 @@ def test_the_cache_compiles_once_per_model_version(shared_dir, groups, tmp_path)
                                                            library_dir(third).name])  # fmt: skip
 
 
+def test_a_library_generated_with_other_code_generation_is_not_reused(
+    shared_dir, groups, tmp_path, monkeypatch
+):
+    """The code generation parameters are part of the key: a library generated without
+    quantized thresholds (as before they were used) is compiled again, not loaded."""
+    from batchscore.scoring import compiled
+
+    workspace = tmp_path / "ws"
+    monkeypatch.setattr(compiled, "CODEGEN_PARAMS", {})
+    plain = run(shared_dir, workspace, groups["hgb"])
+    monkeypatch.undo()
+    quantized = run(shared_dir, workspace, groups["hgb"])
+    assert (scoring_of(plain)["cache"], scoring_of(quantized)["cache"]) == ("miss", "miss")
+    assert library_dir(plain) != library_dir(quantized)
+    meta = json.loads((library_dir(quantized) / "meta.json").read_text())
+    assert json.loads(meta["key"]["codegen"]) == {"quantize": 1}
+    assert_same_predictions(predictions(quantized), predictions(plain))
+
+
 def put_other_library(into: Path, other: Path) -> None:
     """Replace a cache entry's library with another model's (and its meta, so it verifies)."""
     for name in ("model.so", "meta.json"):
