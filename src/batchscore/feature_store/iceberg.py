@@ -584,7 +584,9 @@ def _read_chunks(
     if suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=INGEST_CHUNK_ROWS):
+        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(
+            batch_size=INGEST_CHUNK_ROWS
+        ):
             yield pa.Table.from_batches([batch])
     elif suffix in (".csv", ".txt", ".gz"):
         from pyarrow import csv

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batchscore.faults import failpoint
-from batchscore.feature_store.latest import utc_naive
+from batchscore.feature_store.latest import open_parquet, utc_naive
 from batchscore.metrics import classification_metrics
 from batchscore.monitoring.quarantine import (
     RejectedRows,
@@ -73,7 +73,7 @@ def iter_batches(files: Sequence[str | Path], batch_size: int) -> Iterator[pa.Re
 
     def read() -> Iterator[pa.RecordBatch]:
         for path in files:
-            yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size)
+            yield from open_parquet(path).iter_batches(batch_size=batch_size)
 
     batches = read()
     since_return = 0
