@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -207,3 +208,24 @@ def test_the_sagemaker_registry_tracks_only_with_a_tracking_uri(tmp_path) -> Non
         == server  # fmt: skip
     with pytest.raises(ConfigError, match=r"tracking: true with the SageMaker registry needs"):
         load_settings(overrides={**aws, "tracking": True}, env={})
+
+
+def test_the_tracking_worker_yields_the_cores_to_the_run(tmp_path) -> None:
+    """The child that imports MLflow while the run works runs below the run's priority."""
+    import os
+
+    from batchscore.monitoring.tracking import WORKER_NICENESS, TrackingWorker
+
+    worker = TrackingWorker.start(f"sqlite:///{tmp_path / 'mlflow.db'}", "niceness")
+    assert worker is not None
+    try:
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            child = os.getpriority(os.PRIO_PROCESS, worker.process.pid)
+            if child != own:
+                break
+            time.sleep(0.05)
+        assert child == min(own + WORKER_NICENESS, 19)
+    finally:
+        worker.close()

@@ -309,6 +309,10 @@ def record_run(settings: Settings, record: RunRecord, client: MlflowClient | Non
     return write_job(client or _client(job["uri"]), job)
 
 
+# The worker's scheduling priority (os.nice): below the run's own.
+WORKER_NICENESS = 10
+
+
 class TrackingWorker:
     """A child process that imports MLflow and opens the tracking store while the run works,
     then writes the run's :func:`tracking_job` when it ends.
@@ -376,11 +380,17 @@ def _worker_main() -> int:
     """The tracking worker (``python -m batchscore.monitoring.tracking``): read the store's URI
     and the experiment from stdin's first line and open them, then write the one job of the
     second line; answer one JSON line on stdout."""
+    import contextlib
+    import os
     import signal
     import sys
 
     # Ctrl-C reaches the whole process group: the run records itself as KILLED through us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # MLflow's imports yield the cores to the run's steps; the job itself comes at the end,
+    # when the run waits for it and the machine is idle.
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)
     start = json.loads(sys.stdin.readline() or "{}")
     uri, experiment = start.get("uri"), start.get("experiment")
 
