@@ -298,3 +298,20 @@ def test_a_model_logged_by_plain_mlflow_gets_bins_from_its_training_data(
     summary = RunSummary.load(Path(outputs["summary_path"]))
     assert summary.numeric["tenure_months"].bin_edges == edges
     assert summary.predictions.bin_edges == reference["bin_edges"]
+
+
+@pytest.mark.parametrize("cuts", [1, 9, 32, 33, 100])
+def test_histogram_bins_are_the_binary_searchs_with_ties_and_repeated_cut_points(cuts) -> None:
+    """Bin i holds edges[i-1] < v <= edges[i], whichever way the bins are counted: a value
+    equal to a cut point falls in the bin it closes, and a repeated cut point makes an
+    empty bin."""
+    from batchscore.monitoring.summaries import histogram
+
+    rng = np.random.default_rng(cuts)
+    values = np.round(rng.normal(size=5_000), 1)  # many values equal to a cut point
+    edges = np.sort(rng.choice(values, size=cuts)).tolist()
+    if cuts > 1:
+        edges[1] = edges[0]  # a repeated cut point
+    expected = np.bincount(np.searchsorted(edges, values, side="left"), minlength=cuts + 1)
+    assert histogram(values, edges) == expected.tolist()
+    assert sum(histogram(values, edges)) == len(values)
