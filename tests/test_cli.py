@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -274,12 +275,15 @@ def test_an_interrupted_run_exits_non_zero_and_says_how_to_resume(
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     assert f"Interrupted ({name})." in err
-    run_id = err.split("batchscore resume ")[-1].split()[0]
+    # The command shown carries the run's config: pasted as it is, it resumes the run.
+    shown = err.split("continue it with: ")[-1].splitlines()[0].strip()
+    assert shown.startswith(f"batchscore -c {config} resume "), err
+    run_id = shown.split()[-1]
     record = RunRecord.load(settings.runs_path / run_id)
     assert record.status == "failed" and record.failed_step == "BatchInference"
     assert record.error["type"] in ("KeyboardInterrupt", "Terminated")
     assert "interrupted" in record.error["message"]
-    resumed = cli("-c", str(config), "resume", run_id)
+    resumed = cli(*shlex.split(shown)[1:])
     assert resumed.returncode == 0, resumed.stderr
 
 
@@ -482,7 +486,7 @@ def test_a_model_that_cannot_take_nan_names_the_columns_and_how_to_resume(
     assert "cannot take missing values" in line and "Impute in the model's pipeline" in line
     assert "'monthly_charges' (" in line and "'last_login_days' (" in line
     assert "tenure_months" not in line  # it has no missing value
-    run_id = line.split("Resume it: batchscore resume ")[1].split()[0]
+    run_id = line.split(f"Resume it: batchscore -c {config} resume ")[1].split()[0]
     assert (settings.runs_path / run_id / "run.json").exists()
 
 
@@ -510,7 +514,7 @@ def test_a_damaged_feature_file_is_one_error_line_without_sql(make, tmp_path: Pa
     assert f"reading feature group '{group}' failed:" in errors[0]
     assert Path(data_file).name in errors[0]  # the damaged file, named
     assert "LINE " not in failed.stderr and "read_parquet" not in failed.stderr
-    assert "Resume it: batchscore resume " in errors[0]
+    assert f"Resume it: batchscore -c {config} resume " in errors[0]
 
 
 HEAVY_MODULES = ("pandas", "pyarrow", "pyiceberg", "mlflow", "sklearn", "duckdb", "boto3",

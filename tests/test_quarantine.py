@@ -210,7 +210,7 @@ def test_the_default_budget_fails_the_run_naming_the_rows_then_resume_publishes(
     assert "max_quarantine_fraction" in error
     assert f"'{UNCASTABLE_ID}' (uncastable_value: column 'num_products' holds 'three'" in error
     assert f"'{UNKNOWN_ID}' (model_error: ValueError: Found unknown categories" in error
-    run_id = error.split("Resume it: batchscore resume ")[1].split()[0]
+    run_id = error.split(f"Resume it: batchscore -c {config} resume ")[1].split()[0]
     folder = settings.runs_path / run_id / "quarantine"
     assert str(folder) in error
     assert sum(pq.read_metadata(f).num_rows for f in folder.glob("*.parquet")) == 2

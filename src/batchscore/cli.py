@@ -1640,12 +1640,30 @@ def _interrupted() -> int:
     if record is not None and record.status != "succeeded":
         step = record.failed_step or "its first step"
         err_console.print(
-            f"Run {record.run_id} stopped at {step}; continue it with: "
-            f"batchscore resume {record.run_id}",
+            _redact(
+                _with_options(
+                    f"Run {record.run_id} stopped at {step}; continue it with: "
+                    f"batchscore resume {record.run_id}"
+                )
+            ),
             markup=False,
             highlight=False,
         )
     return 143 if state.terminated else 130
+
+
+def _with_options(text: str) -> str:
+    """``text`` with each ``batchscore resume`` command in it given this command's global
+    options (``-c FILE``, ``--set KEY=VALUE``): a resume must read the configuration the run
+    was started with, so the command shown is one that can be pasted as it is."""
+    import shlex
+
+    options = [*(["-c", str(state.config)] if state.config else [])]
+    for override in state.overrides:
+        options += ["--set", override]
+    if not options:
+        return text
+    return text.replace("batchscore resume ", f"batchscore {shlex.join(options)} resume ")
 
 
 def _resume_hint(before: Any, exc: BaseException) -> str:
@@ -1682,7 +1700,7 @@ def main(argv: list[str] | None = None) -> int:
     except BatchScoreError as exc:
         if state.debug:
             _print_traceback(exc)
-        message = _redact(str(exc)) + _resume_hint(before, exc)
+        message = _redact(_with_options(str(exc) + _resume_hint(before, exc)))
         err_console.print(f"Error: {message}", markup=False, highlight=False)
         code = exc.exit_code
     except (typer.Exit, click.exceptions.Exit) as exc:
@@ -1712,7 +1730,8 @@ def main(argv: list[str] | None = None) -> int:
             _print_traceback(exc)
         hint = "" if state.debug else " (--debug shows the traceback)"
         err_console.print(
-            f"Error: {type(exc).__name__}: {_redact(str(exc))}{_resume_hint(before, exc)}{hint}",
+            f"Error: {type(exc).__name__}: "
+            f"{_redact(_with_options(str(exc) + _resume_hint(before, exc)))}{hint}",
             markup=False,
             highlight=False,
         )
