@@ -466,7 +466,8 @@ def test_a_shifted_distribution_blocks_until_a_person_accepts(scenarios: Scenari
         blocked.stderr
     )
     run_id = scenarios.runs["shifted"].run_id
-    assert f"batchscore resume {run_id} --accept" in blocked.stderr
+    config = blocked.args[blocked.args.index("-c") + 1]  # the shown command carries it
+    assert f"batchscore -c {config} resume {run_id} --accept" in blocked.stderr
     # Nothing published: the table is as the run before left it.
     assert scenarios.snapshot_after_block == scenarios.snapshot_before_block is not None
     record = scenarios.runs["shifted"]
