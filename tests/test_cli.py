@@ -256,6 +256,7 @@ def test_an_interrupted_run_exits_non_zero_and_says_how_to_resume(
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCORE_")}
     # Held inside BatchInference (a barrier nobody else reaches) until the signal comes.
     env["BATCHSCORE_FAILPOINT"] = f"BatchInference:start=barrier:{barrier}:2"
+    env["COLUMNS"] = "400"  # log lines unwrapped: the commands in them are compared whole
     proc = subprocess.Popen(
         [str(BIN), "-c", str(config), "run"],
         env=env,
@@ -275,9 +276,11 @@ def test_an_interrupted_run_exits_non_zero_and_says_how_to_resume(
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     assert f"Interrupted ({name})." in err
-    # The command shown carries the run's config: pasted as it is, it resumes the run.
+    # The command shown carries the run's config: pasted as it is, it resumes the run. So
+    # does the step's error line logged before it (no plain `batchscore resume` anywhere).
     shown = err.split("continue it with: ")[-1].splitlines()[0].strip()
     assert shown.startswith(f"batchscore -c {config} resume "), err
+    assert "batchscore resume " not in err and err.count(shown) == 2, err
     run_id = shown.split()[-1]
     record = RunRecord.load(settings.runs_path / run_id)
     assert record.status == "failed" and record.failed_step == "BatchInference"

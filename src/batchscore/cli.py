@@ -138,7 +138,10 @@ def _setup_logging(level: int) -> None:
         rich_tracebacks=False,
         log_time_format="%H:%M:%S",
     )
-    handler.setFormatter(RedactingFormatter(logging.Formatter("%(message)s"), _redact))
+    # The console's resume commands carry this command's -c/--set, as its error lines do.
+    handler.setFormatter(
+        RedactingFormatter(logging.Formatter("%(message)s"), lambda t: _redact(_with_options(t)))
+    )
     handler.addFilter(OwnOrWarningFilter())
     # The console's level is the handler's: the logger stays at INFO (at least) so run.log
     # keeps every step line even with -q.
