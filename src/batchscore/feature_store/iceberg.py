@@ -48,6 +48,7 @@ from batchscore.feature_store.latest import (
     EPOCH_MILLIS_START,
     ReadPlan,
     latest_batches,
+    open_parquet,
     pinned_snapshot,
     plan_read,
     scan_source,
@@ -582,11 +583,7 @@ def _read_chunks(
         raise FeatureGroupError(f"input file {str(path)!r} does not exist.")
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
-        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(
-            batch_size=INGEST_CHUNK_ROWS
-        ):
+        for batch in open_parquet(path).iter_batches(batch_size=INGEST_CHUNK_ROWS):
             yield pa.Table.from_batches([batch])
     elif suffix in (".csv", ".txt", ".gz"):
         from pyarrow import csv
