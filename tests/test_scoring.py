@@ -120,6 +120,24 @@ def test_probabilities_and_classes_are_the_estimators_own(tmp_path: Path) -> Non
     assert sum(c[2] for c in progress.of("BatchInference") if c[0] == "advance") == 120
 
 
+@pytest.mark.parametrize("summarised", [False, True], ids=["checks-off", "summarised"])
+def test_unseen_categories_are_counted_with_or_without_the_batch_summaries(
+    tmp_path: Path, summarised: bool
+) -> None:
+    """Summarised batches take the count from the summary's categorical counts; unsummarised
+    ones (checks off) count it themselves: the same numbers either way."""
+    from batchscore.monitoring.summaries import SummaryPlan
+
+    model = small_model(customers(300, seed=1))
+    new = customers(100, seed=5)
+    new.loc[[3, 40, 41, 99], "plan"] = ["enterprise", "enterprise", "trial", "enterprise"]
+    new.loc[7, "plan"] = None  # missing is not unseen
+    plan = SummaryPlan.from_profile(model.profile, list(FEATURES)) if summarised else None
+    result = score(write_inputs(new, tmp_path / "input"), model, tmp_path, summary_plan=plan)
+    assert result.unseen_categories == {"plan": 4}
+    assert (result.summary_path is not None) == summarised
+
+
 def test_every_row_carries_its_lineage_in_the_tables_schema(tmp_path: Path) -> None:
     model = small_model(customers(300, seed=1), group="lineage-model")
     result = score(write_inputs(customers(50, seed=4), tmp_path / "input"), model, tmp_path)

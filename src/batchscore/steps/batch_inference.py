@@ -88,10 +88,19 @@ def iter_batches(files: Sequence[str | Path], batch_size: int) -> Iterator[pa.Re
                 since_return = 0
 
 
-def _unseen_counts(batch: pa.RecordBatch, vocabularies: dict[str, list[str]]) -> dict[str, int]:
+def _unseen_counts(
+    batch: pa.RecordBatch, vocabularies: dict[str, list[str]], summary: RunSummary | None = None
+) -> dict[str, int]:
+    """Per column, the valid values its vocabulary does not hold; taken from ``summary``'s
+    categorical counts when it has the column (the same count, which it makes anyway)."""
     counts: dict[str, int] = {}
     for column, vocabulary in vocabularies.items():
         if column not in batch.schema.names:
+            continue
+        counted = summary.categorical.get(column) if summary is not None else None
+        if counted is not None and vocabulary:
+            if counted.unseen:
+                counts[column] = counted.unseen
             continue
         values = batch.column(column)
         seen = pc.is_in(values, value_set=pa.array(vocabulary, pa.string()))
@@ -155,6 +164,7 @@ class Scorer:
             "id_range": pa.scalar(lineage.id_range, pa.string()),
             "inference_date": pa.scalar(lineage.inference_date, pa.date32()),
         }
+        self._constants_made: tuple[int, list[pa.Array]] = (-1, [])
 
     def __call__(self, batch: pa.RecordBatch) -> ScoredBatch:
         self.model.non_finite.clear()
@@ -162,12 +172,11 @@ class Scorer:
         rejected = RejectedRows(self.record_identifier)
         batch = drop_uncastable(batch, self.model.input_types, rejected)
         batch, prediction, probability, parity = self._predict(batch, rejected)
-        n = batch.num_rows
         arrays = [
             batch.column(self.record_identifier).cast(pa.string()),
             pa.array(prediction, pa.int32()),
             pa.array(probability, pa.float64()),
-            *(pa.repeat(self.constants[f.name], n) for f in list(PREDICTIONS_SCHEMA)[3:]),
+            *self._constant_columns(batch.num_rows),
         ]
         out = pa.RecordBatch.from_arrays(arrays, schema=PREDICTIONS_SCHEMA)
         labels = predicted = scores = None
@@ -177,19 +186,32 @@ class Scorer:
             mask = valid.to_numpy(zero_copy_only=False)
             labels = truth.filter(valid).to_numpy().astype(np.int64)
             predicted, scores = prediction[mask], probability[mask]
+        summary = (
+            self.summary_plan.summarize(batch, probability, prediction)
+            if self.summary_plan
+            else None
+        )
         return ScoredBatch(
             out,
             labels,
             predicted,
             scores,
-            _unseen_counts(batch, self.vocabularies),
+            _unseen_counts(batch, self.vocabularies, summary),
             dict(self.model.non_finite),
-            summary=self.summary_plan.summarize(batch, probability, prediction)
-            if self.summary_plan
-            else None,
+            summary=summary,
             quarantined=rejected.batch(self.constants),
             parity=parity,
         )
+
+    def _constant_columns(self, rows: int) -> list[pa.Array]:
+        """The lineage columns (the same value on every row) for a batch of ``rows``: made
+        once per length and shared by the batches of that length (Arrow arrays are immutable),
+        not rebuilt per batch — four of them are strings, tens of bytes a row."""
+        if self._constants_made[0] != rows:
+            names = PREDICTIONS_SCHEMA.names[3:]
+            columns = [pa.repeat(self.constants[name], rows) for name in names]
+            self._constants_made = (rows, columns)
+        return self._constants_made[1]
 
     def _predict(
         self, batch: pa.RecordBatch, rejected: RejectedRows
