@@ -357,12 +357,13 @@ def _numeric(
 def _categorical(column: pa.Array, vocabulary: list[str]) -> CategoricalSummary:
     values = column.cast(pa.string())
     summary = CategoricalSummary(rows=len(values), nulls=values.null_count)
-    counts = pc.value_counts(values.drop_null())
+    counts = pc.value_counts(values)  # nulls are one entry, dropped here (cheaper than before)
     summary.counts = {
         str(value): int(count)
         for value, count in zip(
             counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
         )
+        if value is not None
     }
     if vocabulary:
         known = set(vocabulary)
