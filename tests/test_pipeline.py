@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from batchscore.catalog import open_catalog
+from batchscore.catalog import load_table, open_catalog
 from batchscore.errors import (
     FeatureGroupError,
     NoApprovedModelError,
@@ -144,6 +144,30 @@ def test_run_folder_holds_the_lineage(settings) -> None:
     saved = RunRecord.load(run_dir)
     assert saved.status == "succeeded" and saved.steps["Publish"].outputs["snapshot_id"]
     assert "DataSource: done" in (run_dir / "run.log").read_text()
+
+
+def test_published_files_carry_column_statistics_and_the_snapshot_does_not(settings) -> None:
+    """The predictions committed to the table keep each column's min/max in their footers
+    (Iceberg's column bounds, what readers prune by); the DataSource snapshot, which only
+    BatchInference reads whole, is written without them (cheaper to write)."""
+    import pyarrow.parquet as pq
+
+    def statistics_set(folder: Path) -> set[bool]:
+        seen = set()
+        for path in folder.glob("*.parquet"):
+            meta = pq.ParquetFile(path).metadata
+            for group in range(meta.num_row_groups):
+                for column in range(meta.num_columns):
+                    seen.add(meta.row_group(group).column(column).is_stats_set)
+        return seen
+
+    record = Pipeline(settings).run()
+    run_dir = Path(record.run_dir)
+    assert statistics_set(run_dir / "predictions") == {True}
+    assert statistics_set(run_dir / "input") == {False}
+    table = load_table(open_catalog(settings), settings.output_table)
+    files = table.inspect.files().to_pylist()
+    assert files and all(f["lower_bounds"] and f["upper_bounds"] for f in files)
 
 
 def test_query_runs_sql_over_the_table(settings) -> None:

