@@ -99,6 +99,23 @@ def training_pipeline(table: pa.Table):
     return fitted(build_pipeline(NUMERIC, TEXT)[:-1], table)
 
 
+def test_a_batch_longer_than_a_fill_block_is_equal_in_every_row():
+    """The output matrix is filled FILL_ROWS rows at a time: a batch of several blocks and a
+    partial last one, with and without missing values to impute (a column without any is
+    passed on as Arrow's own memory, read-only)."""
+    from batchscore.scoring.preprocess import FILL_ROWS
+
+    pre = training_pipeline(features(300, 0))
+    n = 2 * FILL_ROWS + 123
+    assert_equal_to_sklearn(pre, features(n, 2, vocabulary="abcdef"))
+    complete = features(n, 3, missing=0.0).set_column(
+        0,
+        "n0",
+        pa.array(np.random.default_rng(4).normal(size=n)),  # no NaN, null or inf
+    )
+    assert_equal_to_sklearn(pre, complete)
+
+
 @pytest.mark.parametrize("layout", STRING_LAYOUTS)
 def test_training_pipeline_equal_on_every_string_layout(layout):
     pre = training_pipeline(features(300, 0))
