@@ -53,8 +53,6 @@ from batchscore.sql import sql_string
 
 # DuckDB's buffer pool per read: past it the ranking spills to disk instead of growing.
 DUCKDB_MEMORY_LIMIT = "512MB"
-# ... once pass 1 is over (a local read): lowering it makes DuckDB free what it holds.
-PASS2_MEMORY_LIMIT = "16MB"
 
 # A source of rows to rank: local Parquet paths, an Arrow stream, or None (no rows at all).
 RowSource = list[str] | pa.RecordBatchReader | None
@@ -434,13 +432,11 @@ def latest_batches(
                 stats.unmatched_ids = unmatched[0]
                 stats.unmatched_id_examples = [r[0] for r in examples]
             con.execute("DELETE FROM newest WHERE __number IS NULL")
-            positions, versions = winner_positions(con)
-            # Pass 2 needs nothing more of DuckDB: its buffer pool is handed back.
-            con.execute("DROP TABLE newest")
-            con.execute(f"SET memory_limit = '{PASS2_MEMORY_LIMIT}'")
-            reader = take_winners(
-                found, out_columns, positions, versions, batch_size, stats, trim=trim
-            )  # type: ignore[arg-type]
+            winners = winner_positions(con, len(found))
+            stats.duplicate_versions_skipped += winners.duplicates
+            # Pass 2 needs nothing more of DuckDB: closed, its memory is handed back.
+            con.close()
+            reader = take_winners(found, out_columns, winners, batch_size, stats, trim=trim)  # type: ignore[arg-type]
         else:
             sql = f"""
                 SELECT {selected}, {marker} AS __deleted, __versions, __number FROM (
@@ -465,8 +461,10 @@ def latest_batches(
                     stats.add_unmatched(shown.to_pylist())
                     batch = batch.filter(pc.invert(no_number))
             deleted = batch.column("__deleted").fill_null(False)
-            versions = batch.column("__versions")
-            stats.duplicate_versions_skipped += (pc.sum(versions).as_py() or 0) - batch.num_rows
+            if "__versions" in batch.schema.names:  # (pass 2 counted them all at once)
+                versions = batch.column("__versions")
+                skipped = (pc.sum(versions).as_py() or 0) - batch.num_rows
+                stats.duplicate_versions_skipped += skipped
             n_deleted = pc.sum(deleted.cast(pa.int64())).as_py() or 0
             stats.deleted_records_skipped += n_deleted
             live = batch.filter(pc.invert(deleted)) if n_deleted else batch
@@ -668,27 +666,52 @@ def rank_newest(
     return bool(untrimmed)
 
 
-def winner_positions(con: Any) -> tuple[Any, Any]:
-    """The positions of ``newest``'s winners in file and row order, and their version
-    counts (numpy int64 and int32 arrays, the same order).
+@dataclass
+class Winners:
+    """Pass 1's winners in file and row order (:func:`winner_positions`).
 
-    One sorted fetch (DuckDB's parallel sort: 0.8 s at 10M where numpy's argsort took 1.8 s;
-    12 bytes a winner), where a query per file scanned the whole table each time (30 files:
-    30 scans of 10M rows, a third of pass 2).
+    For file ``i``, ``rows[starts[i]:starts[i + 1]]`` holds its winners, ascending, each as
+    ``row << 1 | delete marker``: int32 when every file's rows fit (4 bytes a winner, where the
+    packed file-and-row BIGINT with its version count took 12: 80 MB less at 10M customers).
     """
+
+    rows: Any  # numpy int32 (or int64 for files past 2**30 rows)
+    starts: Any  # numpy int64, one more than there are files
+    duplicates: int  # versions ranked out: every id's versions but its newest
+
+
+def winner_positions(con: Any, files: int) -> Winners:
+    """The winners of ``newest`` for ``files`` files, sorted by DuckDB (its parallel sort:
+    0.8 s at 10M where numpy's argsort took 1.8 s), in one fetch — a query per file scanned the
+    whole table each time (30 files: 30 scans of 10M rows)."""
     import numpy as np
 
+    shift, mask = ROW_BITS + 1, (1 << (ROW_BITS + 1)) - 1
+    per_file = con.execute(
+        f"SELECT __position >> {shift} AS f, count(*), max(__position & {mask}), "
+        f"sum(__versions) FROM newest GROUP BY f"
+    ).fetchall()
+    starts = np.zeros(files + 1, np.int64)
+    for index, count, _, _ in per_file:
+        starts[index + 1] = count
+    np.cumsum(starts, out=starts)
+    largest = max((r for _, _, r, _ in per_file), default=0)
+    kind, dtype = ("INTEGER", np.int32) if largest < ROWS_INT32 else ("BIGINT", np.int64)
     fetched = con.execute(
-        "SELECT __position, CAST(__versions AS INTEGER) AS v FROM newest ORDER BY __position"
+        f"SELECT CAST(__position & {mask} AS {kind}) AS r FROM newest ORDER BY __position"
     ).fetchnumpy()
-    return np.asarray(fetched["__position"], np.int64), np.asarray(fetched["v"], np.int32)
+    duplicates = sum(int(v) for _, _, _, v in per_file) - int(starts[-1])
+    return Winners(np.asarray(fetched["r"], dtype), starts, duplicates)
+
+
+# Packed rows (row << 1 | marker) below this fit an int32, with room for a bound above them.
+ROWS_INT32 = (1 << 31) - 1
 
 
 def take_winners(
     files: list[str],
     columns: list[str],
-    positions: Any,
-    versions: Any,
+    winners: Winners,
     batch_size: int,
     stats: ReadStats | None = None,
     *,
@@ -703,31 +726,34 @@ def take_winners(
     Args:
         files: the Parquet files, in the order the positions number them.
         columns: the columns to take, the id first.
-        positions: the winners' packed positions (file, row, delete marker), sorted
-            (:func:`winner_positions`).
-        versions: each winner's number of versions, in the same order.
+        winners: the winners (:func:`winner_positions`).
         batch_size: the most rows read from a file at a time.
         stats: counts the files and row groups skipped (None: not counted).
         trim: the ids were grouped trimmed (:func:`rank_newest`): trim them as taken.
 
     Yields:
-        Batches of ``columns`` plus ``__deleted`` and ``__versions``.
+        Batches of ``columns`` plus ``__deleted``.
     """
     import numpy as np
 
     from batchscore.feature_store.ids import trim_ids
 
-    row_mask = (1 << ROW_BITS) - 1
     key = columns[0]
-    done = 0  # positions before this index belong to files already read
+    bound = np.iinfo(winners.rows.dtype).max  # no row's packed number reaches it
+
+    def below(rows: Any, row: int) -> int:
+        """How many of ``rows`` (ascending) come before row number ``row``."""
+        return int(np.searchsorted(rows, min(row << 1, bound)))
+
     for index, path in enumerate(files):
+        mine = winners.rows[winners.starts[index] : winners.starts[index + 1]]
         parquet = open_parquet(path)
-        base = index << (ROW_BITS + 1)
+        done = 0  # this file's winners before this index are taken
         groups_read = 0
         start = 0
         for group in range(parquet.metadata.num_row_groups):
             end = start + parquet.metadata.row_group(group).num_rows
-            upto = done + int(np.searchsorted(positions[done:], base + (end << 1)))
+            upto = done + below(mine[done:], end)
             if upto == done:  # no winner among this group's rows
                 if stats is not None:
                     stats.row_groups_skipped += 1
@@ -740,11 +766,10 @@ def take_winners(
             )
             for batch in batches:
                 stop = offset + batch.num_rows
-                here = done + int(np.searchsorted(positions[done:upto], base + (stop << 1)))
+                here = done + below(mine[done:upto], stop)
                 if here > done:
-                    packed = positions[done:here]
-                    rows = ((packed >> 1) & row_mask) - offset
-                    taken = batch.take(pa.array(rows))
+                    packed = mine[done:here]
+                    taken = batch.take(pa.array((packed >> 1) - offset))
                     ids = taken.column(key)
                     if trim and (
                         pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)
@@ -755,9 +780,8 @@ def take_winners(
                             ids,
                             *taken.select(columns[1:]).columns,
                             pa.array((packed & 1).astype(bool)),
-                            pa.array(versions[done:here], pa.int64()),
                         ],
-                        names=[*columns, "__deleted", "__versions"],
+                        names=[*columns, "__deleted"],
                     )
                     done = here
                 offset = stop
