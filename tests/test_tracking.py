@@ -229,3 +229,26 @@ def test_the_tracking_worker_yields_the_cores_to_the_run(tmp_path) -> None:
         assert child == min(own + WORKER_NICENESS, 19)
     finally:
         worker.close()
+
+
+def test_the_tracking_worker_ends_as_soon_as_it_has_answered(tmp_path, monkeypatch) -> None:
+    """The run waits for the worker's exit: once its answer is written it exits at once,
+    without the interpreter's teardown (MLflow's and SQLAlchemy's: half a second). Seen from
+    an exit handler the worker's interpreter registers at start-up, which must never run."""
+    from batchscore.monitoring.tracking import TrackingWorker
+
+    startup = tmp_path / "startup"
+    startup.mkdir()
+    ran = tmp_path / "teardown-ran"
+    (startup / "sitecustomize.py").write_text(
+        "import atexit, pathlib\n"
+        f"atexit.register(pathlib.Path({str(ran)!r}).write_text, 'teardown')\n"
+    )
+    monkeypatch.syspath_prepend(str(startup))  # the worker's PYTHONPATH is this sys.path
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    worker = TrackingWorker.start(uri, "teardown")
+    assert worker is not None
+    reply = worker.write({"uri": uri})  # no experiment: the store's error, answered
+    assert reply["error_type"] == "KeyError"
+    assert worker.process.wait(timeout=30) == 0
+    assert not ran.exists()
