@@ -37,13 +37,16 @@ records = store.latest_records(
     batch_size=settings.batch_size, temp_dir=None,
 )  # fmt: skip
 rows = 0
-with PartWriter(Path(tempfile.mkdtemp())) as parts:
-    for batch in records.batches:
-        marks.setdefault("first batch", time.perf_counter())
-        rows += batch.num_rows
-        if "--write" in sys.argv:
-            parts.write(batch)
-marks["done"] = time.perf_counter()
+# The snapshot as DataSource writes it (no column statistics), removed at the end: 1.2 GB at
+# 10M customers.
+with tempfile.TemporaryDirectory(prefix="read-cost-") as folder:
+    with PartWriter(Path(folder), statistics=False) as parts:
+        for batch in records.batches:
+            marks.setdefault("first batch", time.perf_counter())
+            rows += batch.num_rows
+            if "--write" in sys.argv:
+                parts.write(batch)
+    marks["done"] = time.perf_counter()  # the files written and closed
 print(f"imports and store {opened - started:.2f} s; from the read's start:")
 for name, moment in marks.items():
     print(f"  {name:>12}: {moment - opened:6.2f} s")
