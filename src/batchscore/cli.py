@@ -139,9 +139,7 @@ def _setup_logging(level: int) -> None:
         log_time_format="%H:%M:%S",
     )
     # The console's resume commands carry this command's -c/--set, as its error lines do.
-    handler.setFormatter(
-        RedactingFormatter(logging.Formatter("%(message)s"), lambda t: _redact(_with_options(t)))
-    )
+    handler.setFormatter(RedactingFormatter(logging.Formatter("%(message)s"), _for_console))
     handler.addFilter(OwnOrWarningFilter())
     # The console's level is the handler's: the logger stays at INFO (at least) so run.log
     # keeps every step line even with -q.
@@ -1643,16 +1641,20 @@ def _interrupted() -> int:
     if record is not None and record.status != "succeeded":
         step = record.failed_step or "its first step"
         err_console.print(
-            _redact(
-                _with_options(
-                    f"Run {record.run_id} stopped at {step}; continue it with: "
-                    f"batchscore resume {record.run_id}"
-                )
+            _for_console(
+                f"Run {record.run_id} stopped at {step}; continue it with: "
+                f"batchscore resume {record.run_id}"
             ),
             markup=False,
             highlight=False,
         )
     return 143 if state.terminated else 130
+
+
+def _for_console(text: str) -> str:
+    """``text`` as the console shows it: its resume commands with this command's options
+    (:func:`_with_options`), then secrets redacted."""
+    return _redact(_with_options(text))
 
 
 def _with_options(text: str) -> str:
@@ -1703,7 +1705,7 @@ def main(argv: list[str] | None = None) -> int:
     except BatchScoreError as exc:
         if state.debug:
             _print_traceback(exc)
-        message = _redact(_with_options(str(exc) + _resume_hint(before, exc)))
+        message = _for_console(str(exc) + _resume_hint(before, exc))
         err_console.print(f"Error: {message}", markup=False, highlight=False)
         code = exc.exit_code
     except (typer.Exit, click.exceptions.Exit) as exc:
@@ -1734,7 +1736,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = "" if state.debug else " (--debug shows the traceback)"
         err_console.print(
             f"Error: {type(exc).__name__}: "
-            f"{_redact(_with_options(str(exc) + _resume_hint(before, exc)))}{hint}",
+            f"{_for_console(str(exc) + _resume_hint(before, exc))}{hint}",
             markup=False,
             highlight=False,
         )
